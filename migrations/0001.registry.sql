@@ -1,0 +1,61 @@
+-- The registry: services, their named ports and endpoints, and the registry version.
+-- Core PostgreSQL only (no extensions): the embedded server ships no contrib.
+
+CREATE TABLE registry_state (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+    version bigint NOT NULL
+);
+INSERT INTO registry_state (id, version) VALUES (true, 0);
+
+CREATE TABLE services (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    name text NOT NULL CHECK (length(name) BETWEEN 1 AND 63),
+    attributes jsonb NOT NULL DEFAULT '{}'::jsonb,
+    version bigint NOT NULL DEFAULT 0,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX services_name_key ON services (lower(name));
+
+CREATE TABLE named_ports (
+    service_id uuid NOT NULL REFERENCES services (id) ON DELETE CASCADE,
+    name text NOT NULL,
+    protocol text NOT NULL CHECK (protocol IN ('tcp', 'udp', 'sctp')),
+    port integer NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    priority integer NOT NULL DEFAULT 1 CHECK (priority BETWEEN 0 AND 65535),
+    weight integer NOT NULL DEFAULT 1 CHECK (weight BETWEEN 0 AND 65535),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (service_id, name)
+);
+
+CREATE TABLE endpoints (
+    service_id uuid NOT NULL REFERENCES services (id) ON DELETE CASCADE,
+    ip inet NOT NULL,
+    tags text[] NOT NULL DEFAULT '{}',
+    ttl_seconds integer CHECK (ttl_seconds > 0),
+    expires_at timestamptz,
+    lease_batch bigint,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (service_id, ip)
+);
+CREATE INDEX endpoints_expires_at ON endpoints (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX endpoints_lease_batch ON endpoints (lease_batch) WHERE lease_batch IS NOT NULL;
+
+CREATE SEQUENCE lease_batch_seq;
+
+-- Every change to a service ends with sd_bump: the registry version moves by one (the row
+-- lock orders versions exactly as commits), the service records it as its index, and every
+-- replica hears of it at commit through NOTIFY.
+CREATE FUNCTION sd_bump(p_service_id uuid, p_name text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v bigint;
+BEGIN
+    UPDATE registry_state SET version = version + 1 RETURNING version INTO v;
+    UPDATE services SET version = v, updated_at = now() WHERE id = p_service_id;
+    PERFORM pg_notify('sd_registry', json_build_object('s', lower(p_name), 'v', v)::text);
+    RETURN v;
+END
+$$;

@@ -1,0 +1,87 @@
+"""The operations clients ask for, shared by the HTTP and gRPC front-ends.
+
+Writes validate (model), commit (store), then apply the committed state to this replica's copy
+before returning, so a client reads its own writes here. Reads come from the copy only.
+"""
+
+from __future__ import annotations
+
+from service_discovery.cache import Registry
+from service_discovery.config import Config
+from service_discovery.errors import InvalidInput, NotFound, NotReady, StoreUnavailable
+from service_discovery.leases import Leases
+from service_discovery.metrics import Metrics
+from service_discovery.model import EndpointSpec, Limits, NamedPort, Service, ServiceSpec
+from service_discovery.store import Store
+
+
+class Catalog:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        registry: Registry,
+        leases: Leases,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.limits = Limits.from_config(config)
+        self.registry = registry
+        self._store = store
+        self._leases = leases
+        self._metrics = metrics
+
+    # ---- reads ---------------------------------------------------------------------------
+    def _loaded(self) -> Registry:
+        if not self.registry.loaded:
+            raise NotReady("the registry copy is not loaded yet")
+        return self.registry
+
+    def get(self, name: str) -> Service:
+        svc = self._loaded().get(name)
+        if svc is None:
+            raise NotFound(f"service {name!r} not found")
+        return svc
+
+    def list(self) -> list[Service]:
+        return self._loaded().services()
+
+    # ---- writes --------------------------------------------------------------------------
+    async def _write(self, coro):  # type: ignore[no-untyped-def]
+        try:
+            return await coro
+        except StoreUnavailable:
+            self._metrics.store_errors.inc()
+            raise
+
+    def _applied(self, svc: Service) -> Service:
+        self.registry.apply(svc.version, svc.key, svc)
+        return self.registry.get(svc.name) or svc
+
+    async def create_service(self, spec: ServiceSpec) -> Service:
+        return self._applied(await self._write(self._store.create_service(spec)))
+
+    async def delete_service(self, name: str) -> None:
+        version = await self._write(self._store.delete_service(name))
+        self.registry.apply(version, name, None)
+
+    async def add_named_ports(self, name: str, ports: dict[str, NamedPort]) -> Service:
+        if not ports:
+            raise InvalidInput("give at least one named port")
+        return self._applied(await self._write(self._store.add_named_ports(name, ports)))
+
+    async def register(self, name: str, spec: EndpointSpec) -> Service:
+        return self._applied(await self._write(self._store.register_endpoint(name, spec)))
+
+    async def deregister(self, name: str, ip: str) -> Service:
+        return self._applied(await self._write(self._store.deregister_endpoint(name, ip)))
+
+    async def heartbeat(self, name: str, ip: str) -> float:
+        """Renew a lease; NotFound tells the client to register again. Returns the new expiry."""
+        svc = self.get(name)
+        endpoint = next((e for e in svc.endpoints if e.ip == ip), None)
+        if endpoint is None:
+            raise NotFound(f"endpoint {ip} of service {svc.name!r} not found (register it again)")
+        if endpoint.ttl_seconds is None:
+            raise InvalidInput(f"endpoint {ip} of service {svc.name!r} has no lease (no ttl)")
+        return await self._write(self._leases.renew(svc.name, ip))

@@ -1,0 +1,124 @@
+"""The command line: `serve`, `migrate`, `migrate --check [--wait S]`. The only place that turns
+errors into exit codes: 0 ok, 1 failure, 2 bad configuration or usage, 3 migrations pending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from service_discovery import __version__
+from service_discovery.config import Config, ConfigError, add_arguments, overrides_from
+
+NOTICE = 25
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "notice": NOTICE,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_PENDING = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="service-discovery",
+        description="Service registry on PostgreSQL, served over DNS, HTTP and gRPC.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument(
+        "--migrate", action="store_true", help="apply pending migrations before serving"
+    )
+    add_arguments(serve)
+    mig = sub.add_parser("migrate", help="apply migrations, or check that none is pending")
+    mig.add_argument(
+        "--check", action="store_true", help="exit 0 only if no migration is pending (else 3)"
+    )
+    mig.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --check: wait up to SECONDS for the database to be current",
+    )
+    add_arguments(mig)
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.addLevelName(NOTICE, "NOTICE")
+    logging.basicConfig(
+        level=_LEVELS[level],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if _LEVELS[level] > logging.DEBUG:
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+def _migrate(config: Config, check: bool, wait: float) -> int:
+    from service_discovery import migrate
+
+    if not config.database_url:
+        print("migrate: DATABASE_URL is not set", file=sys.stderr)
+        return EXIT_CONFIG
+    if check:
+        todo = migrate.wait_until_current(config.database_url, wait)
+        if todo:
+            print(f"migrate: pending migrations: {', '.join(todo)}", file=sys.stderr)
+            return EXIT_PENDING
+        print("migrate: database is at the latest migration")
+        return EXIT_OK
+    applied = migrate.apply(config.database_url)
+    print(f"migrate: applied {', '.join(applied)}" if applied else "migrate: nothing to apply")
+    return EXIT_OK
+
+
+def _serve(config: Config, migrate_first: bool) -> int:
+    import uvloop
+
+    from service_discovery.app import serve
+
+    def exit_now() -> None:
+        os._exit(EXIT_FAIL)
+
+    uvloop.run(serve(config, migrate_first=migrate_first, on_second_signal=exit_now))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = Config.from_env(overrides=overrides_from(args))
+    except ConfigError as exc:
+        print(f"service-discovery: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config.logger_level)
+    from service_discovery.app import MigrationsPending
+    from service_discovery.errors import RegistryError
+
+    try:
+        if args.command == "migrate":
+            return _migrate(config, args.check, args.wait)
+        return _serve(config, args.migrate)
+    except ConfigError as exc:
+        print(f"service-discovery: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except MigrationsPending as exc:
+        print(f"service-discovery: {exc}", file=sys.stderr)
+        return EXIT_PENDING
+    except RegistryError as exc:
+        print(f"service-discovery: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as exc:  # a port in use, an unreadable data directory
+        print(f"service-discovery: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return EXIT_FAIL

@@ -1,0 +1,296 @@
+"""The one frozen Config: every setting, its environment variable, default and parser.
+
+Built once (`Config.from_env`) and passed down. CLI flags are generated from the same
+fields (`add_arguments`), so an option is written exactly once, here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message names the variable and what it accepts."""
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not lo <= value <= hi:
+            raise ValueError
+        return value
+
+    parse.accepts = f"an integer from {lo} to {hi}"  # type: ignore[attr-defined]
+    return parse
+
+
+def _float_range(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not lo <= value <= hi:
+            raise ValueError
+        return value
+
+    parse.accepts = f"a number from {lo:g} to {hi:g}"  # type: ignore[attr-defined]
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError
+        return value
+
+    parse.accepts = "one of " + ", ".join(choices)  # type: ignore[attr-defined]
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError
+
+
+_bool.accepts = "true or false"  # type: ignore[attr-defined]
+
+
+def _ip(raw: str) -> str:
+    return str(ipaddress.ip_address(raw.strip()))
+
+
+_ip.accepts = "an IPv4 or IPv6 address"  # type: ignore[attr-defined]
+
+
+def _domain(raw: str) -> str:
+    value = raw.strip().strip(".").lower()
+    labels = value.split(".")
+    if not value or any(not 0 < len(label) <= 63 for label in labels) or len(value) > 253:
+        raise ValueError
+    return value
+
+
+_domain.accepts = "a DNS name such as svc.cluster.local"  # type: ignore[attr-defined]
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+_text.accepts = "text"  # type: ignore[attr-defined]
+
+
+def _setting(
+    env: str, default: Any, parse: Callable[[str], Any], help: str, *, secret: bool = False
+) -> Any:
+    return field(
+        default=default,
+        metadata={"env": env, "parse": parse, "help": help, "secret": secret},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every setting of the daemon. Defaults are what `serve` uses with an empty environment."""
+
+    database_url: str | None = _setting(
+        "DATABASE_URL", None, _text, "PostgreSQL URL; unset = embedded server", secret=True
+    )
+    data_dir: str | None = _setting(
+        "SD_DATA_DIR", None, _text, "data directory of the embedded PostgreSQL"
+    )
+    bind_address: str = _setting("BIND_ADDRESS", "0.0.0.0", _ip, "address every listener binds")
+    http_port: int = _setting("HTTP_PORT", 3000, _int_range(0, 65535), "HTTP API port")
+    dns_port: int = _setting("DNS_PORT", 8053, _int_range(0, 65535), "DNS port (UDP and TCP)")
+    grpc_port: int = _setting("GRPC_PORT", 8081, _int_range(0, 65535), "gRPC port")
+    dns_domain: str = _setting("DNS_DOMAIN", "svc.cluster.local", _domain, "DNS zone served")
+    dns_ttl: int = _setting("DNS_TTL", 5, _int_range(0, 86400), "TTL of positive answers")
+    dns_negative_ttl: int | None = _setting(
+        "DNS_NEGATIVE_TTL", None, _int_range(0, 86400), "SOA minimum / negative TTL (= DNS_TTL)"
+    )
+    dns_max_udp_size: int = _setting(
+        "DNS_MAX_UDP_SIZE", 1232, _int_range(512, 65535), "largest UDP answer with EDNS0"
+    )
+    dns_ns_name: str | None = _setting(
+        "DNS_NS_NAME", None, _domain, "name of the zone's NS record (= ns.<zone>)"
+    )
+    node_ip: str | None = _setting(
+        "NODE_IP", None, _ip, "this replica's address, for the NS A record (= bind address)"
+    )
+    dns_cache_size: int = _setting(
+        "DNS_CACHE_SIZE", 50000, _int_range(0, 10_000_000), "encoded answers kept"
+    )
+    dns_tcp_max_connections: int = _setting(
+        "DNS_TCP_MAX_CONNECTIONS", 1000, _int_range(1, 1_000_000), "open DNS TCP connections"
+    )
+    dns_tcp_idle_seconds: float = _setting(
+        "DNS_TCP_IDLE_SECONDS", 10.0, _float_range(0.1, 3600), "idle DNS TCP connection timeout"
+    )
+    logger_level: str = _setting("LOGGER_LEVEL", "info", _choice(*LOG_LEVELS), "log level")
+    shutdown_drain_seconds: float = _setting(
+        "SHUTDOWN_DRAIN_SECONDS", 5.0, _float_range(0, 3600), "wait after /ready turns 503"
+    )
+    shutdown_timeout_seconds: float = _setting(
+        "SHUTDOWN_TIMEOUT_SECONDS", 10.0, _float_range(0, 3600), "in-flight work deadline"
+    )
+    db_pool_min_size: int = _setting("DB_POOL_MIN_SIZE", 1, _int_range(0, 1000), "pool minimum")
+    db_pool_max_size: int = _setting("DB_POOL_MAX_SIZE", 10, _int_range(1, 1000), "pool maximum")
+    db_timeout_seconds: float = _setting(
+        "DB_TIMEOUT_SECONDS", 5.0, _float_range(0.1, 600), "connect/statement timeout of writes"
+    )
+    http_max_body_bytes: int = _setting(
+        "HTTP_MAX_BODY_BYTES", 1024 * 1024, _int_range(1024, 1 << 30), "largest request body"
+    )
+    api_tokens: str | None = _setting(
+        "SD_API_TOKENS", None, _text, "comma-separated bearer tokens for writes", secret=True
+    )
+    api_tokens_file: str | None = _setting(
+        "SD_API_TOKENS_FILE", None, _text, "file of bearer tokens, one per line"
+    )
+    protect_reads: bool = _setting("SD_PROTECT_READS", False, _bool, "require a token for reads")
+    max_endpoints_per_service: int = _setting(
+        "SD_MAX_ENDPOINTS_PER_SERVICE", 10000, _int_range(1, 10_000_000), "endpoints per service"
+    )
+    max_tags_per_endpoint: int = _setting(
+        "SD_MAX_TAGS_PER_ENDPOINT", 32, _int_range(0, 10000), "tags per endpoint"
+    )
+    max_attributes: int = _setting(
+        "SD_MAX_ATTRIBUTES", 64, _int_range(0, 10000), "attributes per service"
+    )
+    max_value_length: int = _setting(
+        "SD_MAX_VALUE_LENGTH", 1024, _int_range(1, 1 << 20), "length of attribute values, tags"
+    )
+    max_watches_per_client: int = _setting(
+        "SD_MAX_WATCHES_PER_CLIENT", 2000, _int_range(1, 1_000_000), "open watches per address"
+    )
+    watch_max_wait_seconds: float = _setting(
+        "SD_WATCH_MAX_WAIT_SECONDS", 600.0, _float_range(0.1, 3600), "cap of ?wait="
+    )
+    lease_reap_interval_seconds: float = _setting(
+        "SD_LEASE_REAP_INTERVAL_SECONDS", 1.0, _float_range(0.05, 3600), "reaper period"
+    )
+    lease_flush_interval_seconds: float = _setting(
+        "SD_LEASE_FLUSH_INTERVAL_SECONDS", 0.2, _float_range(0.01, 60), "heartbeat batch window"
+    )
+    lease_mass_expiry_share: float = _setting(
+        "SD_LEASE_MASS_EXPIRY_SHARE", 0.5, _float_range(0, 1), "expired share that stops expiry"
+    )
+    lease_mass_expiry_min: int = _setting(
+        "SD_LEASE_MASS_EXPIRY_MIN", 10, _int_range(0, 1_000_000), "leases before the guard applies"
+    )
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Config:
+        """Read every field from `env` (default os.environ); `overrides` (CLI flags) win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw)
+        for name, raw in (overrides or {}).items():
+            if raw is not None:
+                values[name] = _parse(_FIELDS[name], str(raw))
+        config = cls(**values)
+        if config.db_pool_min_size > config.db_pool_max_size:
+            raise ConfigError(
+                "DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE "
+                f"(got {config.db_pool_min_size} > {config.db_pool_max_size})"
+            )
+        return config
+
+    @property
+    def negative_ttl(self) -> int:
+        return self.dns_ttl if self.dns_negative_ttl is None else self.dns_negative_ttl
+
+    @property
+    def ns_name(self) -> str:
+        return self.dns_ns_name or f"ns.{self.dns_domain}"
+
+    @property
+    def own_address(self) -> str:
+        """The address the NS record points at: NODE_IP, else a routable bind address."""
+        if self.node_ip:
+            return self.node_ip
+        if ipaddress.ip_address(self.bind_address).is_unspecified:
+            return "127.0.0.1"
+        return self.bind_address
+
+    def resolved_data_dir(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir)
+        base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+        return Path(base) / "service-discovery" / "pgdata"
+
+    def tokens(self) -> frozenset[str]:
+        """Bearer tokens from SD_API_TOKENS and SD_API_TOKENS_FILE (empty = writes open)."""
+        tokens: set[str] = set()
+        if self.api_tokens:
+            tokens.update(t.strip() for t in self.api_tokens.split(","))
+        if self.api_tokens_file:
+            try:
+                text = Path(self.api_tokens_file).read_text()
+            except OSError as exc:
+                raise ConfigError(f"SD_API_TOKENS_FILE: cannot read it ({exc.strerror})") from exc
+            tokens.update(line.strip() for line in text.splitlines())
+        tokens.discard("")
+        return frozenset(tokens)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings for a log line, with secrets hidden."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.metadata["secret"] and value else value
+        return out
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    parse = f.metadata["parse"]
+    try:
+        return parse(raw)
+    except (ValueError, TypeError):
+        shown = "***" if f.metadata["secret"] else repr(raw)
+        raise ConfigError(
+            f"{f.metadata['env']}={shown} is invalid: expected {parse.accepts}"
+        ) from None
+
+
+def env_names() -> dict[str, str]:
+    """Field name -> environment variable, for docs and contract tests."""
+    return {f.name: f.metadata["env"] for f in dataclasses.fields(Config)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--flag` per Config field, generated so each option is written once."""
+    group = parser.add_argument_group("settings (flags win over the environment)")
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        group.add_argument(
+            flag,
+            dest=f.name,
+            default=None,
+            metavar=f.metadata["env"],
+            help=f"{f.metadata['help']} (default: {f.default})",
+        )
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Config)}

@@ -1,0 +1,316 @@
+"""The HTTP JSON API (aiohttp): the design's routes plus deregistration, leases, blocking
+queries, probes, metrics and /openapi.json. Handlers only translate; registry errors become
+JSON errors in one middleware.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from service_discovery import model
+from service_discovery.auth import Auth
+from service_discovery.catalog import Catalog
+from service_discovery.errors import (
+    AlreadyExists,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    NotReady,
+    RegistryError,
+    StoreUnavailable,
+    TooManyRequests,
+    Unauthenticated,
+)
+from service_discovery.metrics import Metrics
+from service_discovery.model import Endpoint, Service
+from service_discovery.openapi import spec as openapi_spec
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    InvalidInput: 400,
+    Unauthenticated: 401,
+    NotFound: 404,
+    AlreadyExists: 409,
+    LimitExceeded: 422,
+    TooManyRequests: 429,
+    StoreUnavailable: 503,
+    NotReady: 503,
+}
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+_WAIT = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+_OPEN_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/openapi.json"})
+
+CATALOG = web.AppKey("catalog", Catalog)
+METRICS = web.AppKey("metrics", Metrics)
+AUTH = web.AppKey("auth", Auth)
+IS_READY = web.AppKey("is_ready", Callable[[], bool])
+WATCHERS = web.AppKey("watchers", Counter)
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+def _route(request: web.Request) -> str:
+    info = request.match_info
+    route = getattr(info, "route", None)
+    resource = getattr(route, "resource", None)
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    route = _route(request)
+    started = time.perf_counter()
+    try:
+        if request.path not in _OPEN_PATHS:
+            request.app[AUTH].check(
+                request.headers.get("Authorization"), write=request.method not in ("GET", "HEAD")
+            )
+        response = await handler(request)
+    except RegistryError as exc:
+        status = STATUS.get(type(exc), 500)
+        response = error_response(status, exc.code, exc.message)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="service-discovery"'
+    except web.HTTPRequestEntityTooLarge as exc:
+        response = error_response(413, "too_large", exc.text or "request body too large")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        response = error_response(exc.status, code, exc.reason)
+        if exc.status == 405:
+            response.headers["Allow"] = exc.headers.get("Allow", "")
+    except Exception:
+        log.exception("internal error on %s %s", request.method, route)
+        metrics.internal_errors.labels("http").inc()
+        response = error_response(500, "internal", "internal error; see the server log")
+    metrics.http_requests.labels(route, request.method, str(response.status)).inc()
+    metrics.http_latency.labels(route).observe(time.perf_counter() - started)
+    return response
+
+
+def _pretty(request: web.Request) -> bool:
+    return request.query.get("pretty", "").lower() in ("1", "true", "yes")
+
+
+def _json(request: web.Request, data: Any, status: int = 200, index: int | None = None) -> web.Response:
+    indent = 2 if _pretty(request) else None
+    headers = {"X-Index": str(index)} if index is not None else None
+    body = json.dumps(data, indent=indent, ensure_ascii=False)
+    return web.Response(
+        text=body, status=status, content_type="application/json", headers=headers
+    )
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()  # bounded by client_max_size -> 413
+    if not raw.strip():
+        raise InvalidInput("the request body must be a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput(f"invalid JSON: {str(exc)[:200]}") from None
+
+
+def endpoint_json(service: Service, e: Endpoint) -> dict[str, Any]:
+    out: dict[str, Any] = {"service_name": service.name, "ip": e.ip, "tags": list(e.tags)}
+    if e.ttl_seconds is not None:
+        out["ttl_seconds"] = e.ttl_seconds
+        out["expires_at"] = e.expires_at
+    return out
+
+
+def service_json(s: Service, *, endpoints: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": s.id,
+        "name": s.name,
+        "attributes": dict(s.attributes),
+        "named_ports": {
+            p.name: {
+                "protocol": p.protocol,
+                "port": p.port,
+                "priority": p.priority,
+                "weight": p.weight,
+            }
+            for p in s.named_ports.values()
+        },
+        "index": s.version,
+    }
+    if endpoints:
+        out["endpoints"] = [endpoint_json(s, e) for e in s.endpoints]
+    return out
+
+
+def _wait_seconds(request: web.Request, cap: float) -> tuple[int, float] | None:
+    """Parse a blocking query's ?index=N&wait=30s; None when it is not a blocking query."""
+    raw_index = request.query.get("index")
+    if raw_index is None:
+        return None
+    try:
+        index = int(raw_index)
+    except ValueError:
+        raise InvalidInput("index must be an integer") from None
+    raw_wait = request.query.get("wait", "300s").strip().lower()
+    m = _WAIT.match(raw_wait)
+    if not m:
+        raise InvalidInput("wait must be a duration such as 30s, 500ms or 5m")
+    wait = min(float(m.group(1)) * _UNIT[m.group(2)], cap)
+    # jitter (as Consul does) spreads the reconnects of many watchers that started together
+    return index, wait + random.uniform(0, wait / 16)
+
+
+async def _block(request: web.Request, name: str | None) -> None:
+    blocking = _wait_seconds(request, request.app[CATALOG].config.watch_max_wait_seconds)
+    if blocking is None:
+        return
+    index, wait = blocking
+    catalog = request.app[CATALOG]
+    if catalog.registry.index(name) > index:
+        return
+    peer = request.remote or "?"
+    watchers = request.app[WATCHERS]
+    if watchers[peer] >= catalog.config.max_watches_per_client:
+        raise TooManyRequests(
+            f"at most {catalog.config.max_watches_per_client} open watches per client address"
+        )
+    watchers[peer] += 1
+    metrics = request.app[METRICS]
+    metrics.http_watches.inc()
+    try:
+        await catalog.registry.wait_for_change(name, index, wait)
+    finally:
+        metrics.http_watches.dec()
+        watchers[peer] -= 1
+        if not watchers[peer]:
+            del watchers[peer]
+
+
+# ---- routes ------------------------------------------------------------------------------
+async def list_services(request: web.Request) -> web.Response:
+    catalog = request.app[CATALOG]
+    catalog.list()  # NotReady before the first load
+    await _block(request, None)
+    services = [service_json(s, endpoints=False) for s in catalog.list()]
+    return _json(request, services, index=catalog.registry.index())
+
+
+async def get_service(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    catalog = request.app[CATALOG]
+    catalog.list()
+    await _block(request, name)
+    index = catalog.registry.index(name)
+    return _json(request, service_json(catalog.get(name)), index=index)
+
+
+async def create_service(request: web.Request) -> web.Response:
+    catalog = request.app[CATALOG]
+    spec = model.service_spec(await _body(request), catalog.limits)
+    svc = await catalog.create_service(spec)
+    return _json(request, service_json(svc), status=201, index=svc.version)
+
+
+async def delete_service(request: web.Request) -> web.Response:
+    await request.app[CATALOG].delete_service(model.service_name(request.match_info["name"]))
+    return web.Response(status=204)
+
+
+async def list_endpoints(request: web.Request) -> web.Response:
+    catalog = request.app[CATALOG]
+    svc = catalog.get(request.match_info["name"])
+    return _json(request, [endpoint_json(svc, e) for e in svc.endpoints], index=svc.version)
+
+
+async def register_endpoint(request: web.Request) -> web.Response:
+    catalog = request.app[CATALOG]
+    name = model.service_name(request.match_info["name"])
+    spec = model.endpoint_spec(await _body(request), catalog.limits)
+    svc = await catalog.register(name, spec)
+    endpoint = next(e for e in svc.endpoints if e.ip == spec.ip)
+    return _json(request, endpoint_json(svc, endpoint), index=svc.version)
+
+
+async def deregister_endpoint(request: web.Request) -> web.Response:
+    catalog = request.app[CATALOG]
+    name = model.service_name(request.match_info["name"])
+    await catalog.deregister(name, model.ip_address(request.match_info["ip"]))
+    return web.Response(status=204)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    catalog = request.app[CATALOG]
+    name = model.service_name(request.match_info["name"])
+    ip = model.ip_address(request.match_info["ip"])
+    expires_at = await catalog.heartbeat(name, ip)
+    return _json(request, {"service_name": name, "ip": ip, "expires_at": expires_at})
+
+
+async def add_ports(request: web.Request) -> web.Response:
+    catalog = request.app[CATALOG]
+    name = model.service_name(request.match_info["name"])
+    ports = model.named_ports(await _body(request))
+    svc = await catalog.add_named_ports(name, ports)
+    return _json(request, service_json(svc)["named_ports"], index=svc.version)
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    if request.app[IS_READY]():
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "not ready"}, status=503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(request, openapi_spec())
+
+
+def build_app(
+    catalog: Catalog, metrics_: Metrics, auth: Auth, is_ready: Callable[[], bool]
+) -> web.Application:
+    app = web.Application(
+        middlewares=[_errors], client_max_size=catalog.config.http_max_body_bytes
+    )
+    app[CATALOG] = catalog
+    app[METRICS] = metrics_
+    app[AUTH] = auth
+    app[IS_READY] = is_ready
+    app[WATCHERS] = Counter()
+    app.router.add_get("/services", list_services)
+    app.router.add_put("/service", create_service)
+    app.router.add_get("/service/{name}", get_service)
+    app.router.add_delete("/service/{name}", delete_service)
+    app.router.add_get("/service/{name}/endpoints", list_endpoints)
+    app.router.add_put("/service/{name}/register", register_endpoint)
+    app.router.add_delete("/service/{name}/endpoints/{ip}", deregister_endpoint)
+    app.router.add_put("/service/{name}/endpoints/{ip}/heartbeat", heartbeat)
+    app.router.add_put("/service/{name}/ports", add_ports)
+    app.router.add_put("/service/{name}/port", add_ports)  # the design's README spells it so
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    return app

@@ -1,0 +1,238 @@
+"""The registry's data model and every validation rule for names, addresses, ports and limits.
+
+Front-ends parse their wire format into plain Python values and call the `parse_*` functions
+here, so HTTP and gRPC reject exactly the same inputs with the same messages.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from service_discovery.config import Config
+from service_discovery.errors import InvalidInput, LimitExceeded
+
+PROTOCOLS = ("tcp", "udp", "sctp")
+MAX_TTL_SECONDS = 7 * 24 * 3600
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_PORT_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9]|-(?!-))*$")
+
+
+@dataclass(frozen=True, slots=True)
+class NamedPort:
+    name: str
+    protocol: str
+    port: int
+    priority: int = 1
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    ip: str
+    tags: tuple[str, ...] = ()
+    ttl_seconds: int | None = None
+    expires_at: float | None = None  # unix time; None = no lease
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    id: str
+    name: str
+    attributes: Mapping[str, str]
+    named_ports: Mapping[str, NamedPort]
+    endpoints: tuple[Endpoint, ...]
+    version: int  # registry version of this service's last change: its index
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_endpoints_per_service: int = 10000
+    max_tags_per_endpoint: int = 32
+    max_attributes: int = 64
+    max_value_length: int = 1024
+
+    @classmethod
+    def from_config(cls, config: Config) -> Limits:
+        return cls(
+            max_endpoints_per_service=config.max_endpoints_per_service,
+            max_tags_per_endpoint=config.max_tags_per_endpoint,
+            max_attributes=config.max_attributes,
+            max_value_length=config.max_value_length,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    name: str
+    attributes: dict[str, str] = field(default_factory=dict)
+    named_ports: dict[str, NamedPort] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    ip: str
+    tags: tuple[str, ...] = ()
+    ttl_seconds: int | None = None
+
+
+def service_name(value: Any) -> str:
+    """A service name is one RFC 1123 DNS label (case-insensitive; case is kept for display)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("service name must be a non-empty string")
+    if not _LABEL.match(value.lower()):
+        raise InvalidInput(
+            f"invalid service name {value[:80]!r}: must be a DNS label of 1-63 letters, "
+            "digits and hyphens, starting and ending with a letter or digit"
+        )
+    return value
+
+
+def port_name(value: Any) -> str:
+    """IANA service-name rule (RFC 6335 5.1): 1-15 chars, letters, digits, single hyphens."""
+    if not isinstance(value, str):
+        raise InvalidInput("port name must be a string")
+    name = value.lower()
+    if not 1 <= len(name) <= 15 or not _PORT_NAME.match(name) or name.endswith("-"):
+        raise InvalidInput(
+            f"invalid port name {value[:80]!r}: must be 1-15 lowercase letters, digits and "
+            "single hyphens, with at least one letter, not starting or ending with a hyphen"
+        )
+    return name
+
+
+def ip_address(value: Any) -> str:
+    """An IPv4 or IPv6 address in canonical text form."""
+    if not isinstance(value, str):
+        raise InvalidInput("ip must be a string")
+    try:
+        addr = ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise InvalidInput(f"invalid ip {value[:80]!r}: not an IPv4 or IPv6 address") from None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
+        raise InvalidInput(f"invalid ip {value[:80]!r}: scoped IPv6 addresses are not allowed")
+    return str(addr)
+
+
+def _int(value: Any, what: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{what} must be an integer from {lo} to {hi}")
+    if not lo <= value <= hi:
+        raise InvalidInput(f"{what} must be an integer from {lo} to {hi}, got {value}")
+    return value
+
+
+def named_port(name: Any, body: Any) -> NamedPort:
+    pname = port_name(name)
+    if not isinstance(body, Mapping):
+        raise InvalidInput(f"named port {pname!r} must be an object with protocol and port")
+    protocol = body.get("protocol", "tcp")
+    if not isinstance(protocol, str) or protocol.lower() not in PROTOCOLS:
+        raise InvalidInput(f"named port {pname!r}: protocol must be one of tcp, udp, sctp")
+    if "port" not in body:
+        raise InvalidInput(f"named port {pname!r}: port is required")
+    return NamedPort(
+        name=pname,
+        protocol=protocol.lower(),
+        port=_int(body["port"], f"named port {pname!r}: port", 1, 65535),
+        priority=_int(body.get("priority", 1), f"named port {pname!r}: priority", 0, 65535),
+        weight=_int(body.get("weight", 1), f"named port {pname!r}: weight", 0, 65535),
+    )
+
+
+def named_ports(value: Any) -> dict[str, NamedPort]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInput("named_ports must be an object of name -> {protocol, port}")
+    ports: dict[str, NamedPort] = {}
+    for name, body in value.items():
+        port = named_port(name, body)
+        if port.name in ports:
+            raise InvalidInput(f"named port {port.name!r} is given twice")
+        ports[port.name] = port
+    return ports
+
+
+def _text(value: Any, what: str, limits: Limits) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string")
+    if len(value) > limits.max_value_length:
+        raise LimitExceeded(f"{what} is longer than {limits.max_value_length} characters")
+    if "\x00" in value:
+        raise InvalidInput(f"{what} must not contain NUL characters")
+    return value
+
+
+def attributes(value: Any, limits: Limits) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInput("attributes must be an object of string -> string")
+    if len(value) > limits.max_attributes:
+        raise LimitExceeded(f"a service may have at most {limits.max_attributes} attributes")
+    out: dict[str, str] = {}
+    for key, val in value.items():
+        _text(key, "attribute name", limits)
+        if not key:
+            raise InvalidInput("attribute names must not be empty")
+        out[key] = _text(val, f"attribute {key[:80]!r}", limits)
+    return out
+
+
+def tags(value: Any, limits: Limits) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise InvalidInput("tags must be an array of strings")
+    seen: dict[str, None] = {}
+    for tag in value:
+        _text(tag, "tag", limits)
+        if not tag:
+            raise InvalidInput("tags must not be empty strings")
+        seen[tag] = None
+    if len(seen) > limits.max_tags_per_endpoint:
+        raise LimitExceeded(f"an endpoint may have at most {limits.max_tags_per_endpoint} tags")
+    return tuple(seen)
+
+
+def ttl_seconds(value: Any) -> int | None:
+    if value is None or value == 0:
+        return None
+    return _int(value, "ttl_seconds", 1, MAX_TTL_SECONDS)
+
+
+def service_spec(body: Any, limits: Limits) -> ServiceSpec:
+    if not isinstance(body, Mapping):
+        raise InvalidInput("the body must be a JSON object with a name")
+    if "name" not in body:
+        raise InvalidInput("name is required")
+    return ServiceSpec(
+        name=service_name(body["name"]),
+        attributes=attributes(body.get("attributes"), limits),
+        named_ports=named_ports(body.get("named_ports")),
+    )
+
+
+def endpoint_spec(body: Any, limits: Limits) -> EndpointSpec:
+    if not isinstance(body, Mapping):
+        raise InvalidInput("the body must be a JSON object with an ip")
+    if "ip" not in body:
+        raise InvalidInput("ip is required")
+    return EndpointSpec(
+        ip=ip_address(body["ip"]),
+        tags=tags(body.get("tags"), limits),
+        ttl_seconds=ttl_seconds(body.get("ttl_seconds")),
+    )

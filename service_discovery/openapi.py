@@ -1,0 +1,228 @@
+"""The OpenAPI 3.0 description of the HTTP API, served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service_discovery import __version__
+
+_NAME = {"type": "string", "pattern": "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"}
+_PORT_NAME = {"type": "string", "pattern": "^[a-z0-9-]{1,15}$"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "invalid input",
+        401: "missing or wrong bearer token",
+        404: "not found",
+        409: "already exists",
+        413: "body too large",
+        422: "a limit was exceeded",
+        429: "too many open watches",
+        503: "database unavailable or registry not loaded",
+    }
+    return {str(c): _json(_ref("Error"), text[c]) for c in codes}
+
+
+_NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": _NAME}
+_IP_PARAM = {"name": "ip", "in": "path", "required": True, "schema": {"type": "string"}}
+_PRETTY = {"name": "pretty", "in": "query", "schema": {"type": "boolean"}}
+_INDEX = {"name": "index", "in": "query", "schema": {"type": "integer"}}
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "schema": {"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m)?$"},
+}
+_WRITE_ERRORS = (400, 401, 404, 413, 422, 503)
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def spec() -> dict[str, Any]:
+    schemas = {
+        "Error": {
+            "type": "object",
+            "required": ["error", "message"],
+            "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+        },
+        "NamedPort": {
+            "type": "object",
+            "required": ["port"],
+            "properties": {
+                "protocol": {"type": "string", "enum": ["tcp", "udp", "sctp"]},
+                "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "priority": {"type": "integer", "minimum": 0, "maximum": 65535},
+                "weight": {"type": "integer", "minimum": 0, "maximum": 65535},
+            },
+        },
+        "NamedPorts": {"type": "object", "additionalProperties": _ref("NamedPort")},
+        "Endpoint": {
+            "type": "object",
+            "required": ["service_name", "ip", "tags"],
+            "properties": {
+                "service_name": {"type": "string"},
+                "ip": {"type": "string"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "ttl_seconds": {"type": "integer"},
+                "expires_at": {"type": "number"},
+            },
+        },
+        "Service": {
+            "type": "object",
+            "required": ["id", "name", "attributes", "named_ports", "index"],
+            "properties": {
+                "id": {"type": "string", "format": "uuid"},
+                "name": {"type": "string"},
+                "attributes": {"type": "object", "additionalProperties": {"type": "string"}},
+                "named_ports": _ref("NamedPorts"),
+                "index": {"type": "integer"},
+                "endpoints": {"type": "array", "items": _ref("Endpoint")},
+            },
+        },
+        "NewService": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": _NAME,
+                "attributes": {"type": "object", "additionalProperties": {"type": "string"}},
+                "named_ports": _ref("NamedPorts"),
+            },
+        },
+        "NewEndpoint": {
+            "type": "object",
+            "required": ["ip"],
+            "properties": {
+                "ip": {"type": "string"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "ttl_seconds": {"type": "integer", "minimum": 0, "maximum": 604800},
+            },
+        },
+        "Lease": {
+            "type": "object",
+            "properties": {
+                "service_name": {"type": "string"},
+                "ip": {"type": "string"},
+                "expires_at": {"type": "number"},
+            },
+        },
+    }
+    ports_op = {
+        "summary": "Add or replace named ports",
+        "parameters": [_NAME_PARAM],
+        "requestBody": _body(_ref("NamedPorts")),
+        "responses": {"200": _json(_ref("NamedPorts"), "the service's ports"), **_errors(
+            *_WRITE_ERRORS
+        )},
+    }
+    paths: dict[str, Any] = {
+        "/services": {
+            "get": {
+                "summary": "List services (blocking query with index and wait)",
+                "parameters": [_PRETTY, _INDEX, _WAIT],
+                "responses": {
+                    "200": _json({"type": "array", "items": _ref("Service")}, "services"),
+                    **_errors(400, 401, 429, 503),
+                },
+            }
+        },
+        "/service": {
+            "put": {
+                "summary": "Create a service",
+                "requestBody": _body(_ref("NewService")),
+                "responses": {
+                    "201": _json(_ref("Service"), "created"),
+                    **_errors(400, 401, 409, 413, 422, 503),
+                },
+            }
+        },
+        "/service/{name}": {
+            "get": {
+                "summary": "Get a service with its ports and endpoints (blocking query)",
+                "parameters": [_NAME_PARAM, _PRETTY, _INDEX, _WAIT],
+                "responses": {
+                    "200": _json(_ref("Service"), "the service"),
+                    **_errors(400, 401, 404, 429, 503),
+                },
+            },
+            "delete": {
+                "summary": "Delete a service with its ports and endpoints",
+                "parameters": [_NAME_PARAM],
+                "responses": {"204": {"description": "deleted"}, **_errors(400, 401, 404, 503)},
+            },
+        },
+        "/service/{name}/endpoints": {
+            "get": {
+                "summary": "List a service's live endpoints",
+                "parameters": [_NAME_PARAM, _PRETTY],
+                "responses": {
+                    "200": _json({"type": "array", "items": _ref("Endpoint")}, "endpoints"),
+                    **_errors(401, 404, 503),
+                },
+            }
+        },
+        "/service/{name}/register": {
+            "put": {
+                "summary": "Register an endpoint (again: updates tags and lease)",
+                "parameters": [_NAME_PARAM],
+                "requestBody": _body(_ref("NewEndpoint")),
+                "responses": {"200": _json(_ref("Endpoint"), "registered"), **_errors(
+                    *_WRITE_ERRORS
+                )},
+            }
+        },
+        "/service/{name}/endpoints/{ip}": {
+            "delete": {
+                "summary": "Deregister an endpoint",
+                "parameters": [_NAME_PARAM, _IP_PARAM],
+                "responses": {"204": {"description": "deregistered"}, **_errors(
+                    400, 401, 404, 503
+                )},
+            }
+        },
+        "/service/{name}/endpoints/{ip}/heartbeat": {
+            "put": {
+                "summary": "Renew an endpoint's lease; 404 means register again",
+                "parameters": [_NAME_PARAM, _IP_PARAM],
+                "responses": {"200": _json(_ref("Lease"), "renewed"), **_errors(
+                    400, 401, 404, 503
+                )},
+            }
+        },
+        "/service/{name}/ports": {"put": ports_op},
+        "/service/{name}/port": {"put": {**ports_op, "summary": "Alias of /ports (the design)"}},
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
+        "/ready": {
+            "get": {
+                "summary": "Readiness: registry loaded and not draining",
+                "responses": {
+                    "200": {"description": "ready"},
+                    "503": {"description": "not ready"},
+                },
+            }
+        },
+        "/metrics": {
+            "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "ok"}}}
+        },
+        "/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": {"description": "ok"}}}
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "service-discovery", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

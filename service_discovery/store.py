@@ -1,0 +1,379 @@
+"""PostgreSQL storage: every write is one transaction that ends in `sd_bump`, and every error
+leaves here as a typed RegistryError (23505 -> AlreadyExists, lost connection -> StoreUnavailable).
+
+Writes return the service as committed, so the caller can update its own registry copy before
+answering (read-your-writes). Reads for serving never come here: they use the copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from service_discovery.config import Config
+from service_discovery.errors import (
+    AlreadyExists,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    RegistryError,
+    StoreUnavailable,
+)
+from service_discovery.model import Endpoint, EndpointSpec, NamedPort, Service, ServiceSpec
+
+log = logging.getLogger(__name__)
+
+REAPER_LOCK_KEY = 0x5D_1EA5E  # advisory lock: one reaper at a time across replicas
+
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.QueryCanceledError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Services read in one database snapshot, with the registry version that snapshot saw."""
+
+    version: int
+    services: dict[str, Service]  # lowercased name -> service
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRenewal:
+    service: str  # lowercased name
+    ip: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReapResult:
+    removed: int
+    leased: int
+    guarded: bool
+    versions: dict[str, int]  # lowercased service name -> version after its endpoints went
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect(url: str, timeout: float) -> asyncpg.Connection:
+    """A single connection (for LISTEN), with the same codecs as the pool."""
+    try:
+        conn = await asyncpg.connect(url, timeout=timeout)
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"database unreachable: {exc}") from exc
+    await _init_connection(conn)
+    return conn
+
+
+_SERVICES_SQL = """
+SELECT id, name, attributes, version,
+       extract(epoch FROM created_at)::float8 AS created_at,
+       extract(epoch FROM updated_at)::float8 AS updated_at
+FROM services {where}
+"""
+_PORTS_SQL = """
+SELECT p.service_id, p.name, p.protocol, p.port, p.priority, p.weight
+FROM named_ports p {where}
+"""
+_ENDPOINTS_SQL = """
+SELECT e.service_id, host(e.ip) AS ip, e.tags, e.ttl_seconds,
+       extract(epoch FROM e.expires_at)::float8 AS expires_at
+FROM endpoints e {where}
+ORDER BY e.service_id, e.ip
+"""
+
+
+async def _read_services(conn: asyncpg.Connection, ids: Sequence[Any] | None) -> dict[str, Service]:
+    if ids is None:
+        srows = await conn.fetch(_SERVICES_SQL.format(where=""))
+        prows = await conn.fetch(_PORTS_SQL.format(where=""))
+        erows = await conn.fetch(_ENDPOINTS_SQL.format(where=""))
+    else:
+        srows = await conn.fetch(_SERVICES_SQL.format(where="WHERE id = ANY($1)"), ids)
+        prows = await conn.fetch(_PORTS_SQL.format(where="WHERE service_id = ANY($1)"), ids)
+        erows = await conn.fetch(_ENDPOINTS_SQL.format(where="WHERE service_id = ANY($1)"), ids)
+    ports: dict[Any, dict[str, NamedPort]] = {}
+    for r in prows:
+        ports.setdefault(r["service_id"], {})[r["name"]] = NamedPort(
+            r["name"], r["protocol"], r["port"], r["priority"], r["weight"]
+        )
+    endpoints: dict[Any, list[Endpoint]] = {}
+    for r in erows:
+        endpoints.setdefault(r["service_id"], []).append(
+            Endpoint(r["ip"], tuple(r["tags"]), r["ttl_seconds"], r["expires_at"])
+        )
+    out: dict[str, Service] = {}
+    for r in srows:
+        sid = r["id"]
+        svc = Service(
+            id=str(sid),
+            name=r["name"],
+            attributes=r["attributes"],
+            named_ports=ports.get(sid, {}),
+            endpoints=tuple(endpoints.get(sid, ())),
+            version=r["version"],
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+        )
+        out[svc.key] = svc
+    return out
+
+
+async def read_snapshot(conn: asyncpg.Connection, names: Iterable[str] | None = None) -> Snapshot:
+    """The whole registry (names=None) or some services, consistent with one registry version."""
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            version = await conn.fetchval("SELECT version FROM registry_state")
+            if names is None:
+                services = await _read_services(conn, None)
+            else:
+                ids = await conn.fetch(
+                    "SELECT id FROM services WHERE lower(name) = ANY($1::text[])",
+                    [n.lower() for n in names],
+                )
+                services = await _read_services(conn, [r["id"] for r in ids])
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"database unavailable: {exc}") from exc
+    return Snapshot(version=version, services=services)
+
+
+async def read_lease_batch(conn: asyncpg.Connection, batch: int) -> list[LeaseRenewal]:
+    rows = await conn.fetch(
+        """SELECT lower(s.name) AS service, host(e.ip) AS ip,
+                  extract(epoch FROM e.expires_at)::float8 AS expires_at
+           FROM endpoints e JOIN services s ON s.id = e.service_id
+           WHERE e.lease_batch = $1 AND e.expires_at IS NOT NULL""",
+        batch,
+    )
+    return [LeaseRenewal(r["service"], r["ip"], r["expires_at"]) for r in rows]
+
+
+class Store:
+    """The pool and every write. Each public method is one transaction."""
+
+    def __init__(self, config: Config, url: str) -> None:
+        self._config = config
+        self._url = url
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._url,
+                min_size=self._config.db_pool_min_size,
+                max_size=self._config.db_pool_max_size,
+                init=_init_connection,
+                timeout=self._config.db_timeout_seconds,
+                command_timeout=self._config.db_timeout_seconds,
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"database unreachable: {exc}") from exc
+
+    async def close(self, timeout: float = 5.0) -> None:
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), timeout)
+            except TimeoutError:
+                self._pool.terminate()
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction whose failures come out as typed errors, bounded by DB_TIMEOUT_SECONDS."""
+        if self._pool is None:
+            raise StoreUnavailable("database pool is not open")
+        try:
+            async with self._pool.acquire(timeout=self._config.db_timeout_seconds) as conn:
+                async with conn.transaction():
+                    yield conn
+        except RegistryError:
+            raise
+        except asyncpg.exceptions.UniqueViolationError as exc:
+            raise AlreadyExists(exc.detail or "already exists") from exc
+        except asyncpg.exceptions.ForeignKeyViolationError as exc:
+            raise NotFound("service not found") from exc
+        except (
+            asyncpg.exceptions.CheckViolationError,
+            asyncpg.exceptions.DataError,
+        ) as exc:
+            raise InvalidInput(f"rejected by the database: {exc}") from exc
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}: {exc}") from exc
+        except asyncpg.exceptions.PostgresConnectionError as exc:
+            raise StoreUnavailable(f"database unavailable: {exc}") from exc
+
+    @staticmethod
+    async def _service_id(conn: asyncpg.Connection, name: str) -> tuple[Any, str]:
+        # FOR UPDATE serialises writers of one service, so limit checks cannot race.
+        row = await conn.fetchrow(
+            "SELECT id, name FROM services WHERE lower(name) = lower($1) FOR UPDATE", name
+        )
+        if row is None:
+            raise NotFound(f"service {name!r} not found")
+        return row["id"], row["name"]
+
+    @staticmethod
+    async def _commit(conn: asyncpg.Connection, sid: Any, name: str) -> Service:
+        await conn.fetchval("SELECT sd_bump($1, $2)", sid, name)
+        services = await _read_services(conn, [sid])
+        return services[name.lower()]
+
+    async def create_service(self, spec: ServiceSpec) -> Service:
+        async with self._tx() as conn:
+            exists = await conn.fetchval(
+                "SELECT 1 FROM services WHERE lower(name) = lower($1)", spec.name
+            )
+            if exists:
+                raise AlreadyExists(f"service {spec.name!r} already exists")
+            try:
+                sid = await conn.fetchval(
+                    "INSERT INTO services (name, attributes) VALUES ($1, $2) RETURNING id",
+                    spec.name,
+                    spec.attributes,
+                )
+            except asyncpg.exceptions.UniqueViolationError as exc:
+                raise AlreadyExists(f"service {spec.name!r} already exists") from exc
+            await self._upsert_ports(conn, sid, spec.named_ports.values())
+            return await self._commit(conn, sid, spec.name)
+
+    async def delete_service(self, name: str) -> int:
+        """Delete a service with its ports and endpoints; returns the new registry version."""
+        async with self._tx() as conn:
+            sid, stored = await self._service_id(conn, name)
+            await conn.execute("DELETE FROM services WHERE id = $1", sid)
+            return await conn.fetchval("SELECT sd_bump($1, $2)", sid, stored)
+
+    @staticmethod
+    async def _upsert_ports(conn: asyncpg.Connection, sid: Any, ports: Iterable[NamedPort]) -> None:
+        rows = [(sid, p.name, p.protocol, p.port, p.priority, p.weight) for p in ports]
+        if rows:
+            await conn.executemany(
+                """INSERT INTO named_ports (service_id, name, protocol, port, priority, weight)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (service_id, name) DO UPDATE
+                   SET protocol = EXCLUDED.protocol, port = EXCLUDED.port,
+                       priority = EXCLUDED.priority, weight = EXCLUDED.weight,
+                       updated_at = now()""",
+                rows,
+            )
+
+    async def add_named_ports(self, name: str, ports: dict[str, NamedPort]) -> Service:
+        async with self._tx() as conn:
+            sid, stored = await self._service_id(conn, name)
+            await self._upsert_ports(conn, sid, ports.values())
+            return await self._commit(conn, sid, stored)
+
+    async def register_endpoint(self, name: str, spec: EndpointSpec) -> Service:
+        async with self._tx() as conn:
+            sid, stored = await self._service_id(conn, name)
+            count = await conn.fetchval(
+                "SELECT count(*) FROM endpoints WHERE service_id = $1 AND ip <> $2::inet",
+                sid,
+                spec.ip,
+            )
+            limit = self._config.max_endpoints_per_service
+            if count >= limit:
+                raise LimitExceeded(f"service {stored!r} already has {limit} endpoints (the limit)")
+            await conn.execute(
+                """INSERT INTO endpoints (service_id, ip, tags, ttl_seconds, expires_at)
+                   VALUES ($1, $2::inet, $3, $4::int,
+                           now() + make_interval(secs => $4::int))
+                   ON CONFLICT (service_id, ip) DO UPDATE
+                   SET tags = EXCLUDED.tags, ttl_seconds = EXCLUDED.ttl_seconds,
+                       expires_at = EXCLUDED.expires_at, updated_at = now()""",
+                sid,
+                spec.ip,
+                list(spec.tags),
+                spec.ttl_seconds,
+            )
+            return await self._commit(conn, sid, stored)
+
+    async def deregister_endpoint(self, name: str, ip: str) -> Service:
+        async with self._tx() as conn:
+            sid, stored = await self._service_id(conn, name)
+            gone = await conn.fetchval(
+                "DELETE FROM endpoints WHERE service_id = $1 AND ip = $2::inet RETURNING 1",
+                sid,
+                ip,
+            )
+            if not gone:
+                raise NotFound(f"endpoint {ip} of service {stored!r} not found")
+            return await self._commit(conn, sid, stored)
+
+    async def renew_leases(self, leases: Sequence[tuple[str, str]]) -> list[LeaseRenewal]:
+        """Renew many (service, ip) leases in one statement and tell the other replicas.
+
+        Heartbeats do not move the registry version: a renewal changes no answer.
+        """
+        async with self._tx() as conn:
+            batch = await conn.fetchval("SELECT nextval('lease_batch_seq')")
+            rows = await conn.fetch(
+                """UPDATE endpoints e
+                   SET expires_at = now() + make_interval(secs => e.ttl_seconds),
+                       lease_batch = $3
+                   FROM services s, unnest($1::text[], $2::inet[]) AS h(name, ip)
+                   WHERE s.id = e.service_id AND lower(s.name) = h.name AND e.ip = h.ip
+                     AND e.ttl_seconds IS NOT NULL
+                   RETURNING lower(s.name) AS service, host(e.ip) AS ip,
+                             extract(epoch FROM e.expires_at)::float8 AS expires_at""",
+                [s.lower() for s, _ in leases],
+                [ip for _, ip in leases],
+                batch,
+            )
+            if rows:
+                await conn.execute("SELECT pg_notify('sd_leases', $1::text)", str(batch))
+            return [LeaseRenewal(r["service"], r["ip"], r["expires_at"]) for r in rows]
+
+    async def reap_expired(self, share: float, minimum: int) -> ReapResult | None:
+        """Delete expired leases unless too many expire at once; None if another replica reaps."""
+        async with self._tx() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", REAPER_LOCK_KEY):
+                return None
+            leased, expired = await conn.fetchrow(
+                """SELECT count(*), count(*) FILTER (WHERE expires_at <= now())
+                   FROM endpoints WHERE expires_at IS NOT NULL"""
+            )
+            if expired == 0:
+                return ReapResult(0, leased, False, {})
+            if mass_expiry(expired, leased, share, minimum):
+                return ReapResult(0, leased, True, {})
+            # Lock the services first, in id order, as every other writer locks its service
+            # before its endpoints and the registry version: no lock cycle.
+            services = await conn.fetch(
+                """SELECT id, name FROM services WHERE id IN
+                     (SELECT service_id FROM endpoints WHERE expires_at <= now())
+                   ORDER BY id FOR UPDATE"""
+            )
+            removed = await conn.fetchval(
+                """WITH gone AS (DELETE FROM endpoints
+                                 WHERE service_id = ANY($1) AND expires_at <= now()
+                                 RETURNING 1)
+                   SELECT count(*) FROM gone""",
+                [r["id"] for r in services],
+            )
+            versions: dict[str, int] = {}
+            for sid, name in services:
+                versions[name.lower()] = await conn.fetchval("SELECT sd_bump($1, $2)", sid, name)
+            return ReapResult(removed, leased, False, versions)
+
+
+def mass_expiry(expired: int, leased: int, share: float, minimum: int) -> bool:
+    """Self-preservation: too large a share of leases lapsing together means the renewals were
+    lost (a database or network outage), not that the instances died; keep them."""
+    return leased >= max(minimum, 1) and expired > share * leased

@@ -1,0 +1,158 @@
+"""Keeps the registry copy fresh: LISTEN on a dedicated connection (a pool would UNLISTEN it),
+fetch what a notification names, and after every reconnect reload everything, because
+notifications sent while we were away are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+
+import asyncpg
+
+from service_discovery.cache import Registry
+from service_discovery.config import Config
+from service_discovery.errors import StoreUnavailable
+from service_discovery.metrics import Metrics
+from service_discovery.store import connect, read_lease_batch, read_snapshot
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("sd_registry", "sd_leases")
+_BACKOFF_MAX = 5.0
+_PING_SECONDS = 5.0
+
+
+class Sync:
+    def __init__(self, config: Config, url: str, registry: Registry, metrics: Metrics) -> None:
+        self._config = config
+        self._url = url
+        self._registry = registry
+        self._metrics = metrics
+        self._pending: dict[str, int] = {}
+        self._pending_leases: list[int] = []
+        self._wakeup = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.synced = asyncio.Event()
+        self.connected = False
+
+    async def start(self) -> None:
+        """Run in the background; `synced` is set after the first load with LISTEN established."""
+        self._task = asyncio.create_task(self._run(), name="sd-sync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._conn is not None:
+            self._conn.terminate()
+
+    def listen_pid(self) -> int | None:
+        """The backend pid of the LISTEN connection (for operators and fault tests)."""
+        return self._conn.get_server_pid() if self._conn is not None else None
+
+    async def _run(self) -> None:
+        delay = 0.1
+        first = True
+        while True:
+            try:
+                await self._connect_and_load()
+                if not first:
+                    self._metrics.sync_reconnects.inc()
+                first = False
+                delay = 0.1
+                await self._serve_notifications()
+            except asyncio.CancelledError:
+                raise
+            except (StoreUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if self.connected or first:
+                    log.warning("registry sync: database connection lost or refused: %s", exc)
+            except Exception:
+                log.exception("registry sync failed; reconnecting")
+                self._metrics.internal_errors.labels("sync").inc()
+            self._set_connected(False)
+            if self._conn is not None:
+                self._conn.terminate()
+                self._conn = None
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, _BACKOFF_MAX)
+
+    def _set_connected(self, up: bool) -> None:
+        self.connected = up
+        self._metrics.sync_connected.set(1 if up else 0)
+
+    async def _connect_and_load(self) -> None:
+        conn = await connect(self._url, self._config.db_timeout_seconds)
+        self._conn = conn
+        self._lost.clear()
+        conn.add_termination_listener(lambda _c: self._lost.set())
+        for channel in CHANNELS:
+            await conn.add_listener(channel, self._on_notify)
+        # LISTEN first, then load: a change committed in between is both in the snapshot and
+        # notified, and applying it twice is harmless.
+        self._pending.clear()
+        self._pending_leases.clear()
+        snapshot = await read_snapshot(conn)
+        self._registry.replace_all(snapshot)
+        self._metrics.sync_reloads.inc()
+        self._set_connected(True)
+        if not self.synced.is_set():
+            log.info(
+                "registry loaded: %d services at version %d",
+                len(snapshot.services),
+                snapshot.version,
+            )
+        else:
+            log.info("registry reloaded after reconnect at version %d", snapshot.version)
+        self.synced.set()
+
+    def _on_notify(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+        try:
+            if channel == "sd_leases":
+                self._pending_leases.append(int(payload))
+            else:
+                data = json.loads(payload)
+                key, version = data["s"], int(data["v"])
+                self._pending[key] = max(version, self._pending.get(key, 0))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring malformed notification on %s", channel)
+            return
+        self._wakeup.set()
+
+    async def _serve_notifications(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            while True:
+                wake = asyncio.ensure_future(self._wakeup.wait())
+                done, _ = await asyncio.wait(
+                    {wake, lost}, timeout=_PING_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                if lost in done:
+                    wake.cancel()
+                    raise StoreUnavailable("LISTEN connection closed")
+                if not done:
+                    wake.cancel()
+                    # A silent peer (half-open TCP) delivers no notifications and no error.
+                    await conn.fetchval("SELECT 1", timeout=self._config.db_timeout_seconds)
+                    continue
+                self._wakeup.clear()
+                # Everything queued so far is fetched in one snapshot: a burst of writes costs
+                # one round trip per replica, not one per write.
+                pending, self._pending = self._pending, {}
+                batches, self._pending_leases = self._pending_leases, []
+                if pending:
+                    snapshot = await read_snapshot(conn, pending)
+                    for key in pending:
+                        self._registry.apply(snapshot.version, key, snapshot.services.get(key))
+                for batch in batches:
+                    self._registry.renew(await read_lease_batch(conn, batch))
+        finally:
+            lost.cancel()

