@@ -41,7 +41,7 @@ def ensure_apt(*packages: str) -> None:
 
 @contextlib.contextmanager
 def scratch_database() -> Iterator[str]:
-    """A fresh migrated database on DATABASE_URL's server (default the local 5432), dropped after."""
+    """A fresh migrated database on DATABASE_URL's server (default local 5432), dropped after."""
     import psycopg2
 
     server = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

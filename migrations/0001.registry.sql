@@ -47,15 +47,20 @@ CREATE SEQUENCE lease_batch_seq;
 
 -- Every change to a service ends with sd_bump: the registry version moves by one (the row
 -- lock orders versions exactly as commits), the service records it as its index, and every
--- replica hears of it at commit through NOTIFY.
-CREATE FUNCTION sd_bump(p_service_id uuid, p_name text) RETURNS bigint
+-- replica hears of it at commit through NOTIFY. The payload names the service, the new and the
+-- previous version of that service and, for a change of one endpoint, its address: a replica
+-- whose copy is at the previous version fetches just that endpoint, any other fetches it all.
+CREATE FUNCTION sd_bump(p_service_id uuid, p_name text, p_ip inet DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     v bigint;
+    pv bigint;
 BEGIN
+    SELECT version INTO pv FROM services WHERE id = p_service_id;
     UPDATE registry_state SET version = version + 1 RETURNING version INTO v;
     UPDATE services SET version = v, updated_at = now() WHERE id = p_service_id;
-    PERFORM pg_notify('sd_registry', json_build_object('s', lower(p_name), 'v', v)::text);
+    PERFORM pg_notify('sd_registry', json_build_object(
+        's', lower(p_name), 'v', v, 'pv', pv, 'ip', host(p_ip))::text);
     RETURN v;
 END
 $$;

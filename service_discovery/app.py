@@ -49,6 +49,7 @@ class App:
         self._embedded: EmbeddedPostgres | None = None
         self._runner: web.AppRunner | None = None
         self._pool_task: asyncio.Task[None] | None = None
+        self._ready_task: asyncio.Task[None] | None = None
         self.database_url = config.database_url or ""
         self.store: Store | None = None
         self.sync: Sync | None = None
@@ -58,7 +59,7 @@ class App:
         self.grpc: GrpcServer | None = None
         self.http_port = 0
         self.metrics.bind_registry(
-            lambda: len(self.registry.services()),
+            self.registry.service_count,
             self.registry.endpoint_count,
             lambda: self.registry.version,
         )
@@ -66,9 +67,7 @@ class App:
 
     # ---- state ---------------------------------------------------------------------------
     def is_ready(self) -> bool:
-        return (
-            not self.draining and self.sync is not None and self.sync.synced.is_set()
-        )
+        return not self.draining and self.sync is not None and self.sync.synced.is_set()
 
     @property
     def dns_port(self) -> int:
@@ -139,7 +138,7 @@ class App:
         self._pool_task = asyncio.create_task(self._open_pool(), name="sd-pool")
         await self.sync.start()
         self.leases.start()
-        asyncio.create_task(self._mark_ready(), name="sd-ready")
+        self._ready_task = asyncio.create_task(self._mark_ready(), name="sd-ready")
 
     async def _open_pool(self) -> None:
         assert self.store is not None
@@ -220,7 +219,9 @@ async def run_app(config: Config, *, ready_timeout: float = 30.0) -> AsyncIterat
         await app.stop()
 
 
-async def serve(config: Config, *, migrate_first: bool, on_second_signal: Callable[[], None]) -> None:
+async def serve(
+    config: Config, *, migrate_first: bool, on_second_signal: Callable[[], None]
+) -> None:
     """Run until SIGTERM or SIGINT, then drain and stop in order. A second signal calls
     `on_second_signal` (the CLI exits at once)."""
     loop = asyncio.get_running_loop()

@@ -1,9 +1,10 @@
 """The in-memory registry copy that every read is served from.
 
-It holds each service as PostgreSQL last told us (`_full`) and the view clients see (`get`):
-the same service without endpoints whose lease has lapsed. One timer, set for the earliest
-lease expiry, updates views; no loop polls. Changes are announced synchronously to subscribers
-(the DNS answer cache, gRPC watches) and wake HTTP blocking queries.
+Each service is an `_Entry` holding what PostgreSQL last told us, updated in O(1) for a change of
+one endpoint. Clients see views (`get`): frozen `Service` objects without endpoints whose lease
+has lapsed, built lazily and kept until the service changes. One timer, set for the earliest
+lease expiry, hides lapsed endpoints; no loop polls. Changes are announced synchronously to
+subscribers (the DNS answer cache, gRPC watches) and wake HTTP blocking queries.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from service_discovery.config import Config
-from service_discovery.model import Service
-from service_discovery.store import LeaseRenewal, Snapshot, mass_expiry
+from service_discovery.model import Endpoint, Service
+from service_discovery.store import EndpointChange, LeaseRenewal, Snapshot, mass_expiry
 
 log = logging.getLogger(__name__)
 
@@ -26,22 +27,41 @@ log = logging.getLogger(__name__)
 ChangeCallback = Callable[[str | None, str], None]
 
 _TIMER_MIN_DELAY = 0.02  # coalesce expiries that fall close together into one pass
+_GUARD_RECHECK_SECONDS = 1.0  # while the mass-expiry guard holds, how often it is re-evaluated
+
+
+class _Entry:
+    """One service as stored; `endpoints` keyed by ip, `hidden` = ips whose lease lapsed."""
+
+    __slots__ = ("endpoints", "hidden", "service", "view")
+
+    def __init__(self, service: Service) -> None:
+        self.service = service  # header fields; its endpoints tuple is not kept current
+        self.endpoints: dict[str, Endpoint] = {e.ip: e for e in service.endpoints}
+        self.hidden: set[str] = set()
+        self.view: Service | None = None
+
+    @property
+    def version(self) -> int:
+        return self.service.version
 
 
 class Registry:
     def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._clock = clock
-        self._full: dict[str, Service] = {}
-        self._views: dict[str, Service] = {}
+        self._entries: dict[str, _Entry] = {}
         self._tombstones: dict[str, int] = {}
         self._by_ip: dict[str, set[str]] = {}
         self._leased: dict[tuple[str, str], float] = {}
-        self._heap: list[tuple[float, str]] = []
+        self._hidden_total = 0
+        self._heap: list[tuple[float, str, str]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._subscribers: list[ChangeCallback] = []
-        self._waiters: dict[str | None, set[asyncio.Future[None]]] = {}
+        self._waiters: dict[str | None, set[asyncio.Future[str]]] = {}
+        self._connected = True
+        self._closed = False
         self.version = 0
         self.loaded = False
         self.self_preservation = False
@@ -49,28 +69,54 @@ class Registry:
 
     # ---- reads ---------------------------------------------------------------------------
     def get(self, name: str) -> Service | None:
-        return self._views.get(name.lower())
+        entry = self._entries.get(name.lower())
+        return None if entry is None else self._view(entry)
 
     def services(self) -> list[Service]:
-        return [self._views[k] for k in sorted(self._views)]
+        return [self._view(self._entries[k]) for k in sorted(self._entries)]
+
+    def service_count(self) -> int:
+        return len(self._entries)
 
     def index(self, name: str | None = None) -> int:
         """The Consul-style index: of one service (moves only when it changes), or the registry."""
         if name is None:
             return self.version
         key = name.lower()
-        svc = self._full.get(key)
-        return svc.version if svc is not None else self._tombstones.get(key, 0)
+        entry = self._entries.get(key)
+        return entry.version if entry is not None else self._tombstones.get(key, 0)
 
     def names_for_ip(self, ip: str) -> tuple[str, ...]:
-        return tuple(sorted(self._by_ip.get(ip, ())))
+        return tuple(
+            sorted(k for k in self._by_ip.get(ip, ()) if self._visible(self._entries[k], ip))
+        )
 
     def endpoint_count(self) -> int:
-        return sum(len(s.endpoints) for s in self._views.values())
+        if self.self_preservation:
+            return sum(len(e.endpoints) for e in self._entries.values())
+        return sum(len(e.endpoints) - len(e.hidden) for e in self._entries.values())
 
     def is_live(self, name: str, ip: str) -> bool:
-        svc = self.get(name)
-        return svc is not None and any(e.ip == ip for e in svc.endpoints)
+        entry = self._entries.get(name.lower())
+        return entry is not None and ip in entry.endpoints and self._visible(entry, ip)
+
+    def endpoint(self, name: str, ip: str) -> Endpoint | None:
+        """A live endpoint of a service, or None."""
+        entry = self._entries.get(name.lower())
+        if entry is None or not self._visible(entry, ip):
+            return None
+        return entry.endpoints.get(ip)
+
+    def _visible(self, entry: _Entry, ip: str) -> bool:
+        return self.self_preservation or ip not in entry.hidden
+
+    def _view(self, entry: _Entry) -> Service:
+        if entry.view is None:
+            eps = entry.endpoints.values()
+            if entry.hidden and not self.self_preservation:
+                eps = [e for e in eps if e.ip not in entry.hidden]
+            entry.view = replace(entry.service, endpoints=tuple(eps))
+        return entry.view
 
     # ---- change notification --------------------------------------------------------------
     def subscribe(self, callback: ChangeCallback) -> Callable[[], None]:
@@ -78,65 +124,95 @@ class Registry:
         return lambda: self._subscribers.remove(callback)
 
     async def wait_for_change(self, name: str | None, index: int, timeout: float) -> None:
-        """Return once the index passes `index`, the service's view changes, or `timeout` ends."""
-        if self.index(name) > index or timeout <= 0:
+        """Wait (at most `timeout` seconds) for something a blocking query on `name` reports.
+
+        For one service: its index passes `index`, or its live endpoints change without the
+        index moving (a lease lapsed in memory, or came back). For the registry (`name` None):
+        the registry version passes `index`. A reload or `close` ends every wait. Each waiter is
+        one future woken by `_announce`; nothing polls.
+        """
+        if self._closed or timeout <= 0 or self.index(name) > index:
             return
         key = name.lower() if name is not None else None
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.setdefault(key, set())
-        waiters.add(fut)
-        try:
-            await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            pass
-        finally:
-            waiters.discard(fut)
-            if not waiters:
-                self._waiters.pop(key, None)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            fut: asyncio.Future[str] = loop.create_future()
+            waiters = self._waiters.setdefault(key, set())
+            waiters.add(fut)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    reason = await fut
+            except TimeoutError:
+                return
+            finally:
+                waiters.discard(fut)
+                if not waiters and self._waiters.get(key) is waiters:
+                    del self._waiters[key]
+            # A listing shows no endpoints, so only a new version (or a reload) changes it.
+            if key is not None or reason == "reload" or self._closed or self.version > index:
+                return
 
     def _announce(self, key: str | None, reason: str) -> None:
+        """Tell subscribers, then wake the blocking queries on `key` (None: all of them) and on
+        the registry as a whole."""
         for cb in list(self._subscribers):
             try:
                 cb(key, reason)
             except Exception:
                 log.exception("registry subscriber failed")
-        keys = (None,) if key is None else (key, None)
-        if key is None:
-            keys = tuple(self._waiters)
+        keys = tuple(self._waiters) if key is None else (key, None)
         for k in keys:
             for fut in self._waiters.get(k, ()):
                 if not fut.done():
-                    fut.set_result(None)
+                    fut.set_result(reason)
+
+    def set_connected(self, connected: bool) -> None:
+        """Whether this copy hears every change (its LISTEN connection is up).
+
+        While it does not, leases do not lapse in memory: renewals written through other
+        replicas cannot reach us, so a lease that looks lapsed may well be renewed. The reload
+        after reconnecting applies every lapse at once (and the mass-expiry guard to them).
+        """
+        self._connected = connected
+        if connected:
+            self._schedule()
 
     # ---- updates from PostgreSQL ----------------------------------------------------------
     def replace_all(self, snapshot: Snapshot) -> None:
         """Load everything (start-up, or after the LISTEN connection came back)."""
-        for key in set(self._full) - set(snapshot.services):
+        for key in set(self._entries) - set(snapshot.services):
             self._tombstones[key] = snapshot.version
-        self._full = dict(snapshot.services)
+        self._entries = {}
+        self._by_ip.clear()
         self._leased.clear()
         self._heap.clear()
-        for key, svc in self._full.items():
-            self._track_leases(key, svc)
+        self._hidden_total = 0
+        now = self._clock()
+        for key, svc in snapshot.services.items():
+            self._put(key, svc, now)
         self.version = max(self.version, snapshot.version)
-        self._refresh_guard()
-        self._rebuild_views(self._full)
+        self._refresh_guard(now)
         self.loaded = True
         self._schedule()
         self._announce(None, "reload")
 
     def apply(self, snapshot_version: int, key: str, service: Service | None) -> None:
-        """Apply one service as read at `snapshot_version` (None: absent), unless we hold newer."""
+        """Apply a whole service as read at `snapshot_version` (None: absent there).
+
+        A full read at a version is exact, so it replaces a copy at the same version (which may
+        have been patched out of order) and only a newer copy is kept.
+        """
         key = key.lower()
-        current = self._full.get(key)
+        current = self._entries.get(key)
         self.version = max(self.version, snapshot_version)
         if service is not None:
-            if current is not None and current.version >= service.version:
+            if current is not None and current.version > service.version:
                 return
-            self._full[key] = service
             self._tombstones.pop(key, None)
-            self._untrack_leases(key, current)
-            self._track_leases(key, service)
+            if current is not None:
+                self._drop(key, current)
+            self._put(key, service, self._clock())
             reason = "update"
         else:
             if current is None or current.version > snapshot_version:
@@ -144,60 +220,107 @@ class Registry:
                 if current is None:
                     self._announce(key, "delete")
                 return
-            del self._full[key]
+            self._drop(key, current)
+            del self._entries[key]
             self._tombstones[key] = snapshot_version
-            self._untrack_leases(key, current)
             reason = "delete"
-        self._rebuild_views([key])
         self._schedule()
         self._announce(key, reason)
 
+    def apply_endpoint(self, change: EndpointChange) -> bool:
+        """Apply one endpoint change if the copy holds the version just before it.
+
+        Returns False when the copy missed a change in between (the caller reads the service).
+        """
+        entry = self._entries.get(change.service)
+        if entry is None:
+            return False
+        if entry.version >= change.version:
+            return True  # already applied (our own write, heard again)
+        if entry.version != change.prev_version:
+            return False
+        self._set_endpoint(change.service, entry, change.ip, change.endpoint, self._clock())
+        entry.service = replace(entry.service, version=change.version)
+        entry.view = None
+        self.version = max(self.version, change.version)
+        self._schedule()
+        self._announce(change.service, "update")
+        return True
+
     def renew(self, renewals: Iterable[LeaseRenewal]) -> None:
         """New expiry times from heartbeats; the registry version does not move."""
-        by_service: dict[str, dict[str, float]] = {}
+        now = self._clock()
+        changed: set[str] = set()
         for r in renewals:
-            by_service.setdefault(r.service, {})[r.ip] = r.expires_at
-        for key, expiries in by_service.items():
-            svc = self._full.get(key)
-            if svc is None:
+            entry = self._entries.get(r.service)
+            old = entry.endpoints.get(r.ip) if entry is not None else None
+            if entry is None or old is None:
                 continue
-            endpoints = tuple(
-                replace(e, expires_at=expiries[e.ip]) if e.ip in expiries else e
-                for e in svc.endpoints
-            )
-            self._full[key] = replace(svc, endpoints=endpoints)
-            for ip, at in expiries.items():
-                if (key, ip) in self._leased:
-                    self._leased[(key, ip)] = at
-            heapq.heappush(self._heap, (min(expiries.values()), key))
-            before = self._views.get(key)
-            self._rebuild_views([key])
-            if before is None or before.endpoints != self._views[key].endpoints:
-                self._announce(key, "update")
+            was_hidden = r.ip in entry.hidden
+            self._set_endpoint(r.service, entry, r.ip, replace(old, expires_at=r.expires_at), now)
+            entry.view = None
+            if was_hidden != (r.ip in entry.hidden):
+                changed.add(r.service)
         self._schedule()
+        for key in changed:
+            self._announce(key, "update")
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+    def _put(self, key: str, svc: Service, now: float) -> None:
+        entry = _Entry(svc)
+        self._entries[key] = entry
+        for ip, e in entry.endpoints.items():
+            self._by_ip.setdefault(ip, set()).add(key)
+            self._track(key, entry, e, now)
+
+    def _drop(self, key: str, entry: _Entry) -> None:
+        for ip in entry.endpoints:
+            self._untrack_ip(key, ip)
+            self._leased.pop((key, ip), None)
+        self._hidden_total -= len(entry.hidden)
+
+    def _untrack_ip(self, key: str, ip: str) -> None:
+        names = self._by_ip.get(ip)
+        if names is not None:
+            names.discard(key)
+            if not names:
+                del self._by_ip[ip]
+
+    def _set_endpoint(
+        self, key: str, entry: _Entry, ip: str, endpoint: Endpoint | None, now: float
+    ) -> None:
+        if ip in entry.hidden:
+            entry.hidden.discard(ip)
+            self._hidden_total -= 1
+        self._leased.pop((key, ip), None)
+        if endpoint is None:
+            entry.endpoints.pop(ip, None)
+            self._untrack_ip(key, ip)
+            return
+        entry.endpoints[ip] = endpoint
+        self._by_ip.setdefault(ip, set()).add(key)
+        self._track(key, entry, endpoint, now)
+
+    def _track(self, key: str, entry: _Entry, e: Endpoint, now: float) -> None:
+        if e.expires_at is None:
+            return
+        self._leased[(key, e.ip)] = e.expires_at
+        if e.expires_at <= now:
+            entry.hidden.add(e.ip)
+            self._hidden_total += 1
+        else:
+            heapq.heappush(self._heap, (e.expires_at, key, e.ip))
 
     # ---- leases --------------------------------------------------------------------------
-    def _track_leases(self, key: str, svc: Service) -> None:
-        soonest = None
-        for e in svc.endpoints:
-            if e.expires_at is not None:
-                self._leased[(key, e.ip)] = e.expires_at
-                soonest = e.expires_at if soonest is None else min(soonest, e.expires_at)
-        if soonest is not None:
-            heapq.heappush(self._heap, (soonest, key))
+    def _refresh_guard(self, now: float) -> bool:
+        """Recompute the mass-expiry guard over this copy; True if it changed.
 
-    def _untrack_leases(self, key: str, svc: Service | None) -> None:
-        if svc is not None:
-            for e in svc.endpoints:
-                if e.expires_at is not None:
-                    self._leased.pop((key, e.ip), None)
-
-    def _refresh_guard(self) -> bool:
-        """Recompute the mass-expiry guard; True if it changed."""
-        now = self._clock()
-        expired = sum(1 for at in self._leased.values() if at <= now)
+        The same rule as the reaper's (`store.mass_expiry`), applied to the leases that lapsed
+        here and are not reaped yet: when too many lapse together, every endpoint stays visible
+        until renewals (or the reaper's renewal under the guard) bring the share down again.
+        """
         guarded = mass_expiry(
-            expired,
+            self._hidden_total,
             len(self._leased),
             self._config.lease_mass_expiry_share,
             self._config.lease_mass_expiry_min,
@@ -207,89 +330,73 @@ class Registry:
         self.self_preservation = guarded
         if guarded:
             log.error(
-                "mass lease expiry: %d of %d leased endpoints lapsed together; keeping them "
-                "visible (self-preservation) until renewals resume or they are deregistered",
-                expired,
+                "mass lease expiry: %d of %d leased endpoints lapsed together; keeping them all "
+                "visible (self-preservation) until renewals bring the share down again",
+                self._hidden_total,
                 len(self._leased),
             )
         else:
             log.warning("mass lease expiry over: lapsed leases expire normally again")
+        for entry in self._entries.values():
+            if entry.hidden:
+                entry.view = None
         if self.on_guard is not None:
             self.on_guard(guarded)
         return True
 
-    def _view(self, svc: Service, now: float) -> Service:
-        if self.self_preservation or not any(e.expired(now) for e in svc.endpoints):
-            return svc
-        return replace(svc, endpoints=tuple(e for e in svc.endpoints if not e.expired(now)))
-
-    def _rebuild_views(self, keys: Iterable[str]) -> None:
-        now = self._clock()
-        for key in keys:
-            old = self._views.pop(key, None)
-            if old is not None:
-                for e in old.endpoints:
-                    names = self._by_ip.get(e.ip)
-                    if names is not None:
-                        names.discard(key)
-                        if not names:
-                            del self._by_ip[e.ip]
-            svc = self._full.get(key)
-            if svc is None:
-                continue
-            view = self._view(svc, now)
-            self._views[key] = view
-            for e in view.endpoints:
-                self._by_ip.setdefault(e.ip, set()).add(key)
-
     def _schedule(self) -> None:
-        if not self._heap:
-            return
-        at = self._heap[0][0]
-        if at >= self._timer_at:
+        """Arm the one timer for the earliest lease expiry (and, while the mass-expiry guard
+        holds, for a re-check within _GUARD_RECHECK_SECONDS, so renewals can end it)."""
+        at = self._heap[0][0] if self._heap else float("inf")
+        if self.self_preservation:
+            at = min(at, self._clock() + _GUARD_RECHECK_SECONDS)
+        if at == float("inf") or at >= self._timer_at:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return
+            return  # no loop (a registry used outside the daemon): nothing to arm
         if self._timer is not None:
             self._timer.cancel()
-        delay = max(at - self._clock(), _TIMER_MIN_DELAY)
         self._timer_at = at
-        self._timer = loop.call_later(delay, self._on_timer)
+        self._timer = loop.call_later(max(at - self._clock(), _TIMER_MIN_DELAY), self._on_timer)
 
     def _on_timer(self) -> None:
+        """Hide the endpoints whose lease lapsed, apply the guard, announce, re-arm."""
         self._timer = None
         self._timer_at = float("inf")
+        if not self._connected or self._closed:
+            return  # `set_connected(True)` (after the reload) re-arms
         now = self._clock()
-        due: set[str] = set()
+        lapsed: set[str] = set()
         while self._heap and self._heap[0][0] <= now:
-            due.add(heapq.heappop(self._heap)[1])
-        if self._refresh_guard():
-            due = set(self._full)
-        before = {k: self._views.get(k) for k in due}
-        self._rebuild_views(due)
-        for key in due:
-            old, new = before[key], self._views.get(key)
-            if old is not None and new is not None and old.endpoints != new.endpoints:
+            _, key, ip = heapq.heappop(self._heap)
+            at = self._leased.get((key, ip))
+            entry = self._entries.get(key)
+            # stale heap items (renewed or removed since) are skipped
+            if at is None or at > now or entry is None or ip in entry.hidden:
+                continue
+            entry.hidden.add(ip)
+            entry.view = None
+            self._hidden_total += 1
+            lapsed.add(key)
+        if self._refresh_guard(now):
+            # The guard turned on (lapsed endpoints are shown again) or off (they go): many
+            # services may change at once, so everyone re-reads everything.
+            self._announce(None, "reload")
+        elif not self.self_preservation:
+            for key in lapsed:
                 self._announce(key, "expire")
-            # re-arm for leases of this service that lapse later
-            later = [e.expires_at for e in self._full[key].endpoints if e.expires_at] if (
-                key in self._full
-            ) else []
-            later = [t for t in later if t > now]
-            if later:
-                heapq.heappush(self._heap, (min(later), key))
-        if self.self_preservation and self._leased:
-            # keep re-checking while the guard holds, so renewals end it
-            heapq.heappush(self._heap, (now + 1.0, next(iter(self._full), "")))
         self._schedule()
 
     def close(self) -> None:
+        """Stop the timer and answer every blocking query now (shutdown); later ones return at
+        once."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         for waiters in self._waiters.values():
             for fut in waiters:
                 if not fut.done():
-                    fut.set_result(None)
+                    fut.set_result("close")

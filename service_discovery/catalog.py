@@ -11,8 +11,15 @@ from service_discovery.config import Config
 from service_discovery.errors import InvalidInput, NotFound, NotReady, StoreUnavailable
 from service_discovery.leases import Leases
 from service_discovery.metrics import Metrics
-from service_discovery.model import EndpointSpec, Limits, NamedPort, Service, ServiceSpec
-from service_discovery.store import Store
+from service_discovery.model import (
+    Endpoint,
+    EndpointSpec,
+    Limits,
+    NamedPort,
+    Service,
+    ServiceSpec,
+)
+from service_discovery.store import EndpointChange, Store
 
 
 class Catalog:
@@ -32,6 +39,10 @@ class Catalog:
         self._metrics = metrics
 
     # ---- reads ---------------------------------------------------------------------------
+    def ensure_loaded(self) -> None:
+        """Raise NotReady until the copy is loaded: never answer "not found" before that."""
+        self._loaded()
+
     def _loaded(self) -> Registry:
         if not self.registry.loaded:
             raise NotReady("the registry copy is not loaded yet")
@@ -70,16 +81,28 @@ class Catalog:
             raise InvalidInput("give at least one named port")
         return self._applied(await self._write(self._store.add_named_ports(name, ports)))
 
-    async def register(self, name: str, spec: EndpointSpec) -> Service:
-        return self._applied(await self._write(self._store.register_endpoint(name, spec)))
+    async def _apply_change(self, change: EndpointChange) -> None:
+        if not self.registry.apply_endpoint(change):
+            # Our copy missed a change in between (another replica's write not heard yet):
+            # read the whole service once rather than answer from a stale copy.
+            snapshot = await self._write(self._store.snapshot([change.service]))
+            svc = snapshot.services.get(change.service)
+            self.registry.apply(snapshot.version, change.service, svc)
 
-    async def deregister(self, name: str, ip: str) -> Service:
-        return self._applied(await self._write(self._store.deregister_endpoint(name, ip)))
+    async def register(self, name: str, spec: EndpointSpec) -> Endpoint:
+        """Register (or update) an endpoint; returns it as stored."""
+        change = await self._write(self._store.register_endpoint(name, spec))
+        await self._apply_change(change)
+        assert change.endpoint is not None
+        return change.endpoint
+
+    async def deregister(self, name: str, ip: str) -> None:
+        await self._apply_change(await self._write(self._store.deregister_endpoint(name, ip)))
 
     async def heartbeat(self, name: str, ip: str) -> float:
         """Renew a lease; NotFound tells the client to register again. Returns the new expiry."""
         svc = self.get(name)
-        endpoint = next((e for e in svc.endpoints if e.ip == ip), None)
+        endpoint = self.registry.endpoint(name, ip)
         if endpoint is None:
             raise NotFound(f"endpoint {ip} of service {svc.name!r} not found (register it again)")
         if endpoint.ttl_seconds is None:

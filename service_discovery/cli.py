@@ -5,7 +5,6 @@ errors into exit codes: 0 ok, 1 failure, 2 bad configuration or usage, 3 migrati
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys

@@ -248,6 +248,11 @@ class Config:
                 raise ConfigError(f"SD_API_TOKENS_FILE: cannot read it ({exc.strerror})") from exc
             tokens.update(line.strip() for line in text.splitlines())
         tokens.discard("")
+        # Fail closed: a token setting that yields no token must not leave writes open.
+        if (self.api_tokens or self.api_tokens_file) and not tokens:
+            raise ConfigError("SD_API_TOKENS / SD_API_TOKENS_FILE is set but holds no token")
+        if self.protect_reads and not tokens:
+            raise ConfigError("SD_PROTECT_READS=true needs SD_API_TOKENS or SD_API_TOKENS_FILE")
         return frozenset(tokens)
 
     def redacted(self) -> dict[str, Any]:

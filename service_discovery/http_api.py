@@ -56,6 +56,8 @@ METRICS = web.AppKey("metrics", Metrics)
 AUTH = web.AppKey("auth", Auth)
 IS_READY = web.AppKey("is_ready", Callable[[], bool])
 WATCHERS = web.AppKey("watchers", Counter)
+X_INDEX = "sd_x_index"  # request key: the index a read reports, errors included
+BODIES = web.AppKey("bodies", dict)
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -100,8 +102,9 @@ async def _errors(
         log.exception("internal error on %s %s", request.method, route)
         metrics.internal_errors.labels("http").inc()
         response = error_response(500, "internal", "internal error; see the server log")
-    metrics.http_requests.labels(route, request.method, str(response.status)).inc()
-    metrics.http_latency.labels(route).observe(time.perf_counter() - started)
+    if X_INDEX in request and "X-Index" not in response.headers:
+        response.headers["X-Index"] = str(request[X_INDEX])
+    metrics.observe_http(route, request.method, response.status, time.perf_counter() - started)
     return response
 
 
@@ -109,13 +112,13 @@ def _pretty(request: web.Request) -> bool:
     return request.query.get("pretty", "").lower() in ("1", "true", "yes")
 
 
-def _json(request: web.Request, data: Any, status: int = 200, index: int | None = None) -> web.Response:
+def _json(
+    request: web.Request, data: Any, status: int = 200, index: int | None = None
+) -> web.Response:
     indent = 2 if _pretty(request) else None
     headers = {"X-Index": str(index)} if index is not None else None
     body = json.dumps(data, indent=indent, ensure_ascii=False)
-    return web.Response(
-        text=body, status=status, content_type="application/json", headers=headers
-    )
+    return web.Response(text=body, status=status, content_type="application/json", headers=headers)
 
 
 async def _body(request: web.Request) -> Any:
@@ -158,53 +161,67 @@ def service_json(s: Service, *, endpoints: bool = True) -> dict[str, Any]:
 
 
 def _wait_seconds(request: web.Request, cap: float) -> tuple[int, float] | None:
-    """Parse a blocking query's ?index=N&wait=30s; None when it is not a blocking query."""
+    """Parse a blocking query's `?index=N&wait=30s` into (index, seconds to wait at most).
+
+    None when there is no `index` (an ordinary read). `wait` defaults to 5 minutes and is capped
+    at SD_WATCH_MAX_WAIT_SECONDS; up to 1/16 of it is added at random, as Consul does, so
+    watchers that started together do not all time out and come back in the same instant.
+    """
     raw_index = request.query.get("index")
     if raw_index is None:
         return None
     try:
         index = int(raw_index)
     except ValueError:
-        raise InvalidInput("index must be an integer") from None
-    raw_wait = request.query.get("wait", "300s").strip().lower()
+        raise InvalidInput("index must be a non-negative integer (the X-Index of a read)") from None
+    if index < 0:
+        raise InvalidInput("index must be a non-negative integer (the X-Index of a read)")
+    raw_wait = request.query.get("wait", "5m").strip().lower()
     m = _WAIT.match(raw_wait)
     if not m:
         raise InvalidInput("wait must be a duration such as 30s, 500ms or 5m")
     wait = min(float(m.group(1)) * _UNIT[m.group(2)], cap)
-    # jitter (as Consul does) spreads the reconnects of many watchers that started together
     return index, wait + random.uniform(0, wait / 16)
 
 
 async def _block(request: web.Request, name: str | None) -> None:
-    blocking = _wait_seconds(request, request.app[CATALOG].config.watch_max_wait_seconds)
-    if blocking is None:
-        return
-    index, wait = blocking
+    """Hold a blocking query until the index of `name` (None: the registry) passes the client's,
+    the service's live endpoints change (a lease lapsed), or the wait ends.
+
+    A waiting query is one future in the registry, woken by the change itself: no polling, so
+    thousands of watchers cost memory only. Records the index to report in X-Index, also on an
+    error answer (a 404 for a deleted service), so a watcher always has an index to wait on.
+    """
     catalog = request.app[CATALOG]
-    if catalog.registry.index(name) > index:
-        return
-    peer = request.remote or "?"
-    watchers = request.app[WATCHERS]
-    if watchers[peer] >= catalog.config.max_watches_per_client:
-        raise TooManyRequests(
-            f"at most {catalog.config.max_watches_per_client} open watches per client address"
-        )
-    watchers[peer] += 1
-    metrics = request.app[METRICS]
-    metrics.http_watches.inc()
-    try:
-        await catalog.registry.wait_for_change(name, index, wait)
-    finally:
-        metrics.http_watches.dec()
-        watchers[peer] -= 1
-        if not watchers[peer]:
-            del watchers[peer]
+    registry = catalog.registry
+    blocking = _wait_seconds(request, catalog.config.watch_max_wait_seconds)
+    if blocking is not None and registry.index(name) <= blocking[0]:
+        index, wait = blocking
+        peer = request.remote or "?"
+        watchers = request.app[WATCHERS]
+        limit = catalog.config.max_watches_per_client
+        if watchers[peer] >= limit:
+            raise TooManyRequests(
+                f"this client address already holds {limit} open watches (the limit); "
+                "close some or wait for them to return"
+            )
+        watchers[peer] += 1
+        metrics = request.app[METRICS]
+        metrics.http_watches.inc()
+        try:
+            await registry.wait_for_change(name, index, wait)
+        finally:
+            metrics.http_watches.dec()
+            watchers[peer] -= 1
+            if not watchers[peer]:
+                del watchers[peer]
+    request[X_INDEX] = registry.index(name)
 
 
 # ---- routes ------------------------------------------------------------------------------
 async def list_services(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
-    catalog.list()  # NotReady before the first load
+    catalog.ensure_loaded()
     await _block(request, None)
     services = [service_json(s, endpoints=False) for s in catalog.list()]
     return _json(request, services, index=catalog.registry.index())
@@ -213,10 +230,25 @@ async def list_services(request: web.Request) -> web.Response:
 async def get_service(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     catalog = request.app[CATALOG]
-    catalog.list()
-    await _block(request, name)
-    index = catalog.registry.index(name)
-    return _json(request, service_json(catalog.get(name)), index=index)
+    catalog.ensure_loaded()
+    if request.query_string:
+        await _block(request, name)
+    svc = catalog.get(name)
+    if _pretty(request):
+        return _json(request, service_json(svc), index=svc.version)
+    # The hot read: the encoded body is kept per view (views are rebuilt on every change).
+    bodies = request.app[BODIES]
+    cached = bodies.get(svc.key)
+    if cached is None or cached[0] is not svc:
+        cached = (svc, json.dumps(service_json(svc), ensure_ascii=False).encode())
+        if len(bodies) > 2 * catalog.registry.service_count() + 64:
+            bodies.clear()  # deleted services' bodies go too
+        bodies[svc.key] = cached
+    return web.Response(
+        body=cached[1],
+        content_type="application/json",
+        headers={"X-Index": str(svc.version)},
+    )
 
 
 async def create_service(request: web.Request) -> web.Response:
@@ -241,8 +273,8 @@ async def register_endpoint(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     name = model.service_name(request.match_info["name"])
     spec = model.endpoint_spec(await _body(request), catalog.limits)
-    svc = await catalog.register(name, spec)
-    endpoint = next(e for e in svc.endpoints if e.ip == spec.ip)
+    endpoint = await catalog.register(name, spec)
+    svc = catalog.get(name)
     return _json(request, endpoint_json(svc, endpoint), index=svc.version)
 
 
@@ -291,14 +323,13 @@ async def openapi(request: web.Request) -> web.Response:
 def build_app(
     catalog: Catalog, metrics_: Metrics, auth: Auth, is_ready: Callable[[], bool]
 ) -> web.Application:
-    app = web.Application(
-        middlewares=[_errors], client_max_size=catalog.config.http_max_body_bytes
-    )
+    app = web.Application(middlewares=[_errors], client_max_size=catalog.config.http_max_body_bytes)
     app[CATALOG] = catalog
     app[METRICS] = metrics_
     app[AUTH] = auth
     app[IS_READY] = is_ready
     app[WATCHERS] = Counter()
+    app[BODIES] = {}
     app.router.add_get("/services", list_services)
     app.router.add_put("/service", create_service)
     app.router.add_get("/service/{name}", get_service)

@@ -1,11 +1,13 @@
 """Endpoint leases: batched heartbeats and the reaper.
 
 Heartbeats are cheap because they are coalesced: every renewal that arrives within
-SD_LEASE_FLUSH_INTERVAL_SECONDS is written by one UPDATE and announced by one NOTIFY, and each
-caller is answered only after that statement committed (a 200 means the lease is durable).
+SD_LEASE_FLUSH_INTERVAL_SECONDS is written by one UPDATE and announced by one NOTIFY, so the
+database sees at most one lease transaction per window per replica whatever the heartbeat rate.
+Each caller is answered only after its batch committed (a 200 means the lease is durable).
 
-The reaper runs on every replica; a transaction-scoped advisory lock lets one of them delete
-expired rows per round. It refuses when too many leases lapse at once (`store.mass_expiry`).
+The reaper runs on every replica; a transaction-scoped advisory lock lets one of them do each
+round's work. When too many leases lapse at once (`store.mass_expiry`) it deletes nothing and
+renews them instead (the self-preservation policy, see docs/leases.md).
 """
 
 from __future__ import annotations
@@ -13,113 +15,158 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from service_discovery.cache import Registry
 from service_discovery.config import Config
-from service_discovery.errors import NotFound, RegistryError
+from service_discovery.errors import NotFound, RegistryError, StoreUnavailable
 from service_discovery.metrics import Metrics
-from service_discovery.store import Store
+from service_discovery.store import ReapResult, Store
 
 log = logging.getLogger(__name__)
 
+_Key = tuple[str, str]  # (lowercased service name, canonical ip)
+
 
 class Leases:
+    """Owns the heartbeat batch and the reaper task of one replica."""
+
     def __init__(self, config: Config, store: Store, registry: Registry, metrics: Metrics) -> None:
         self._config = config
         self._store = store
         self._registry = registry
         self._metrics = metrics
-        self._batch: dict[tuple[str, str], asyncio.Future[float]] = {}
-        self._flush_task: asyncio.Task[None] | None = None
+        self._batch: dict[_Key, asyncio.Future[float]] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._reaper: asyncio.Task[None] | None = None
-        self._guard_logged = False
+        self._stopping = False
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_forever(), name="sd-reaper")
 
     async def stop(self) -> None:
-        for task in (self._reaper, self._flush_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        """Stop the reaper, write the renewals still queued, then cancel what is left."""
+        self._stopping = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+            self._start_flush()
+        if self._flushes:
+            await asyncio.wait(self._flushes, timeout=self._config.db_timeout_seconds)
+        for task in list(self._flushes):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
+    # ---- heartbeats ----------------------------------------------------------------------
     async def renew(self, service: str, ip: str) -> float:
-        """Queue a renewal and wait until its batch is committed; returns the new expiry."""
+        """Queue a renewal and wait until its batch is committed; returns the new expiry.
+
+        Raises NotFound if the endpoint is gone (or has no lease) by the time the batch is
+        written, StoreUnavailable if the batch could not be written.
+        """
+        if self._stopping:
+            raise StoreUnavailable("the server is shutting down")
         key = (service.lower(), ip)
         fut = self._batch.get(key)
         if fut is None:
+            # Two heartbeats of one endpoint in one window share a single row update.
             fut = asyncio.get_running_loop().create_future()
             self._batch[key] = fut
-        if self._flush_task is None:
-            self._flush_task = asyncio.create_task(self._flush_later(), name="sd-lease-flush")
-        # shield: one caller giving up must not cancel the others' shared result
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                self._config.lease_flush_interval_seconds, self._start_flush
+            )
+        # shield: one caller giving up (a client disconnect) must not cancel the shared result
         return await asyncio.shield(fut)
 
-    async def _flush_later(self) -> None:
-        try:
-            await asyncio.sleep(self._config.lease_flush_interval_seconds)
-        finally:
-            self._flush_task = None
+    def _start_flush(self) -> None:
+        """Close the current window: its batch is written by a task of its own, and the next
+        heartbeat opens a new window (a slow database overlaps windows rather than stalling)."""
+        self._flush_timer = None
         batch, self._batch = self._batch, {}
+        if not batch:
+            return
+        task = asyncio.get_running_loop().create_task(self._flush(batch), name="sd-lease-flush")
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, batch: dict[_Key, asyncio.Future[float]]) -> None:
         try:
             renewals = await self._store.renew_leases(list(batch))
+        except asyncio.CancelledError:
+            _fail(batch, lambda: StoreUnavailable("the server is shutting down"))
+            raise
         except RegistryError as exc:
-            for fut in batch.values():
-                if not fut.done():
-                    fut.set_exception(exc)
+            # A fresh exception per caller: one shared instance would collect every caller's
+            # traceback as each of them re-raises it.
+            error = exc
+            _fail(batch, lambda: type(error)(error.message))
             return
-        except Exception as exc:
+        except Exception:
             log.exception("lease flush failed")
-            for fut in batch.values():
-                if not fut.done():
-                    fut.set_exception(exc)
+            self._metrics.internal_errors.labels("leases").inc()
+            _fail(batch, lambda: StoreUnavailable("the lease renewal could not be written"))
             return
         self._metrics.lease_flushes.inc()
         self._metrics.lease_heartbeats.inc(len(renewals))
         self._registry.renew(renewals)
-        by_key = {(r.service, r.ip): r.expires_at for r in renewals}
+        expiries = {(r.service, r.ip): r.expires_at for r in renewals}
         for key, fut in batch.items():
             if fut.done():
                 continue
-            if key in by_key:
-                fut.set_result(by_key[key])
+            if key in expiries:
+                fut.set_result(expiries[key])
             else:
-                fut.set_exception(NotFound(f"endpoint {key[1]} of service {key[0]!r} not found"))
-        for fut in batch.values():
-            # a result nobody awaited any more must not log "exception never retrieved"
-            if fut.done() and not fut.cancelled():
-                fut.exception()
+                fut.set_exception(
+                    NotFound(f"endpoint {key[1]} of service {key[0]!r} not found (register again)")
+                )
+                fut.exception()  # retrieved: a caller that went away must not log a warning
 
+    # ---- the reaper ----------------------------------------------------------------------
     async def _reap_forever(self) -> None:
         while True:
             await asyncio.sleep(self._config.lease_reap_interval_seconds)
             try:
                 await self.reap_once()
             except RegistryError as exc:
+                # The database is away: nothing can be reaped, and the copies hold their views.
                 log.debug("reaper skipped a round: %s", exc)
             except Exception:
                 log.exception("reaper failed")
                 self._metrics.internal_errors.labels("reaper").inc()
 
-    async def reap_once(self) -> None:
+    async def reap_once(self) -> ReapResult | None:
+        """One sweep; None when another replica held the reaper lock."""
         result = await self._store.reap_expired(
             self._config.lease_mass_expiry_share, self._config.lease_mass_expiry_min
         )
         if result is None:
-            return
+            return None
         if result.guarded:
             self._metrics.lease_mass_expiry.inc()
-            if not self._guard_logged:
-                log.error(
-                    "reaper: mass lease expiry refused (over %.0f%% of %d leases lapsed at once);"
-                    " endpoints are kept until renewed or deregistered",
-                    self._config.lease_mass_expiry_share * 100,
-                    result.leased,
-                )
-            self._guard_logged = True
-            return
-        self._guard_logged = False
-        if result.removed:
+            self._registry.renew(result.renewed)
+            log.error(
+                "mass lease expiry: more than %.0f%% of %d leased endpoints lapsed in one sweep; "
+                "removed none and renewed %d for one more ttl (self-preservation). If they are "
+                "really gone, deregister them or raise SD_LEASE_MASS_EXPIRY_SHARE",
+                self._config.lease_mass_expiry_share * 100,
+                result.leased,
+                len(result.renewed),
+            )
+        elif result.removed:
             self._metrics.lease_expired.inc(result.removed)
             log.info("reaper: removed %d expired endpoints", result.removed)
+        return result
+
+
+def _fail(batch: dict[_Key, asyncio.Future[float]], make: Callable[[], Exception]) -> None:
+    for fut in batch.values():
+        if not fut.done():
+            fut.set_exception(make())
+            fut.exception()  # retrieved: a caller that went away must not log a warning

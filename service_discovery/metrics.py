@@ -16,6 +16,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         # HTTP
         self.http_requests = Counter(
             "sd_http_requests_total", "HTTP requests by route, method and status",
@@ -33,7 +34,9 @@ class Metrics:
             "sd_dns_queries_total", "DNS queries by transport, type and rcode",
             ["transport", "qtype", "rcode"], registry=r,
         )  # fmt: skip
-        self.dns_cache_hits = Counter("sd_dns_cache_hits_total", "DNS answers from cache", registry=r)
+        self.dns_cache_hits = Counter(
+            "sd_dns_cache_hits_total", "DNS answers from cache", registry=r
+        )
         self.dns_cache_misses = Counter(
             "sd_dns_cache_misses_total", "DNS answers built from the registry", registry=r
         )
@@ -98,8 +101,24 @@ class Metrics:
         )
         self.ready = Gauge("sd_ready", "1 when the replica is ready to serve", registry=r)
 
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        # labels() costs a lock and a tuple hash per call; the children are kept here instead
+        key = (route, method, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_latency.labels(route),
+            )
+            self._http_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
     def bind_registry(
-        self, services: Callable[[], float], endpoints: Callable[[], float], version: Callable[[], float]
+        self,
+        services: Callable[[], float],
+        endpoints: Callable[[], float],
+        version: Callable[[], float],
     ) -> None:
         """Registry gauges are computed at scrape time, never on the serving path."""
         self.registry_services.set_function(services)

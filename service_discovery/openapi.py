@@ -120,9 +120,10 @@ def spec() -> dict[str, Any]:
         "summary": "Add or replace named ports",
         "parameters": [_NAME_PARAM],
         "requestBody": _body(_ref("NamedPorts")),
-        "responses": {"200": _json(_ref("NamedPorts"), "the service's ports"), **_errors(
-            *_WRITE_ERRORS
-        )},
+        "responses": {
+            "200": _json(_ref("NamedPorts"), "the service's ports"),
+            **_errors(*_WRITE_ERRORS),
+        },
     }
     paths: dict[str, Any] = {
         "/services": {
@@ -175,27 +176,30 @@ def spec() -> dict[str, Any]:
                 "summary": "Register an endpoint (again: updates tags and lease)",
                 "parameters": [_NAME_PARAM],
                 "requestBody": _body(_ref("NewEndpoint")),
-                "responses": {"200": _json(_ref("Endpoint"), "registered"), **_errors(
-                    *_WRITE_ERRORS
-                )},
+                "responses": {
+                    "200": _json(_ref("Endpoint"), "registered"),
+                    **_errors(*_WRITE_ERRORS),
+                },
             }
         },
         "/service/{name}/endpoints/{ip}": {
             "delete": {
                 "summary": "Deregister an endpoint",
                 "parameters": [_NAME_PARAM, _IP_PARAM],
-                "responses": {"204": {"description": "deregistered"}, **_errors(
-                    400, 401, 404, 503
-                )},
+                "responses": {
+                    "204": {"description": "deregistered"},
+                    **_errors(400, 401, 404, 503),
+                },
             }
         },
         "/service/{name}/endpoints/{ip}/heartbeat": {
             "put": {
                 "summary": "Renew an endpoint's lease; 404 means register again",
                 "parameters": [_NAME_PARAM, _IP_PARAM],
-                "responses": {"200": _json(_ref("Lease"), "renewed"), **_errors(
-                    400, 401, 404, 503
-                )},
+                "responses": {
+                    "200": _json(_ref("Lease"), "renewed"),
+                    **_errors(400, 401, 404, 503),
+                },
             }
         },
         "/service/{name}/ports": {"put": ports_op},

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -54,6 +54,17 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointChange:
+    """One endpoint registered or removed: enough to update a copy that holds `prev_version`."""
+
+    service: str  # lowercased name
+    version: int
+    prev_version: int
+    ip: str
+    endpoint: Endpoint | None  # None: removed
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseRenewal:
     service: str  # lowercased name
     ip: str
@@ -62,10 +73,13 @@ class LeaseRenewal:
 
 @dataclass(frozen=True, slots=True)
 class ReapResult:
-    removed: int
-    leased: int
-    guarded: bool
+    """What one reaper sweep did."""
+
+    removed: int  # lapsed endpoints deleted
+    leased: int  # leased endpoints before the sweep
+    guarded: bool  # mass expiry: nothing deleted, the lapsed leases were renewed instead
     versions: dict[str, int]  # lowercased service name -> version after its endpoints went
+    renewed: list[LeaseRenewal] = field(default_factory=list)  # what the guard renewed
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -154,6 +168,27 @@ async def read_snapshot(conn: asyncpg.Connection, names: Iterable[str] | None = 
     return Snapshot(version=version, services=services)
 
 
+async def read_endpoints(
+    conn: asyncpg.Connection, wanted: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], Endpoint]:
+    """The current rows of some (lowercased service name, ip) endpoints; absent ones are gone."""
+    rows = await conn.fetch(
+        """SELECT lower(s.name) AS service, host(e.ip) AS ip, e.tags, e.ttl_seconds,
+                  extract(epoch FROM e.expires_at)::float8 AS expires_at
+           FROM unnest($1::text[], $2::inet[]) AS w(name, ip)
+           JOIN services s ON lower(s.name) = w.name
+           JOIN endpoints e ON e.service_id = s.id AND e.ip = w.ip""",
+        [k for k, _ in wanted],
+        [ip for _, ip in wanted],
+    )
+    return {
+        (r["service"], r["ip"]): Endpoint(
+            r["ip"], tuple(r["tags"]), r["ttl_seconds"], r["expires_at"]
+        )
+        for r in rows
+    }
+
+
 async def read_lease_batch(conn: asyncpg.Connection, batch: int) -> list[LeaseRenewal]:
     rows = await conn.fetch(
         """SELECT lower(s.name) AS service, host(e.ip) AS ip,
@@ -218,15 +253,26 @@ class Store:
         except asyncpg.exceptions.PostgresConnectionError as exc:
             raise StoreUnavailable(f"database unavailable: {exc}") from exc
 
+    async def snapshot(self, names: Iterable[str] | None = None) -> Snapshot:
+        """Read services in one snapshot (a writer whose copy missed a change uses this)."""
+        if self._pool is None:
+            raise StoreUnavailable("database pool is not open")
+        try:
+            async with self._pool.acquire(timeout=self._config.db_timeout_seconds) as conn:
+                return await read_snapshot(conn, names)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"database unavailable: {exc}") from exc
+
     @staticmethod
-    async def _service_id(conn: asyncpg.Connection, name: str) -> tuple[Any, str]:
+    async def _service_id(conn: asyncpg.Connection, name: str) -> tuple[Any, str, int]:
         # FOR UPDATE serialises writers of one service, so limit checks cannot race.
         row = await conn.fetchrow(
-            "SELECT id, name FROM services WHERE lower(name) = lower($1) FOR UPDATE", name
+            "SELECT id, name, version FROM services WHERE lower(name) = lower($1) FOR UPDATE",
+            name,
         )
         if row is None:
             raise NotFound(f"service {name!r} not found")
-        return row["id"], row["name"]
+        return row["id"], row["name"], row["version"]
 
     @staticmethod
     async def _commit(conn: asyncpg.Connection, sid: Any, name: str) -> Service:
@@ -255,7 +301,7 @@ class Store:
     async def delete_service(self, name: str) -> int:
         """Delete a service with its ports and endpoints; returns the new registry version."""
         async with self._tx() as conn:
-            sid, stored = await self._service_id(conn, name)
+            sid, stored, _ = await self._service_id(conn, name)
             await conn.execute("DELETE FROM services WHERE id = $1", sid)
             return await conn.fetchval("SELECT sd_bump($1, $2)", sid, stored)
 
@@ -275,13 +321,13 @@ class Store:
 
     async def add_named_ports(self, name: str, ports: dict[str, NamedPort]) -> Service:
         async with self._tx() as conn:
-            sid, stored = await self._service_id(conn, name)
+            sid, stored, _ = await self._service_id(conn, name)
             await self._upsert_ports(conn, sid, ports.values())
             return await self._commit(conn, sid, stored)
 
-    async def register_endpoint(self, name: str, spec: EndpointSpec) -> Service:
+    async def register_endpoint(self, name: str, spec: EndpointSpec) -> EndpointChange:
         async with self._tx() as conn:
-            sid, stored = await self._service_id(conn, name)
+            sid, stored, prev = await self._service_id(conn, name)
             count = await conn.fetchval(
                 "SELECT count(*) FROM endpoints WHERE service_id = $1 AND ip <> $2::inet",
                 sid,
@@ -290,23 +336,29 @@ class Store:
             limit = self._config.max_endpoints_per_service
             if count >= limit:
                 raise LimitExceeded(f"service {stored!r} already has {limit} endpoints (the limit)")
-            await conn.execute(
+            row = await conn.fetchrow(
                 """INSERT INTO endpoints (service_id, ip, tags, ttl_seconds, expires_at)
                    VALUES ($1, $2::inet, $3, $4::int,
                            now() + make_interval(secs => $4::int))
                    ON CONFLICT (service_id, ip) DO UPDATE
                    SET tags = EXCLUDED.tags, ttl_seconds = EXCLUDED.ttl_seconds,
-                       expires_at = EXCLUDED.expires_at, updated_at = now()""",
+                       expires_at = EXCLUDED.expires_at, updated_at = now()
+                   RETURNING host(ip) AS ip, tags, ttl_seconds,
+                             extract(epoch FROM expires_at)::float8 AS expires_at""",
                 sid,
                 spec.ip,
                 list(spec.tags),
                 spec.ttl_seconds,
             )
-            return await self._commit(conn, sid, stored)
+            version = await conn.fetchval("SELECT sd_bump($1, $2, $3::inet)", sid, stored, spec.ip)
+            endpoint = Endpoint(
+                row["ip"], tuple(row["tags"]), row["ttl_seconds"], row["expires_at"]
+            )
+            return EndpointChange(stored.lower(), version, prev, endpoint.ip, endpoint)
 
-    async def deregister_endpoint(self, name: str, ip: str) -> Service:
+    async def deregister_endpoint(self, name: str, ip: str) -> EndpointChange:
         async with self._tx() as conn:
-            sid, stored = await self._service_id(conn, name)
+            sid, stored, prev = await self._service_id(conn, name)
             gone = await conn.fetchval(
                 "DELETE FROM endpoints WHERE service_id = $1 AND ip = $2::inet RETURNING 1",
                 sid,
@@ -314,35 +366,41 @@ class Store:
             )
             if not gone:
                 raise NotFound(f"endpoint {ip} of service {stored!r} not found")
-            return await self._commit(conn, sid, stored)
+            version = await conn.fetchval("SELECT sd_bump($1, $2, $3::inet)", sid, stored, ip)
+            return EndpointChange(stored.lower(), version, prev, ip, None)
 
     async def renew_leases(self, leases: Sequence[tuple[str, str]]) -> list[LeaseRenewal]:
-        """Renew many (service, ip) leases in one statement and tell the other replicas.
+        """Renew many (lowercased service, ip) leases in one transaction and tell the replicas.
 
-        Heartbeats do not move the registry version: a renewal changes no answer.
+        Endpoints that do not exist (or have no lease) are left out of the result: the caller
+        answers NotFound for them. Heartbeats do not move the registry version: a renewal
+        changes no answer.
         """
+        names = [s.lower() for s, _ in leases]
+        ips = [ip for _, ip in leases]
         async with self._tx() as conn:
-            batch = await conn.fetchval("SELECT nextval('lease_batch_seq')")
-            rows = await conn.fetch(
-                """UPDATE endpoints e
-                   SET expires_at = now() + make_interval(secs => e.ttl_seconds),
-                       lease_batch = $3
-                   FROM services s, unnest($1::text[], $2::inet[]) AS h(name, ip)
-                   WHERE s.id = e.service_id AND lower(s.name) = h.name AND e.ip = h.ip
-                     AND e.ttl_seconds IS NOT NULL
-                   RETURNING lower(s.name) AS service, host(e.ip) AS ip,
-                             extract(epoch FROM e.expires_at)::float8 AS expires_at""",
-                [s.lower() for s, _ in leases],
-                [ip for _, ip in leases],
-                batch,
+            return await _renew(
+                conn,
+                """SELECT e.service_id, e.ip
+                   FROM unnest($1::text[], $2::inet[]) AS h(name, ip)
+                   JOIN services s ON lower(s.name) = h.name
+                   JOIN endpoints e ON e.service_id = s.id AND e.ip = h.ip
+                   WHERE e.ttl_seconds IS NOT NULL""",
+                names,
+                ips,
             )
-            if rows:
-                await conn.execute("SELECT pg_notify('sd_leases', $1::text)", str(batch))
-            return [LeaseRenewal(r["service"], r["ip"], r["expires_at"]) for r in rows]
 
     async def reap_expired(self, share: float, minimum: int) -> ReapResult | None:
-        """Delete expired leases unless too many expire at once; None if another replica reaps."""
+        """One reaper sweep: delete lapsed leases, or renew them all under mass expiry.
+
+        Returns None when another replica holds the reaper lock (it does this round's work).
+        Under mass expiry (`mass_expiry`) nothing is deleted: every lapsed lease is renewed for
+        its ttl from now, as if its owner had sent a heartbeat, so live instances get one full
+        ttl to renew after an outage and dead ones lapse again (and are reaped then, if they are
+        few enough).
+        """
         async with self._tx() as conn:
+            # Transaction-scoped: released at commit or rollback, even if this replica dies.
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", REAPER_LOCK_KEY):
                 return None
             leased, expired = await conn.fetchrow(
@@ -352,7 +410,10 @@ class Store:
             if expired == 0:
                 return ReapResult(0, leased, False, {})
             if mass_expiry(expired, leased, share, minimum):
-                return ReapResult(0, leased, True, {})
+                renewed = await _renew(
+                    conn, "SELECT service_id, ip FROM endpoints WHERE expires_at <= now()"
+                )
+                return ReapResult(0, leased, True, {}, renewed)
             # Lock the services first, in id order, as every other writer locks its service
             # before its endpoints and the registry version: no lock cycle.
             services = await conn.fetch(
@@ -360,17 +421,52 @@ class Store:
                      (SELECT service_id FROM endpoints WHERE expires_at <= now())
                    ORDER BY id FOR UPDATE"""
             )
-            removed = await conn.fetchval(
-                """WITH gone AS (DELETE FROM endpoints
-                                 WHERE service_id = ANY($1) AND expires_at <= now()
-                                 RETURNING 1)
-                   SELECT count(*) FROM gone""",
+            gone = await conn.fetch(
+                """DELETE FROM endpoints WHERE service_id = ANY($1) AND expires_at <= now()
+                   RETURNING service_id, host(ip) AS ip""",
                 [r["id"] for r in services],
             )
-            versions: dict[str, int] = {}
-            for sid, name in services:
-                versions[name.lower()] = await conn.fetchval("SELECT sd_bump($1, $2)", sid, name)
-            return ReapResult(removed, leased, False, versions)
+            ips: dict[Any, list[str]] = {}
+            for r in gone:
+                ips.setdefault(r["service_id"], []).append(r["ip"])
+            bumped = [(r["id"], r["name"]) for r in services if r["id"] in ips]
+            # One endpoint gone: name it, so replicas patch their copy instead of reading the
+            # whole service. One statement bumps every service (not a round trip each).
+            rows = await conn.fetch(
+                """SELECT b.name, sd_bump(b.id, b.name, b.ip) AS version
+                   FROM unnest($1::uuid[], $2::text[], $3::inet[]) AS b(id, name, ip)""",
+                [sid for sid, _ in bumped],
+                [name for _, name in bumped],
+                [ips[sid][0] if len(ips[sid]) == 1 else None for sid, _ in bumped],
+            )
+            versions = {r["name"].lower(): r["version"] for r in rows}
+            return ReapResult(len(gone), leased, False, versions)
+
+
+async def _renew(conn: asyncpg.Connection, select_sql: str, *args: Any) -> list[LeaseRenewal]:
+    """Renew the leases `select_sql` picks (service_id, ip) for their ttl from now(), and announce
+    them on sd_leases. Rows are locked in key order first, so two replicas renewing overlapping
+    sets (heartbeats, the reaper) wait for each other instead of deadlocking."""
+    batch = await conn.fetchval("SELECT nextval('lease_batch_seq')")
+    rows = await conn.fetch(
+        f"""WITH picked AS ({select_sql}),
+                 locked AS (SELECT e.service_id, e.ip FROM endpoints e
+                            JOIN picked p ON p.service_id = e.service_id AND p.ip = e.ip
+                            ORDER BY e.service_id, e.ip FOR UPDATE OF e)
+            UPDATE endpoints e
+            SET expires_at = now() + make_interval(secs => e.ttl_seconds),
+                lease_batch = ${len(args) + 1}
+            FROM locked l, services s
+            WHERE e.service_id = l.service_id AND e.ip = l.ip AND s.id = e.service_id
+              AND e.ttl_seconds IS NOT NULL
+            RETURNING lower(s.name) AS service, host(e.ip) AS ip,
+                      extract(epoch FROM e.expires_at)::float8 AS expires_at""",
+        *args,
+        batch,
+    )
+    if rows:
+        await conn.execute("SELECT pg_notify('sd_leases', $1::text)", str(batch))
+    return [LeaseRenewal(r["service"], r["ip"], r["expires_at"]) for r in rows]
 
 
 def mass_expiry(expired: int, leased: int, share: float, minimum: int) -> bool:

@@ -17,7 +17,13 @@ from service_discovery.cache import Registry
 from service_discovery.config import Config
 from service_discovery.errors import StoreUnavailable
 from service_discovery.metrics import Metrics
-from service_discovery.store import connect, read_lease_batch, read_snapshot
+from service_discovery.store import (
+    EndpointChange,
+    connect,
+    read_endpoints,
+    read_lease_batch,
+    read_snapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +38,8 @@ class Sync:
         self._url = url
         self._registry = registry
         self._metrics = metrics
-        self._pending: dict[str, int] = {}
+        # per service, the notifications not yet applied: (version, prev_version, ip or None)
+        self._pending: dict[str, list[tuple[int, int | None, str | None]]] = {}
         self._pending_leases: list[int] = []
         self._wakeup = asyncio.Event()
         self._lost = asyncio.Event()
@@ -70,7 +77,12 @@ class Sync:
                 await self._serve_notifications()
             except asyncio.CancelledError:
                 raise
-            except (StoreUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (
+                StoreUnavailable,
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+            ) as exc:
                 if self.connected or first:
                     log.warning("registry sync: database connection lost or refused: %s", exc)
             except Exception:
@@ -118,12 +130,47 @@ class Sync:
                 self._pending_leases.append(int(payload))
             else:
                 data = json.loads(payload)
-                key, version = data["s"], int(data["v"])
-                self._pending[key] = max(version, self._pending.get(key, 0))
+                pv = data.get("pv")
+                change = (int(data["v"]), None if pv is None else int(pv), data.get("ip"))
+                self._pending.setdefault(data["s"], []).append(change)
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring malformed notification on %s", channel)
             return
         self._wakeup.set()
+
+    async def _apply_pending(
+        self, conn: asyncpg.Connection, pending: dict[str, list[tuple[int, int | None, str | None]]]
+    ) -> None:
+        """Patch services whose notifications continue our copy endpoint by endpoint; read the
+        others whole (a new service, ports, a deletion, or a change we missed)."""
+        deltas: dict[str, list[tuple[int, int, str]]] = {}
+        whole: list[str] = []
+        for key, changes in pending.items():
+            have = self._registry.index(key)
+            changes = sorted(c for c in changes if c[0] > have)
+            if not changes:
+                continue
+            chain = have
+            for v, pv, ip in changes:
+                if pv != chain or ip is None:
+                    whole.append(key)
+                    break
+                chain = v
+            else:
+                deltas[key] = [(v, pv, ip) for v, pv, ip in changes]  # type: ignore[misc]
+        if deltas:
+            wanted = sorted({(k, ip) for k, cs in deltas.items() for _, _, ip in cs})
+            rows = await read_endpoints(conn, wanted)
+            for key, changes in deltas.items():
+                for v, pv, ip in changes:
+                    change = EndpointChange(key, v, pv, ip, rows.get((key, ip)))
+                    if not self._registry.apply_endpoint(change):
+                        whole.append(key)
+                        break
+        if whole:
+            snapshot = await read_snapshot(conn, whole)
+            for key in whole:
+                self._registry.apply(snapshot.version, key, snapshot.services.get(key))
 
     async def _serve_notifications(self) -> None:
         conn = self._conn
@@ -144,14 +191,12 @@ class Sync:
                     await conn.fetchval("SELECT 1", timeout=self._config.db_timeout_seconds)
                     continue
                 self._wakeup.clear()
-                # Everything queued so far is fetched in one snapshot: a burst of writes costs
-                # one round trip per replica, not one per write.
+                # Everything queued so far is applied together: a burst of writes costs a
+                # round trip or two per replica, not one per write.
                 pending, self._pending = self._pending, {}
                 batches, self._pending_leases = self._pending_leases, []
                 if pending:
-                    snapshot = await read_snapshot(conn, pending)
-                    for key in pending:
-                        self._registry.apply(snapshot.version, key, snapshot.services.get(key))
+                    await self._apply_pending(conn, pending)
                 for batch in batches:
                     self._registry.renew(await read_lease_batch(conn, batch))
         finally:

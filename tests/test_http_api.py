@@ -36,16 +36,25 @@ async def test_design_transcript(http: aiohttp.ClientSession, unique_name: str) 
     assert created["name"] == unique_name and len(created["id"]) == 36
     resp = await _put(http, f"/service/{unique_name}/register", {"ip": "127.0.0.1", "tags": []})
     assert resp.status == 200
-    resp = await _put(http, f"/service/{unique_name}/port", {"http": {"protocol": "tcp", "port": 8000}})
+    resp = await _put(
+        http, f"/service/{unique_name}/port", {"http": {"protocol": "tcp", "port": 8000}}
+    )
     assert resp.status == 200
-    resp = await _put(http, f"/service/{unique_name}/ports", {"grpc": {"protocol": "tcp", "port": 9000}})
+    resp = await _put(
+        http, f"/service/{unique_name}/ports", {"grpc": {"protocol": "tcp", "port": 9000}}
+    )
     assert resp.status == 200
 
     resp = await http.get(f"/service/{unique_name}")
     assert resp.status == 200
     svc = await resp.json()
     assert svc["attributes"] == {"attr-1": "value-1"}
-    assert svc["named_ports"]["http"] == {"protocol": "tcp", "port": 8000, "priority": 1, "weight": 1}
+    assert svc["named_ports"]["http"] == {
+        "protocol": "tcp",
+        "port": 8000,
+        "priority": 1,
+        "weight": 1,
+    }
     assert svc["named_ports"]["grpc"]["port"] == 9000
     assert svc["endpoints"] == [{"service_name": unique_name, "ip": "127.0.0.1", "tags": []}]
     assert int(resp.headers["X-Index"]) == svc["index"]
@@ -61,7 +70,9 @@ async def test_reregister_updates_tags_and_names_are_case_insensitive(
 ) -> None:
     await _put(http, "/service", {"name": unique_name})
     await _put(http, f"/service/{unique_name}/register", {"ip": "10.0.0.1", "tags": ["a"]})
-    resp = await _put(http, f"/service/{unique_name.upper()}/register", {"ip": "10.0.0.1", "tags": ["b"]})
+    resp = await _put(
+        http, f"/service/{unique_name.upper()}/register", {"ip": "10.0.0.1", "tags": ["b"]}
+    )
     assert resp.status == 200
     eps = await (await http.get(f"/service/{unique_name}/endpoints")).json()
     assert [e["tags"] for e in eps] == [["b"]]
@@ -77,14 +88,20 @@ async def test_ipv6_is_canonicalised(http: aiohttp.ClientSession, unique_name: s
 
 
 async def test_deregister_and_delete(http: aiohttp.ClientSession, unique_name: str) -> None:
-    await _put(http, "/service", {"name": unique_name, "named_ports": {"dns": {"protocol": "udp", "port": 53}}})
+    await _put(
+        http,
+        "/service",
+        {"name": unique_name, "named_ports": {"dns": {"protocol": "udp", "port": 53}}},
+    )
     await _put(http, f"/service/{unique_name}/register", {"ip": "10.0.0.1"})
     await _put(http, f"/service/{unique_name}/register", {"ip": "10.0.0.2"})
     assert (await http.delete(f"/service/{unique_name}/endpoints/10.0.0.1")).status == 204
     eps = await (await http.get(f"/service/{unique_name}/endpoints")).json()
     assert [e["ip"] for e in eps] == ["10.0.0.2"]
     await _error(await http.delete(f"/service/{unique_name}/endpoints/10.0.0.1"), 404, "not_found")
-    await _error(await http.delete(f"/service/{unique_name}/endpoints/not-an-ip"), 400, "invalid_input")
+    await _error(
+        await http.delete(f"/service/{unique_name}/endpoints/not-an-ip"), 400, "invalid_input"
+    )
     assert (await http.delete(f"/service/{unique_name}")).status == 204
     await _error(await http.get(f"/service/{unique_name}"), 404, "not_found")
     await _error(await http.delete(f"/service/{unique_name}"), 404, "not_found")
@@ -108,11 +125,31 @@ async def test_deregister_and_delete(http: aiohttp.ClientSession, unique_name: s
         ({"name": 42}, 400, "invalid_input"),
         ({"name": "ok", "attributes": {"k": 1}}, 400, "invalid_input"),
         ({"name": "ok", "attributes": ["k"]}, 400, "invalid_input"),
-        ({"name": "ok", "named_ports": {"http": {"protocol": "icmp", "port": 80}}}, 400, "invalid_input"),
-        ({"name": "ok", "named_ports": {"http": {"protocol": "tcp", "port": 0}}}, 400, "invalid_input"),
-        ({"name": "ok", "named_ports": {"http": {"protocol": "tcp", "port": 65536}}}, 400, "invalid_input"),
-        ({"name": "ok", "named_ports": {"http": {"protocol": "tcp", "port": "80"}}}, 400, "invalid_input"),
-        ({"name": "ok", "named_ports": {"a-very-long-port-name": {"port": 80}}}, 400, "invalid_input"),
+        (
+            {"name": "ok", "named_ports": {"http": {"protocol": "icmp", "port": 80}}},
+            400,
+            "invalid_input",
+        ),
+        (
+            {"name": "ok", "named_ports": {"http": {"protocol": "tcp", "port": 0}}},
+            400,
+            "invalid_input",
+        ),
+        (
+            {"name": "ok", "named_ports": {"http": {"protocol": "tcp", "port": 65536}}},
+            400,
+            "invalid_input",
+        ),
+        (
+            {"name": "ok", "named_ports": {"http": {"protocol": "tcp", "port": "80"}}},
+            400,
+            "invalid_input",
+        ),
+        (
+            {"name": "ok", "named_ports": {"a-very-long-port-name": {"port": 80}}},
+            400,
+            "invalid_input",
+        ),
         ({"name": "ok", "named_ports": {"a--b": {"port": 80}}}, 400, "invalid_input"),
         ({"name": "ok", "named_ports": {"123": {"port": 80}}}, 400, "invalid_input"),
         ({"name": "ok", "named_ports": {"a_b": {"port": 80}}}, 400, "invalid_input"),
@@ -129,8 +166,9 @@ async def test_create_validation(
 
 @pytest.mark.parametrize(
     "body",
-    [{"ip": "256.0.0.1"}, {"ip": "example.com"}, {"ip": 12}, {}, {"ip": "10.0.0.1", "tags": "x"},
-     {"ip": "10.0.0.1", "tags": [1]}, {"ip": "fe80::1%eth0"}, {"ip": "10.0.0.1", "ttl_seconds": -1}],
+    [{"ip": "256.0.0.1"}, {"ip": "example.com"}, {"ip": 12}, {},
+     {"ip": "10.0.0.1", "tags": "x"}, {"ip": "10.0.0.1", "tags": [1]}, {"ip": "fe80::1%eth0"},
+     {"ip": "10.0.0.1", "ttl_seconds": -1}],
 )  # fmt: skip
 async def test_register_validation(
     http: aiohttp.ClientSession, unique_name: str, body: object
@@ -140,9 +178,15 @@ async def test_register_validation(
     assert await (await http.get(f"/service/{unique_name}/endpoints")).json() == []
 
 
-async def test_unknown_service_writes_are_404(http: aiohttp.ClientSession, unique_name: str) -> None:
-    await _error(await _put(http, f"/service/{unique_name}/register", {"ip": "10.0.0.1"}), 404, "not_found")
-    await _error(await _put(http, f"/service/{unique_name}/ports", {"http": {"port": 1}}), 404, "not_found")
+async def test_unknown_service_writes_are_404(
+    http: aiohttp.ClientSession, unique_name: str
+) -> None:
+    await _error(
+        await _put(http, f"/service/{unique_name}/register", {"ip": "10.0.0.1"}), 404, "not_found"
+    )
+    await _error(
+        await _put(http, f"/service/{unique_name}/ports", {"http": {"port": 1}}), 404, "not_found"
+    )
     await _error(await http.get(f"/service/{unique_name}/endpoints"), 404, "not_found")
 
 
@@ -214,6 +258,9 @@ async def test_two_instances_converge(
             # and the other way round, deletions included
             assert (await b.delete(f"/service/{unique_name}")).status == 204
             deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and (await http.get(f"/service/{unique_name}")).status != 404:
+            while (
+                time.monotonic() < deadline
+                and (await http.get(f"/service/{unique_name}")).status != 404
+            ):
                 await asyncio.sleep(0.01)
             assert (await http.get(f"/service/{unique_name}")).status == 404

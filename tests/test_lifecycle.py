@@ -24,7 +24,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "service_discovery", *args],
         env={**os.environ, **(env or {})},
@@ -75,7 +77,13 @@ def test_migrate_check_before_and_after(empty_database: str) -> None:
 
 def test_migrate_check_wait_gives_up_on_unreachable_database() -> None:
     started = time.monotonic()
-    res = cli("migrate", "--check", "--wait", "2", env={"DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/x"})
+    res = cli(
+        "migrate",
+        "--check",
+        "--wait",
+        "2",
+        env={"DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/x"},
+    )
     assert res.returncode != 0
     assert 1.5 < time.monotonic() - started < 30
     assert "unreachable" in res.stderr
@@ -92,10 +100,13 @@ def test_serve_refuses_pending_migrations(empty_database: str) -> None:
     ("env", "needle"),
     [
         ({"HTTP_PORT": "http"}, "HTTP_PORT='http' is invalid: expected an integer from 0 to 65535"),
-        ({"LOGGER_LEVEL": "loud"}, "LOGGER_LEVEL='loud' is invalid: expected one of debug, info, notice, warning, error"),
+        ({"LOGGER_LEVEL": "loud"},
+         "LOGGER_LEVEL='loud' is invalid: expected one of debug, info, notice, warning, error"),
         ({"DNS_TTL": "-1"}, "DNS_TTL='-1' is invalid"),
-        ({"BIND_ADDRESS": "localhost"}, "BIND_ADDRESS='localhost' is invalid: expected an IPv4 or IPv6 address"),
-        ({"SD_PROTECT_READS": "maybe"}, "SD_PROTECT_READS='maybe' is invalid: expected true or false"),
+        ({"BIND_ADDRESS": "localhost"},
+         "BIND_ADDRESS='localhost' is invalid: expected an IPv4 or IPv6 address"),
+        ({"SD_PROTECT_READS": "maybe"},
+         "SD_PROTECT_READS='maybe' is invalid: expected true or false"),
     ],
 )  # fmt: skip
 def test_invalid_settings_exit_2_with_one_line(env: dict[str, str], needle: str) -> None:
@@ -197,12 +208,15 @@ def test_embedded_database_survives_restart(tmp_path) -> None:  # type: ignore[n
                 "GRPC_PORT": str(free_port()), "SHUTDOWN_DRAIN_SECONDS": "0"})  # fmt: skip
     base = f"http://127.0.0.1:{http}"
 
+    log = tmp_path / "daemon.log"
+
     def start() -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "service_discovery", "serve"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        with open(log, "a") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "service_discovery", "serve"],
+                                    env=env, stdout=out, stderr=out)  # fmt: skip
         deadline = time.monotonic() + 60
         while status(base + "/ready") != 200:
-            assert proc.poll() is None and time.monotonic() < deadline
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         return proc
 
