@@ -1,0 +1,50 @@
+# syntax=docker/dockerfile:1
+# The service-discovery daemon. `builder` builds the wheel (migrations are packaged inside it)
+# and installs it, without the [embedded] extra, into a virtualenv; the final stage is the slim
+# base image plus that virtualenv: no compiler, no sources, no build tools.
+#   docker build -t service-discovery .
+# The base image is an argument so a mirror or a newer patch release needs no edit; the stages
+# share it, so the virtualenv's interpreter path exists in the final stage.
+ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY migrations/ migrations/
+COPY protos/ protos/
+COPY service_discovery/ service_discovery/
+# Dependencies come only as prebuilt wheels (--only-binary): if one has none for this platform
+# the build fails here rather than needing a compiler.
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+    && python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --only-binary=:all: /wheels/service_discovery-*.whl
+
+# Tilt's live-update target (see Tiltfile), not for deployment: the installed virtualenv plus
+# the sources at /app/src, first on sys.path and owned by the app user so Tilt can sync over
+# them. The layout is the wheel's (migrations and protos inside the package).
+FROM builder AS dev
+COPY --chown=10001:10001 service_discovery/ /app/src/service_discovery/
+COPY --chown=10001:10001 migrations/ /app/src/service_discovery/migrations/
+COPY --chown=10001:10001 protos/ /app/src/service_discovery/protos/
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app/src
+USER 10001:10001
+ENTRYPOINT ["service-discovery"]
+CMD ["serve"]
+
+FROM ${PYTHON_IMAGE}
+RUN useradd --no-log-init --system --user-group --uid 10001 \
+        --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin service-discovery
+COPY --from=builder /opt/venv /opt/venv
+# Bytecode was compiled at install time; the root filesystem is read-only in Kubernetes.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# Numeric, so Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
+USER 10001:10001
+# DNS (UDP and TCP), HTTP, gRPC: the daemon's default ports.
+EXPOSE 8053/udp 8053/tcp 3000 8081
+ENTRYPOINT ["service-discovery"]
+CMD ["serve"]

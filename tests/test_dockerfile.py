@@ -1,0 +1,229 @@
+"""The Dockerfile and the Tiltfile, checked without a Docker engine: hadolint, and the facts the
+manifests and the daemon rely on (entrypoint, ports, a numeric non-root user, no compiler in the
+final stage, a build context holding everything the wheel is built from)."""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from service_discovery.config import Config
+
+REPO = Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO / "Dockerfile"
+COMPILERS = {"gcc", "g++", "cc", "clang", "make", "build-essential", "python3-dev", "libpq-dev"}
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+
+def parse(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """(global ARG defaults, stages) of a Dockerfile: continuation lines joined, comments and
+    parser directives dropped. Enough of the syntax for the files of this project."""
+    lines: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        lines.append(pending + line)
+        pending = ""
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in lines:
+        keyword, _, rest = line.partition(" ")
+        keyword, rest = keyword.upper(), " ".join(rest.split())
+        if keyword == "FROM":
+            base, _, name = re.sub(r"--platform=\S+ ", "", rest).partition(" AS ")
+            stages.append(Stage(base=base, name=name.strip() or None))
+        elif stages:
+            stages[-1].instructions.append((keyword, rest))
+        elif keyword == "ARG":
+            name, _, default = rest.partition("=")
+            args[name] = default
+    return args, stages
+
+
+def dockerfile() -> tuple[dict[str, str], list[Stage]]:
+    return parse(DOCKERFILE.read_text())
+
+
+def final_stage() -> Stage:
+    return dockerfile()[1][-1]
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} not found: install the dev extra (pip install -e '.[dev]')")
+    return found
+
+
+def hadolint(text: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool("hadolint"), "--no-color", "--failure-threshold", "warning", "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_hadolint_passes() -> None:
+    result = hadolint(DOCKERFILE.read_text())
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_fails_on_a_warning() -> None:
+    """hadolint is not a no-op here: an unpinned base image (DL3006/DL3007) fails."""
+    result = hadolint("FROM python:latest\nRUN pip install aiohttp\n")
+    assert result.returncode != 0 and "DL30" in result.stdout
+
+
+def test_base_image_is_a_pinned_slim_python_argument() -> None:
+    args, stages = dockerfile()
+    image = args["PYTHON_IMAGE"]
+    match = re.fullmatch(r"python:(\d+)\.(\d+)\.\d+-slim(-\w+)?", image)
+    assert match, f"{image}: an official slim Python image, pinned to a patch release"
+    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    minimum = tuple(int(n) for n in re.findall(r"\d+", requires)[:2])
+    assert (int(match[1]), int(match[2])) >= minimum, f"{image} is older than {requires}"
+    names = {s.name for s in stages}
+    for stage in stages:
+        assert stage.base == "${PYTHON_IMAGE}" or stage.base in names, stage.base
+
+
+def test_final_stage_runs_the_daemon() -> None:
+    stage = final_stage()
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert [json.loads(e) for e in stage.all("ENTRYPOINT")][-1] == ["service-discovery"]
+    assert "service-discovery" in scripts
+    assert [json.loads(c) for c in stage.all("CMD")][-1] == ["serve"]
+
+
+def test_final_stage_exposes_the_daemon_ports() -> None:
+    exposed = {
+        p if "/" in p else p + "/tcp" for e in final_stage().all("EXPOSE") for p in e.split()
+    }
+    config = Config()
+    assert exposed == {
+        f"{config.dns_port}/udp",
+        f"{config.dns_port}/tcp",
+        f"{config.http_port}/tcp",
+        f"{config.grpc_port}/tcp",
+    }
+
+
+def test_final_stage_user_is_numeric_and_not_root() -> None:
+    user = final_stage().all("USER")[-1]
+    assert re.fullmatch(r"\d+(:\d+)?", user), f"USER {user}: numeric, for runAsNonRoot"
+    assert all(int(part) != 0 for part in user.split(":"))
+
+
+def test_final_stage_has_nothing_to_compile_with() -> None:
+    _, stages = dockerfile()
+    stage = final_stage()
+    assert stage.base == "${PYTHON_IMAGE}", "the final stage starts from the slim base"
+    words = {w for run in stage.all("RUN") for w in re.split(r"[\s;&|=]+", run)}
+    assert not words & COMPILERS, f"the final stage installs {words & COMPILERS}"
+    assert not any("pip" in run for run in stage.all("RUN")), "nothing is built in the final stage"
+    builder_names = {s.name for s in stages[:-1]}
+    for copy in stage.all("COPY"):
+        if "--from=" in copy:
+            source_stage, source = re.search(r"--from=(\S+) (\S+)", copy).groups()
+            assert source_stage in builder_names and source == "/opt/venv", copy
+
+
+def test_embedded_extra_is_not_installed() -> None:
+    runs = " ".join(run for stage in dockerfile()[1] for run in stage.all("RUN"))
+    assert "[embedded]" not in runs and "pgserver" not in runs
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Whether .dockerignore keeps `path` out of the build context: the last matching rule
+    wins, and a rule matching a parent directory matches what is inside (Docker's rules, for
+    the patterns used here)."""
+    excluded = False
+    parts = Path(path).parts
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for raw in (REPO / ".dockerignore").read_text().splitlines():
+        rule = raw.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        negate = rule.startswith("!")
+        pattern = rule.lstrip("!").strip("/")
+        if any(fnmatch.fnmatchcase(c, pattern) for c in candidates):
+            excluded = not negate
+    return excluded
+
+
+def test_build_context_holds_what_the_wheel_is_built_from() -> None:
+    """Everything hatchling reads (pyproject, readme, package, force-included migrations and
+    protos) is in the build context and copied into the builder stage."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
+    needed = [
+        "pyproject.toml",
+        project["project"]["readme"],
+        *wheel["packages"],
+        *wheel.get("force-include", {}),
+    ]
+    builder = dockerfile()[1][0]
+    copied = {
+        Path(src).as_posix().rstrip("/")
+        for copy in builder.all("COPY")
+        if "--from=" not in copy
+        for src in copy.split()[:-1]
+    }
+    for path in needed:
+        assert not dockerignore_excludes(path), f".dockerignore leaves out {path}"
+        assert path in copied, f"the builder stage does not COPY {path}"
+    assert "migrations" in wheel.get("force-include", {}), "migrations must be in the wheel"
+    for private in (".venv", ".git", "tests", "k8s", ".data", "service_discovery/__pycache__"):
+        assert dockerignore_excludes(private), f"{private} would be sent to the Docker daemon"
+
+
+def test_tiltfile_matches_the_dockerfile_and_the_dev_overlay() -> None:
+    """The Tiltfile (Starlark, a Python subset) builds a stage that exists, syncs into the
+    sources that stage puts on PYTHONPATH, and deploys the dev overlay's workloads."""
+    text = (REPO / "Tiltfile").read_text()
+    calls = {
+        node.func.id: node
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
+    build = {k.arg: k.value for k in calls["docker_build_with_restart"].keywords}
+    [stage] = [s for s in dockerfile()[1] if s.name == ast.literal_eval(build["target"])]
+    pythonpath = re.search(r"PYTHONPATH=(\S+)", " ".join(stage.all("ENV")))[1]
+    for sync in re.findall(r"sync\('([^']+)', '([^']+)'\)", text):
+        assert (REPO / sync[0]).is_dir() and sync[1].startswith(pythonpath + "/"), sync
+    overlay = ast.literal_eval(calls["kustomize"].args[0])
+    rendered = subprocess.run(
+        [tool("kubectl"), "kustomize", str(REPO / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    for name in re.findall(r"k8s_resource\('([^']+)'", text):
+        assert f"\n  name: {name}\n" in rendered.stdout, f"{name} is not in {overlay}"
