@@ -64,3 +64,60 @@ BEGIN
     RETURN v;
 END
 $$;
+
+-- Registering and deregistering an endpoint are the hot writes: each is one statement (one round
+-- trip, one implicit transaction). Errors carry SQLSTATEs the store maps to typed errors:
+-- P0002 (no_data_found) -> NotFound, 54000 (program_limit_exceeded) -> LimitExceeded.
+CREATE FUNCTION sd_register(p_name text, p_ip inet, p_tags text[], p_ttl integer, p_limit integer)
+RETURNS TABLE (service text, version bigint, prev_version bigint, ip text, tags text[],
+               ttl_seconds integer, expires_at double precision)
+LANGUAGE plpgsql AS $$
+DECLARE
+    sid uuid;
+    sname text;
+BEGIN
+    SELECT s.id, s.name, s.version INTO sid, sname, prev_version
+    FROM services s WHERE lower(s.name) = lower(p_name) FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'service % not found', quote_literal(p_name) USING ERRCODE = 'P0002';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.service_id = sid AND e.ip = p_ip)
+       AND (SELECT count(*) FROM endpoints e WHERE e.service_id = sid) >= p_limit THEN
+        RAISE EXCEPTION 'service % already has % endpoints (the limit)', quote_literal(sname),
+            p_limit USING ERRCODE = '54000';
+    END IF;
+    INSERT INTO endpoints AS e (service_id, ip, tags, ttl_seconds, expires_at)
+    VALUES (sid, p_ip, p_tags, p_ttl, now() + make_interval(secs => p_ttl))
+    ON CONFLICT ON CONSTRAINT endpoints_pkey DO UPDATE
+    SET tags = EXCLUDED.tags, ttl_seconds = EXCLUDED.ttl_seconds,
+        expires_at = EXCLUDED.expires_at, updated_at = now()
+    RETURNING host(e.ip), e.tags, e.ttl_seconds, extract(epoch FROM e.expires_at)::float8
+    INTO ip, tags, ttl_seconds, expires_at;
+    version := sd_bump(sid, sname, p_ip);
+    service := lower(sname);
+    RETURN NEXT;
+END
+$$;
+
+CREATE FUNCTION sd_deregister(p_name text, p_ip inet)
+RETURNS TABLE (service text, version bigint, prev_version bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    sid uuid;
+    sname text;
+BEGIN
+    SELECT s.id, s.name, s.version INTO sid, sname, prev_version
+    FROM services s WHERE lower(s.name) = lower(p_name) FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'service % not found', quote_literal(p_name) USING ERRCODE = 'P0002';
+    END IF;
+    DELETE FROM endpoints e WHERE e.service_id = sid AND e.ip = p_ip;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'endpoint % of service % not found', host(p_ip), quote_literal(sname)
+            USING ERRCODE = 'P0002';
+    END IF;
+    version := sd_bump(sid, sname, p_ip);
+    service := lower(sname);
+    RETURN NEXT;
+END
+$$;

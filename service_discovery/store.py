@@ -231,18 +231,28 @@ class Store:
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[asyncpg.Connection]:
         """A transaction whose failures come out as typed errors, bounded by DB_TIMEOUT_SECONDS."""
+        async with self._one() as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def _one(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection whose failures come out as typed errors (single statements run
+        in their own implicit transaction)."""
         if self._pool is None:
             raise StoreUnavailable("database pool is not open")
         try:
             async with self._pool.acquire(timeout=self._config.db_timeout_seconds) as conn:
-                async with conn.transaction():
-                    yield conn
+                yield conn
         except RegistryError:
             raise
         except asyncpg.exceptions.UniqueViolationError as exc:
             raise AlreadyExists(exc.detail or "already exists") from exc
         except asyncpg.exceptions.ForeignKeyViolationError as exc:
             raise NotFound("service not found") from exc
+        except asyncpg.exceptions.NoDataFoundError as exc:
+            raise NotFound(exc.message) from exc
+        except asyncpg.exceptions.ProgramLimitExceededError as exc:
+            raise LimitExceeded(exc.message) from exc
         except (
             asyncpg.exceptions.CheckViolationError,
             asyncpg.exceptions.DataError,
@@ -326,48 +336,22 @@ class Store:
             return await self._commit(conn, sid, stored)
 
     async def register_endpoint(self, name: str, spec: EndpointSpec) -> EndpointChange:
-        async with self._tx() as conn:
-            sid, stored, prev = await self._service_id(conn, name)
-            count = await conn.fetchval(
-                "SELECT count(*) FROM endpoints WHERE service_id = $1 AND ip <> $2::inet",
-                sid,
-                spec.ip,
-            )
-            limit = self._config.max_endpoints_per_service
-            if count >= limit:
-                raise LimitExceeded(f"service {stored!r} already has {limit} endpoints (the limit)")
-            row = await conn.fetchrow(
-                """INSERT INTO endpoints (service_id, ip, tags, ttl_seconds, expires_at)
-                   VALUES ($1, $2::inet, $3, $4::int,
-                           now() + make_interval(secs => $4::int))
-                   ON CONFLICT (service_id, ip) DO UPDATE
-                   SET tags = EXCLUDED.tags, ttl_seconds = EXCLUDED.ttl_seconds,
-                       expires_at = EXCLUDED.expires_at, updated_at = now()
-                   RETURNING host(ip) AS ip, tags, ttl_seconds,
-                             extract(epoch FROM expires_at)::float8 AS expires_at""",
-                sid,
+        async with self._one() as conn:
+            r = await conn.fetchrow(
+                "SELECT * FROM sd_register($1, $2::inet, $3, $4, $5)",
+                name,
                 spec.ip,
                 list(spec.tags),
                 spec.ttl_seconds,
+                self._config.max_endpoints_per_service,
             )
-            version = await conn.fetchval("SELECT sd_bump($1, $2, $3::inet)", sid, stored, spec.ip)
-            endpoint = Endpoint(
-                row["ip"], tuple(row["tags"]), row["ttl_seconds"], row["expires_at"]
-            )
-            return EndpointChange(stored.lower(), version, prev, endpoint.ip, endpoint)
+        endpoint = Endpoint(r["ip"], tuple(r["tags"]), r["ttl_seconds"], r["expires_at"])
+        return EndpointChange(r["service"], r["version"], r["prev_version"], r["ip"], endpoint)
 
     async def deregister_endpoint(self, name: str, ip: str) -> EndpointChange:
-        async with self._tx() as conn:
-            sid, stored, prev = await self._service_id(conn, name)
-            gone = await conn.fetchval(
-                "DELETE FROM endpoints WHERE service_id = $1 AND ip = $2::inet RETURNING 1",
-                sid,
-                ip,
-            )
-            if not gone:
-                raise NotFound(f"endpoint {ip} of service {stored!r} not found")
-            version = await conn.fetchval("SELECT sd_bump($1, $2, $3::inet)", sid, stored, ip)
-            return EndpointChange(stored.lower(), version, prev, ip, None)
+        async with self._one() as conn:
+            r = await conn.fetchrow("SELECT * FROM sd_deregister($1, $2::inet)", name, ip)
+        return EndpointChange(r["service"], r["version"], r["prev_version"], ip, None)
 
     async def renew_leases(self, leases: Sequence[tuple[str, str]]) -> list[LeaseRenewal]:
         """Renew many (lowercased service, ip) leases in one transaction and tell the replicas.
