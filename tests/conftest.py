@@ -106,3 +106,21 @@ async def http(app: App) -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def unique_name() -> str:
     return f"svc-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(autouse=True)
+async def no_unhandled_loop_errors() -> AsyncIterator[None]:
+    """Fail a test whose event loop saw an unhandled exception (asyncpg's habit): a background
+    task that dies silently is a bug even when the assertions pass."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    try:
+        yield
+    finally:
+        loop.set_exception_handler(previous)
+    errors = [c for c in seen if isinstance(c.get("exception"), Exception)]
+    assert not errors, f"unhandled exceptions in the event loop: {errors}"
