@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -175,6 +176,51 @@ def _peer_address(peer: str) -> str:
     return peer
 
 
+# ---- requests that are not protobuf ------------------------------------------------------
+class _Malformed:
+    """What a request that does not parse becomes, so the handler can answer INVALID_ARGUMENT
+    (grpcio itself would fail the call with UNKNOWN and log an error)."""
+
+    __slots__ = ("error", "kind")
+
+    def __init__(self, kind: str, error: str) -> None:
+        self.kind = kind
+        self.error = error
+
+    def reject(self) -> None:
+        raise InvalidInput(f"malformed {self.kind}: {self.error}")
+
+
+def _lenient(cls: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:
+            return _Malformed(cls.__name__, str(exc) or "not a protobuf message")
+
+    return parse
+
+
+def _add_servicer(servicer: DiscoveryServicer, server: grpc.aio.Server) -> None:
+    """Register every RPC of the service descriptor, like the generated helper, but with
+    request parsers that let a malformed request reach the handler."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["DiscoveryService"].methods:
+        request_cls = getattr(pb, method.input_type.name)
+        response_cls = getattr(pb, method.output_type.name)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient(request_cls),
+            response_serializer=response_cls.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
 # ---- one call: errors -> status codes, metrics -------------------------------------------
 class _CallStats:
     """sd_grpc_* metric children kept per (method, code): `labels()` takes a lock and hashes its
@@ -260,6 +306,8 @@ def _unary(*, write: bool) -> Callable[[Unary[Req, Resp]], Handler[Req, Resp]]:
         ) -> Resp:
             with _Call(self.stats, method) as call:
                 self.authorize(context, write=write)
+                if isinstance(request, _Malformed):
+                    request.reject()
                 return await fn(self, request)
             await context.abort(call.code, call.message)
             raise AssertionError("unreachable: abort raises")
@@ -538,6 +586,8 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
         # latency is not recorded: a watch lasts as long as the client wants
         with _Call(self.stats, "Watch", latency=False) as call:
             self.authorize(context, write=False)
+            if isinstance(request, _Malformed):
+                request.reject()
             async for message in self.watches.stream(request, _peer_address(context.peer())):
                 yield message
         if call.code != grpc.StatusCode.OK:
@@ -574,7 +624,7 @@ class GrpcServer:
             ("grpc.max_receive_message_length", config.http_max_body_bytes),
         )
         server = grpc.aio.server(options=options)
-        pb_grpc.add_DiscoveryServiceServicer_to_server(self._servicer, server)
+        _add_servicer(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

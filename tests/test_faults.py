@@ -1,0 +1,943 @@
+"""Faults the daemon must survive, against real servers: a database outage (refused and
+blackholed, through a TCP proxy this module owns), kill -9 in the middle of writes, a rolling
+SIGTERM restart under load, slow and hostile clients, and malformed gRPC messages.
+
+The machine's PostgreSQL server is shared: outages are simulated with `TcpProxy` (which this
+test can close, blackhole and cut) and with pg_terminate_backend on this run's own database
+only. Every process started here is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import dns.asyncquery
+import dns.flags
+import dns.message
+import dns.rcode
+import grpc
+import pytest
+
+from service_discovery.app import run_app
+from service_discovery.config import Config
+from service_discovery.proto import discovery_pb2 as pb
+from service_discovery.proto import discovery_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.asyncio
+
+ZONE = "svc.cluster.local"
+
+
+# ---- a TCP proxy in front of PostgreSQL that a test can break ------------------------------
+class TcpProxy:
+    """127.0.0.1:<port> -> upstream, in this event loop, with three modes.
+
+    - forward: bytes pass both ways.
+    - refuse: the listener is closed and every connection cut (a database that is down).
+    - blackhole: connections are accepted and kept, but bytes are dropped both ways, also on
+      connections that were open before (a network partition: only timeouts notice it).
+
+    `restore` cuts whatever is left (a partition's dead connections) and forwards again on the
+    same port, so the daemon's DATABASE_URL stays valid.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self._upstream = (upstream_host, upstream_port)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.mode = "forward"
+        self.port = 0
+        self.accepted = 0
+
+    def url(self, database_url: str) -> str:
+        """`database_url` with its host and port replaced by the proxy's."""
+        parts = urlsplit(database_url)
+        auth = parts.netloc.rpartition("@")[0]
+        netloc = f"{auth}@127.0.0.1:{self.port}" if auth else f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, "127.0.0.1", self.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def refuse(self) -> None:
+        self.mode = "refuse"
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        self.cut()
+
+    def blackhole(self) -> None:
+        self.mode = "blackhole"
+
+    async def restore(self) -> None:
+        self.cut()
+        self.mode = "forward"
+        if self._server is None:
+            await self.start()
+
+    def cut(self) -> None:
+        """Abort every connection through the proxy (both sides) at once."""
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def close(self) -> None:
+        await self.refuse()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self._writers.add(writer)
+        if self.mode == "blackhole":
+            await self._pipe(reader, None)
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.add(up_writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        except asyncio.CancelledError:
+            pass  # the proxy is closing
+        finally:
+            self._tasks.discard(task)
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if writer is None or self.mode == "blackhole":
+                    continue  # dropped: a silent network, not a closed one
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            if writer is not None:
+                writer.transport.abort()
+
+
+@pytest.fixture
+async def proxy(database_url: str) -> AsyncIterator[TcpProxy]:
+    parts = urlsplit(database_url)
+    p = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+# ---- small clients -------------------------------------------------------------------------
+async def metric(http: aiohttp.ClientSession, name: str) -> float:
+    """The value of an unlabelled metric from /metrics."""
+    async with http.get("/metrics") as resp:
+        text = await resp.text()
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
+
+
+async def wait_until(
+    probe: Callable[[], object], timeout: float, what: str, interval: float = 0.05
+) -> float:
+    """Poll an async `probe` until it returns true; the seconds it took."""
+    started = time.monotonic()
+    while True:
+        if await probe():  # type: ignore[misc]
+            return time.monotonic() - started
+        assert time.monotonic() - started < timeout, f"not within {timeout}s: {what}"
+        await asyncio.sleep(interval)
+
+
+async def dns_a(port: int, name: str, *, tcp: bool = False, timeout: float = 2.0) -> list[str]:
+    """The A records of `<name>.<zone>` (raises on timeout; asserts NOERROR)."""
+    q = dns.message.make_query(f"{name}.{ZONE}", "A")
+    if not tcp:
+        resp = await dns.asyncquery.udp(q, "127.0.0.1", port=port, timeout=timeout)
+        tcp = bool(resp.flags & dns.flags.TC)  # too many records for UDP: retry as stubs do
+    if tcp:
+        resp = await dns.asyncquery.tcp(q, "127.0.0.1", port=port, timeout=timeout)
+    assert resp.rcode() == dns.rcode.NOERROR, dns.rcode.to_text(resp.rcode())
+    return sorted(rr.address for rrset in resp.answer for rr in rrset)
+
+
+async def put(http: aiohttp.ClientSession, path: str, body: object) -> tuple[int, dict]:
+    async with http.put(path, json=body) as resp:
+        return resp.status, await resp.json()
+
+
+async def timed_put(http: aiohttp.ClientSession, path: str, body: object) -> tuple[int, float]:
+    started = time.monotonic()
+    async with http.put(path, json=body) as resp:
+        await resp.read()
+        return resp.status, time.monotonic() - started
+
+
+def ports_body(n: int) -> dict[str, dict[str, object]]:
+    return {f"p{i}": {"protocol": "tcp", "port": 8000 + i} for i in range(n)}
+
+
+# ---- 1. database outage ----------------------------------------------------------------------
+async def _outage(
+    make_config: Callable[..., Config],
+    database_url: str,
+    proxy: TcpProxy,
+    unique_name: str,
+    caplog: pytest.LogCaptureFixture,
+    *,
+    blackhole: bool,
+) -> None:
+    db_timeout = 1.0
+    caplog.set_level(logging.WARNING, logger="service_discovery")
+    config = make_config(database_url=proxy.url(database_url), db_timeout_seconds=db_timeout)
+    async with (
+        run_app(config) as app,
+        run_app(make_config()) as other,  # another replica, on the database directly
+        aiohttp.ClientSession(base_url=f"http://127.0.0.1:{app.http_port}") as http,
+        aiohttp.ClientSession(base_url=f"http://127.0.0.1:{other.http_port}") as http_other,
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel,
+    ):
+        stub = pb_grpc.DiscoveryServiceStub(channel)
+        # Step 1: acknowledged writes before the outage, visible over HTTP, DNS and gRPC.
+        status, _ = await put(http, "/service", {"name": unique_name, "named_ports": ports_body(3)})
+        assert status == 201
+        ips = [f"10.9.0.{i}" for i in range(1, 6)]
+        for ip in ips:
+            assert (await put(http, f"/service/{unique_name}/register", {"ip": ip}))[0] == 200
+        assert await dns_a(app.dns_port, unique_name) == ips
+        assert await metric(http, "sd_sync_listen_connected") == 1
+
+        # Step 2: the database goes away.
+        if blackhole:
+            proxy.blackhole()
+        else:
+            await proxy.refuse()
+
+        # Step 3: the outage shows: sync disconnected (a blackhole is found by the LISTEN
+        # connection's ping: _PING_SECONDS + DB_TIMEOUT_SECONDS), a warning in the log.
+        async def disconnected() -> bool:
+            return await metric(http, "sd_sync_listen_connected") == 0
+
+        await wait_until(disconnected, 5 + db_timeout + 5, "sd_sync_listen_connected 0")
+        assert any(
+            "database connection lost or refused" in r.getMessage() for r in caplog.records
+        ), [r.getMessage() for r in caplog.records]
+
+        # Step 4: reads keep working from memory: /ready 200, HTTP, DNS (UDP and TCP), gRPC.
+        async with http.get("/ready") as resp:
+            assert resp.status == 200
+        async with http.get(f"/service/{unique_name}") as resp:
+            assert resp.status == 200
+            svc = await resp.json()
+        assert sorted(e["ip"] for e in svc["endpoints"]) == ips
+        assert len(svc["named_ports"]) == 3
+        assert await dns_a(app.dns_port, unique_name) == ips
+        assert await dns_a(app.dns_port, unique_name, tcp=True) == ips
+        got = await stub.GetService(pb.GetServiceRequest(service_name=unique_name), timeout=3)
+        assert sorted(e.ip for e in got.service.endpoints) == ips
+
+        # Step 5: writes fail fast with 503 / UNAVAILABLE, never hanging past the timeout.
+        # (A pool acquire and a statement may each take DB_TIMEOUT_SECONDS; allow both.)
+        limit = 2 * db_timeout + 1.0
+        before = await metric(http, "sd_store_unavailable_total")
+        for i in range(3):
+            status, took = await timed_put(
+                http, f"/service/{unique_name}/register", {"ip": f"10.9.1.{i}"}
+            )
+            assert status == 503 and took < limit, (status, took)
+            status, took = await timed_put(http, "/service", {"name": f"{unique_name}-x{i}"})
+            assert status == 503 and took < limit, (status, took)
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CreateService(
+                pb.CreateServiceRequest(service=pb.Service(name=f"{unique_name}-g")), timeout=10
+            )
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - started < limit
+        assert await metric(http, "sd_store_unavailable_total") >= before + 7
+
+        # Step 6: meanwhile another replica writes (its notifications cannot reach us).
+        status, _ = await put(http_other, f"/service/{unique_name}/register", {"ip": "10.9.2.1"})
+        assert status == 200
+
+        # Step 7: the database comes back: reconnect with backoff, reload (the write of step 6
+        # appears although its notification was lost), writes work again.
+        await proxy.restore()
+
+        async def reconnected() -> bool:
+            return await metric(http, "sd_sync_listen_connected") == 1
+
+        await wait_until(reconnected, 15, "sd_sync_listen_connected 1 after the outage")
+        assert await metric(http, "sd_sync_listen_reconnects_total") >= 1
+        assert await dns_a(app.dns_port, unique_name) == [*ips, "10.9.2.1"]
+
+        async def writable() -> bool:
+            st, _ = await timed_put(http, f"/service/{unique_name}/register", {"ip": "10.9.3.1"})
+            return st == 200
+
+        await wait_until(writable, 15, "writes accepted again", interval=0.2)
+
+        # Step 8: every write acknowledged before the outage is in the database; none of the
+        # refused ones is.
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch(
+                """SELECT host(e.ip) AS ip FROM endpoints e JOIN services s
+                   ON s.id = e.service_id WHERE s.name = $1""",
+                unique_name,
+            )
+            ports = await conn.fetchval(
+                """SELECT count(*) FROM named_ports p JOIN services s ON s.id = p.service_id
+                   WHERE s.name = $1""",
+                unique_name,
+            )
+            refused = await conn.fetchval(
+                "SELECT count(*) FROM services WHERE name LIKE $1", f"{unique_name}-%"
+            )
+        finally:
+            await conn.close()
+        assert sorted(r["ip"] for r in rows) == sorted([*ips, "10.9.2.1", "10.9.3.1"])
+        assert ports == 3 and refused == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
+    ]
+
+
+async def test_database_refused_reads_serve_writes_503_then_recover(
+    make_config: Callable[..., Config],
+    database_url: str,
+    proxy: TcpProxy,
+    unique_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. writes acknowledged; 2. the proxy closes (connection refused, all cut); 3. metric 0
+    and a warning; 4. HTTP, DNS and gRPC reads and /ready keep answering; 5. writes answer 503
+    and UNAVAILABLE within 2 x DB_TIMEOUT_SECONDS + 1 s; 6. another replica writes; 7. the proxy
+    reopens: reconnect, reload (the other replica's write appears), writes work; 8. every
+    acknowledged write is in the database."""
+    await _outage(make_config, database_url, proxy, unique_name, caplog, blackhole=False)
+
+
+async def test_database_blackholed_timeouts_not_hangs(
+    make_config: Callable[..., Config],
+    database_url: str,
+    proxy: TcpProxy,
+    unique_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same steps as the refused outage, but the proxy accepts and never forwards (also on
+    connections open before): only timeouts can notice, and they must."""
+    await _outage(make_config, database_url, proxy, unique_name, caplog, blackhole=True)
+
+
+async def test_listen_backend_terminated_reloads(
+    make_config: Callable[..., Config], database_url: str, unique_name: str
+) -> None:
+    """1. a replica is ready; 2. pg_terminate_backend on its LISTEN connection (this run's own
+    database only); 3. the replica reconnects and reloads: a write made through another replica
+    in between shows up; 4. the pool's connections are terminated too: the next write may get
+    503 but never hangs, and a retry succeeds."""
+    async with (
+        run_app(make_config(db_timeout_seconds=1.0)) as app,
+        aiohttp.ClientSession(base_url=f"http://127.0.0.1:{app.http_port}") as http,
+    ):
+        assert (await put(http, "/service", {"name": unique_name}))[0] == 201
+        assert app.sync is not None
+        pid = app.sync.listen_pid()
+        assert pid is not None
+        conn = await asyncpg.connect(database_url)
+        try:
+            # One transaction: the backends die first, and the change is notified at commit,
+            # while the replica is still reconnecting, so only a reload can bring it in.
+            async with conn.transaction():
+                # Every backend of this run's database but ours: the replica's LISTEN
+                # connection and its pool (and those of tests that already finished).
+                killed = await conn.fetchval(
+                    """SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
+                       FROM pg_stat_activity
+                       WHERE datname = current_database() AND pid <> pg_backend_pid()"""
+                )
+                assert killed >= 1
+                await conn.execute(
+                    """INSERT INTO endpoints (service_id, ip)
+                       SELECT id, '10.8.0.1' FROM services WHERE name = $1""",
+                    unique_name,
+                )
+                await conn.execute(
+                    "SELECT sd_bump(id, name, '10.8.0.1') FROM services WHERE name = $1",
+                    unique_name,
+                )
+        finally:
+            await conn.close()
+
+        async def reloaded() -> bool:
+            async with http.get(f"/service/{unique_name}") as resp:
+                body = await resp.json()
+            return [e["ip"] for e in body["endpoints"]] == ["10.8.0.1"]
+
+        await wait_until(reloaded, 10, "the write made while disconnected shows after reload")
+        assert app.sync.listen_pid() != pid
+        for _ in range(3):
+            status, took = await timed_put(
+                http, f"/service/{unique_name}/register", {"ip": "10.8.0.2"}
+            )
+            assert took < 3.5, took
+            if status == 200:
+                break
+            assert status == 503
+        assert status == 200
+
+
+# ---- the daemon as a subprocess --------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Daemon:
+    """`service-discovery serve` as a subprocess on fixed ports (kept across restarts), its
+    output appended to `log`."""
+
+    database_url: str
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    http_port: int = field(default_factory=free_port)
+    dns_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "BIND_ADDRESS": "127.0.0.1",
+            "HTTP_PORT": str(self.http_port),
+            "DNS_PORT": str(self.dns_port),
+            "GRPC_PORT": str(self.grpc_port),
+            "SHUTDOWN_DRAIN_SECONDS": "0",
+            "SHUTDOWN_TIMEOUT_SECONDS": "5",
+            **self.env,
+        }
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service_discovery", "serve"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while True:
+                assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(self.base + "/ready") as resp:
+                        if resp.status == 200:
+                            return
+                assert time.monotonic() < deadline, "daemon not ready in time"
+                await asyncio.sleep(0.05)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    async def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while (code := self.proc.poll()) is None:
+            assert time.monotonic() < deadline, f"pid {self.proc.pid} still running"
+            await asyncio.sleep(0.05)
+        return code
+
+    def stop(self) -> None:
+        """Kill (by PID) whatever is still running: the end of every test that starts one."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+# ---- 2. no partial writes ----------------------------------------------------------------------
+async def test_kill_9_mid_writes_loses_no_acknowledged_write(
+    database_url: str, tmp_path: Path
+) -> None:
+    """1. start the daemon; 2. 20 clients create services with 4 named ports and register 3
+    endpoints each, recording every acknowledged write; 3. kill -9 while they run; 4. restart;
+    5. every acknowledged service and endpoint is there, and no service in the database lacks a
+    port (one transaction per API call); registry versions are consistent."""
+    prefix = f"k9-{uuid.uuid4().hex[:6]}"
+    daemon = Daemon(database_url, tmp_path / "daemon.log")
+    acked_services: set[str] = set()
+    acked_endpoints: set[tuple[str, str]] = set()
+    try:
+        daemon.start()
+        await daemon.wait_ready()
+
+        async def client(n: int, http: aiohttp.ClientSession) -> None:
+            for i in range(10_000):  # bounded; the kill ends it long before
+                name = f"{prefix}-{n}-{i}"
+                try:
+                    body = {"name": name, "named_ports": ports_body(4)}
+                    st, _ = await put(http, "/service", body)
+                    if st != 201:
+                        return
+                    acked_services.add(name)
+                    for j in range(3):
+                        ip = f"10.{n}.{i % 256}.{j + 1}"
+                        st, _ = await put(http, f"/service/{name}/register", {"ip": ip})
+                        if st != 200:
+                            return
+                        acked_endpoints.add((name, ip))
+                except (aiohttp.ClientError, json.JSONDecodeError):
+                    return  # the daemon died under us: this write was not acknowledged
+
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(base_url=daemon.base, timeout=timeout) as http:
+            clients = [asyncio.create_task(client(n, http)) for n in range(20)]
+            # Kill in the middle of the stream, at a random moment after writes are flowing.
+            await wait_until(
+                lambda: asyncio.sleep(0, len(acked_endpoints) >= 100), 30, "writes flowing"
+            )
+            await asyncio.sleep(random.uniform(0.0, 0.5))
+            daemon.kill(signal.SIGKILL)
+            await asyncio.wait_for(asyncio.gather(*clients), 20)
+        assert await daemon.wait_exit(5) == -signal.SIGKILL
+        assert len(acked_services) >= 20
+
+        daemon.start()
+        await daemon.wait_ready()
+        async with aiohttp.ClientSession(base_url=daemon.base) as http:
+            async with http.get("/services") as resp:
+                listed = {s["name"]: s for s in await resp.json()}
+            for name in acked_services:
+                assert name in listed, f"acknowledged service {name} lost"
+                assert len(listed[name]["named_ports"]) == 4, listed[name]
+            for name, ip in acked_endpoints:
+                async with http.get(f"/service/{name}") as resp:
+                    ips = {e["ip"] for e in (await resp.json())["endpoints"]}
+                assert ip in ips, f"acknowledged endpoint {name}/{ip} lost"
+
+        conn = await asyncpg.connect(database_url)
+        try:
+            partial = await conn.fetch(
+                """SELECT s.name, count(p.name) AS ports FROM services s
+                   LEFT JOIN named_ports p ON p.service_id = s.id
+                   WHERE s.name LIKE $1 GROUP BY s.name HAVING count(p.name) <> 4""",
+                f"{prefix}-%",
+            )
+            versions = await conn.fetchrow(
+                """SELECT (SELECT version FROM registry_state) AS registry,
+                          max(version) AS top, count(*) AS n, count(DISTINCT version) AS distinct_
+                   FROM services WHERE name LIKE $1""",
+                f"{prefix}-%",
+            )
+        finally:
+            await conn.close()
+        assert partial == [], f"half-written services: {partial}"
+        # Every change took its own registry version: no two services share one, none is ahead.
+        assert versions["top"] <= versions["registry"]
+        assert versions["distinct_"] == versions["n"]
+        assert "Traceback" not in daemon.log.read_text()
+    finally:
+        daemon.stop()
+
+
+# ---- 3. SIGTERM under load -------------------------------------------------------------------
+class Balancer:
+    """A client-side load balancer: polls /ready of every replica every `poll` seconds and
+    routes only to the ready ones. A replica that turns ready again gets fresh connections (an
+    HTTP session and a gRPC channel), as a balancer's pool to a new endpoint would."""
+
+    def __init__(self, daemons: list[Daemon], poll: float) -> None:
+        self.daemons = daemons
+        self.poll = poll
+        self.ready = [False] * len(daemons)
+        self.misses = [0] * len(daemons)
+        self.sessions: list[aiohttp.ClientSession | None] = [None] * len(daemons)
+        self.channels: list[grpc.aio.Channel | None] = [None] * len(daemons)
+        self._old: list[aiohttp.ClientSession | grpc.aio.Channel] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Balancer:
+        await self._check()
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        for item in [*self.sessions, *self.channels, *self._old]:
+            if item is not None:
+                await item.close()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll)
+            await self._check()
+
+    async def _check(self) -> None:
+        async def probe(d: Daemon) -> bool | None:
+            """True: 200; False: 503 or refused (draining or gone); None: no answer in time."""
+            try:
+                async with (
+                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as http,
+                    http.get(d.base + "/ready") as resp,
+                ):
+                    return resp.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+            except TimeoutError:
+                return None
+
+        states = await asyncio.gather(*(probe(d) for d in self.daemons))
+        for i, up in enumerate(states):
+            # As Kubernetes does with failureThreshold 3: a slow probe is not yet an answer,
+            # three in a row are; an explicit 503 or a refused connection counts at once.
+            self.misses[i] = self.misses[i] + 1 if up is None else 0
+            if up is None and self.misses[i] < 3:
+                continue
+            if up and not self.ready[i]:
+                for item in (self.sessions[i], self.channels[i]):
+                    if item is not None:
+                        self._old.append(item)
+                self.sessions[i] = aiohttp.ClientSession(base_url=self.daemons[i].base)
+                self.channels[i] = grpc.aio.insecure_channel(
+                    f"127.0.0.1:{self.daemons[i].grpc_port}"
+                )
+            self.ready[i] = bool(up)
+
+    def pick(self) -> int:
+        choices = [i for i, up in enumerate(self.ready) if up]
+        assert choices, "no replica ready"
+        return random.choice(choices)
+
+
+@dataclass
+class Tally:
+    ok: Counter[str] = field(default_factory=lambda: Counter())
+    failures: list[str] = field(default_factory=list)
+
+
+async def test_rolling_sigterm_restart_under_load_no_failed_request(
+    database_url: str, tmp_path: Path, unique_name: str
+) -> None:
+    """1. two replicas (subprocesses, SHUTDOWN_DRAIN_SECONDS 1.5) and a balancer polling /ready
+    every 0.1 s (probe timeout 0.5 s); 2. steady load through the balancer: HTTP reads, HTTP
+    writes, blocking queries, DNS over UDP and TCP, gRPC GetService; 3. SIGTERM replica 0: it
+    exits 0; restart it and wait until the balancer sees it ready; the same for replica 1;
+    4. the load ran throughout and not one request failed; 5. every write is in the registry."""
+    env = {"SHUTDOWN_DRAIN_SECONDS": "1.5", "SHUTDOWN_TIMEOUT_SECONDS": "5"}
+    daemons = [Daemon(database_url, tmp_path / f"replica{i}.log", env=dict(env)) for i in (0, 1)]
+    tally = Tally()
+    written: list[str] = []
+    try:
+        for d in daemons:
+            d.start()
+        for d in daemons:
+            await d.wait_ready()
+        async with aiohttp.ClientSession(base_url=daemons[0].base) as http:
+            assert (await put(http, "/service", {"name": unique_name}))[0] == 201
+            assert (await put(http, f"/service/{unique_name}/register", {"ip": "10.7.0.1"}))[
+                0
+            ] == 200
+        for d in daemons:  # replicas converge within milliseconds; start once both have it
+
+            async def visible(d: Daemon = d) -> bool:
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.get(f"{d.base}/service/{unique_name}") as resp,
+                ):
+                    return resp.status == 200 and bool((await resp.json())["endpoints"])
+
+            await wait_until(visible, 5, "the service on every replica")
+        stop = asyncio.Event()
+
+        async with Balancer(daemons, poll=0.1) as lb:
+
+            async def worker(kind: str, n: int) -> None:
+                for i in range(100_000):  # bounded; `stop` ends it
+                    if stop.is_set():
+                        return
+                    r = -1
+                    try:
+                        r = lb.pick()
+                        await asyncio.wait_for(one(kind, n, i, r), 5)
+                        tally.ok[kind] += 1
+                    except Exception as exc:  # every failure is the test's finding
+                        at = time.monotonic() - t0
+                        tally.failures.append(f"{at:.2f}s {kind} -> replica {r}: {exc!r}"[:300])
+                    await asyncio.sleep(0.005)
+
+            async def one(kind: str, n: int, i: int, r: int) -> None:
+                http, channel = lb.sessions[r], lb.channels[r]
+                assert http is not None and channel is not None
+                if kind == "read":
+                    async with http.get(f"/service/{unique_name}") as resp:
+                        assert resp.status == 200, resp.status
+                        await resp.read()
+                elif kind == "write":
+                    ip = f"10.7.{n + 1}.{i % 250 + 1}"
+                    path = f"/service/{unique_name}/register"
+                    async with http.put(path, json={"ip": ip}) as resp:
+                        assert resp.status == 200, (resp.status, await resp.text())
+                    written.append(ip)
+                elif kind == "watch":
+                    async with http.get(f"/service/{unique_name}") as resp:
+                        index = resp.headers["X-Index"]
+                    path = f"/service/{unique_name}?index={index}&wait=2s"
+                    async with http.get(path) as resp:
+                        assert resp.status == 200, resp.status
+                elif kind in ("dns-udp", "dns-tcp"):
+                    ips = await dns_a(lb.daemons[r].dns_port, unique_name, tcp=kind == "dns-tcp")
+                    assert "10.7.0.1" in ips, ips
+                else:
+                    stub = pb_grpc.DiscoveryServiceStub(channel)
+                    got = await stub.GetService(
+                        pb.GetServiceRequest(service_name=unique_name), timeout=3
+                    )
+                    assert got.service.name == unique_name
+
+            kinds = ["read"] * 4 + ["write"] * 2 + ["watch"] * 2 + ["dns-udp"] * 2
+            kinds += ["dns-tcp", "grpc", "grpc"]
+            t0 = time.monotonic()
+            workers = [asyncio.create_task(worker(k, n)) for n, k in enumerate(kinds)]
+            await asyncio.sleep(1.0)
+            for d in daemons:
+                d.kill(signal.SIGTERM)
+                assert await d.wait_exit(1.5 + 5 + 5) == 0
+                d.start()
+                await wait_until(
+                    lambda d=d: asyncio.sleep(0, lb.ready[daemons.index(d)]),
+                    30,
+                    "the balancer sees the restarted replica ready",
+                )
+                await asyncio.sleep(1.0)
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*workers), 15)
+
+        assert tally.failures == [], tally.failures[:20]
+        for kind in set(kinds):
+            assert tally.ok[kind] >= 20, tally.ok
+        async with aiohttp.ClientSession(base_url=daemons[1].base) as http:
+            async with http.get(f"/service/{unique_name}") as resp:
+                ips = {e["ip"] for e in (await resp.json())["endpoints"]}
+        assert set(written) <= ips
+        for d in daemons:
+            text = d.log.read_text()
+            assert "Traceback" not in text and " ERROR " not in text, text[-3000:]
+    finally:
+        for d in daemons:
+            d.stop()
+
+
+# ---- 4. slow and hostile clients ---------------------------------------------------------------
+async def _raw_http(port: int, head: bytes, timeout: float = 3.0) -> tuple[int, float]:
+    """Send a raw request head (and maybe a body start); the status answered and how long."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            line = await reader.readline()
+        return int(line.split()[1]), time.monotonic() - started
+    finally:
+        writer.transport.abort()
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, timeout: float) -> bool:
+    """True once the server closes the connection (EOF or reset) within `timeout`."""
+    try:
+        async with asyncio.timeout(timeout):
+            while await reader.read(4096):
+                pass
+        return True
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_slow_and_hostile_clients_do_not_stop_service(
+    make_config: Callable[..., Config], unique_name: str
+) -> None:
+    """1. a daemon with 1 s HTTP idle and body timeouts and DNS TCP capped at 200 connections
+    idle for 1 s at most; 2. 300 slowloris connections trickle header lines and 50 trickle a
+    body, while 1,000 idle DNS TCP connections are opened; 3. ordinary HTTP, DNS UDP and gRPC
+    clients are answered promptly throughout; 4. the server closes the slow HTTP connections
+    (the slow bodies get 408) and the idle DNS ones within their timeouts, and a new DNS TCP
+    client is answered again; 5. an oversized body, deep JSON, 1,000 headers and a 100 kB
+    header line each get a 4xx within a second."""
+    config = make_config(
+        http_idle_timeout_seconds=1.0,
+        http_body_timeout_seconds=1.0,
+        dns_tcp_max_connections=200,
+        dns_tcp_idle_seconds=1.0,
+    )
+    async with (
+        run_app(config) as app,
+        aiohttp.ClientSession(base_url=f"http://127.0.0.1:{app.http_port}") as http,
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel,
+    ):
+        assert (await put(http, "/service", {"name": unique_name}))[0] == 201
+        assert (await put(http, f"/service/{unique_name}/register", {"ip": "10.6.0.1"}))[0] == 200
+        stub = pb_grpc.DiscoveryServiceStub(channel)
+
+        # Step 2: the hostile crowd.
+        slow: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        for _ in range(300):
+            slow.append(await asyncio.open_connection("127.0.0.1", app.http_port))
+            slow[-1][1].write(b"GET /services HTTP/1.1\r\nHost: x\r\n")
+        bodies: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        for _ in range(50):
+            bodies.append(await asyncio.open_connection("127.0.0.1", app.http_port))
+            bodies[-1][1].write(
+                b"PUT /service HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"
+            )
+        idle_dns = []
+        for _ in range(1000):
+            with contextlib.suppress(OSError):
+                idle_dns.append(await asyncio.open_connection("127.0.0.1", app.dns_port))
+        opened = time.monotonic()
+
+        async def trickle() -> None:
+            for i in range(30):  # bounded: 3 s at most
+                for _, w in slow:
+                    if not w.is_closing():
+                        w.write(f"X-Slow-{i}: 1\r\n".encode())
+                for _, w in bodies:
+                    if not w.is_closing():
+                        w.write(b" ")
+                await asyncio.sleep(0.1)
+
+        trickler = asyncio.create_task(trickle())
+
+        # Step 3: everyone else is served promptly meanwhile.
+        worst = 0.0
+        for _ in range(20):
+            started = time.monotonic()
+            async with http.get(f"/service/{unique_name}") as resp:
+                assert resp.status == 200
+            assert await dns_a(app.dns_port, unique_name) == ["10.6.0.1"]
+            got = await stub.GetService(pb.GetServiceRequest(service_name=unique_name), timeout=2)
+            assert got.service.name == unique_name
+            worst = max(worst, time.monotonic() - started)
+            await asyncio.sleep(0.05)
+        assert worst < 0.5, worst
+
+        # Step 4: the server sheds them within the timeouts (1 s, plus timer slack).
+        closed = await asyncio.gather(*(_closed_by_server(r, 4.0) for r, _ in slow))
+        assert all(closed), f"{closed.count(False)} slowloris connections still open"
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(r.read(200), 4.0) for r, _ in bodies), return_exceptions=True
+        )
+        assert all(isinstance(a, bytes) and a.startswith(b"HTTP/1.1 408") for a in answers), (
+            answers[:3]
+        )
+        dns_closed = await asyncio.gather(*(_closed_by_server(r, 4.0) for r, _ in idle_dns))
+        assert all(dns_closed), f"{dns_closed.count(False)} idle DNS connections still open"
+        assert time.monotonic() - opened < 8
+        trickler.cancel()
+        for _, w in [*slow, *bodies, *idle_dns]:
+            w.transport.abort()
+        assert await dns_a(app.dns_port, unique_name, tcp=True) == ["10.6.0.1"]
+
+        async def no_dns_tcp() -> bool:
+            return await metric(http, "sd_dns_tcp_connections") == 0
+
+        await wait_until(no_dns_tcp, 3, "every DNS TCP connection released")
+
+        # Step 5: oversized, deep and header-heavy requests: 4xx, quickly.
+        port = app.http_port
+        big = config.http_max_body_bytes + 1
+        status, took = await _raw_http(
+            port, f"PUT /service HTTP/1.1\r\nHost: x\r\nContent-Length: {big}\r\n\r\n".encode()
+        )
+        assert status == 413 and took < 1, (status, took)
+        deep = b"[" * 100_000 + b"]" * 100_000
+        status, took = await _raw_http(
+            port,
+            b"PUT /service HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(deep), deep),
+        )
+        assert status == 400 and took < 1, (status, took)
+        many = b"".join(b"X-H%d: v\r\n" % i for i in range(1000))
+        status, took = await _raw_http(
+            port, b"GET /services HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n"
+        )
+        assert 400 <= status < 500 and took < 1, (status, took)
+        status, took = await _raw_http(
+            port, b"GET /services HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+        )
+        assert 400 <= status < 500 and took < 1, (status, took)
+        async with http.get("/healthz") as resp:
+            assert resp.status == 200
+
+
+# ---- 5. malformed gRPC messages --------------------------------------------------------------
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\xff\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f", b"\x12\x05abc", bytes(range(256))],
+    ids=["varint-overflow", "length-overflow", "truncated", "all-bytes"],
+)
+async def test_grpc_garbage_request_is_invalid_argument(
+    make_config: Callable[..., Config], garbage: bytes
+) -> None:
+    """Raw bytes that are no valid protobuf, sent to unary methods through a generic channel
+    with identity serializers, get INVALID_ARGUMENT (not INTERNAL, not a hang), and the server
+    keeps answering."""
+    async with (
+        run_app(make_config()) as app,
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel,
+    ):
+        for method in ("GetService", "CreateService", "RegisterEndpoint"):
+            call = channel.unary_unary(
+                f"/sd.DiscoveryService/{method}",
+                request_serializer=None,
+                response_deserializer=None,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(garbage, timeout=3)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, err.value)
+        stub = pb_grpc.DiscoveryServiceStub(channel)
+        listed = await stub.ListServices(pb.ListServicesRequest(), timeout=3)
+        assert listed is not None
