@@ -118,6 +118,14 @@ class App:
             handle_signals=False,
             access_log=None,
             shutdown_timeout=config.shutdown_timeout_seconds,
+            # A client that hangs up ends its request: a blocking query stops waiting (and
+            # frees its watch slot) instead of holding memory until its wait is over.
+            handler_cancellation=True,
+            # Armed when a connection opens and after each response: a client that sends no
+            # complete request head in this time (slowloris) or sits idle is closed, so slow
+            # clients cannot pin file descriptors. Request heads are bounded by aiohttp's
+            # parser limits (8190-byte lines, 128 headers: 400 beyond).
+            keepalive_timeout=config.http_idle_timeout_seconds,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, config.bind_address, config.http_port, backlog=1024)
@@ -125,6 +133,7 @@ class App:
         self.http_port = self._runner.addresses[0][1]
         self.dns = DnsServer(config, self.registry, self.metrics)
         await self.dns.start()
+        self.metrics.before_render.append(self.dns.flush_metrics)
         self.grpc = GrpcServer(config, self.catalog, auth, self.metrics, self.is_ready)
         await self.grpc.start()
         log.info(
@@ -187,10 +196,11 @@ class App:
             await self.dns.stop()
         if self._runner is not None:
             await self._runner.cleanup()  # waits for in-flight requests up to the timeout
-        if self._pool_task is not None:
-            self._pool_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pool_task
+        for task in (self._pool_task, self._ready_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.leases is not None:
             await self.leases.stop()
         if self.sync is not None:

@@ -46,6 +46,17 @@ class _Entry:
         return self.service.version
 
 
+def _same(entry: _Entry, svc: Service) -> bool:
+    """Whether a full read says exactly what the entry holds."""
+    held = entry.service
+    return (
+        held.name == svc.name
+        and held.attributes == svc.attributes
+        and held.named_ports == svc.named_ports
+        and entry.endpoints == {e.ip: e for e in svc.endpoints}
+    )
+
+
 class Registry:
     def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
         self._config = config
@@ -60,6 +71,7 @@ class Registry:
         self._timer_at = float("inf")
         self._subscribers: list[ChangeCallback] = []
         self._waiters: dict[str | None, set[asyncio.Future[str]]] = {}
+        self._live_changes: dict[str, int] = {}  # key -> lapses and revivals seen
         self._connected = True
         self._closed = False
         self.version = 0
@@ -134,6 +146,7 @@ class Registry:
         if self._closed or timeout <= 0 or self.index(name) > index:
             return
         key = name.lower() if name is not None else None
+        lapses = self._live_changes.get(key, 0) if key is not None else 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -149,9 +162,17 @@ class Registry:
                 waiters.discard(fut)
                 if not waiters and self._waiters.get(key) is waiters:
                     del self._waiters[key]
-            # A listing shows no endpoints, so only a new version (or a reload) changes it.
-            if key is not None or reason == "reload" or self._closed or self.version > index:
+            if self._closed or reason == "reload" or self.index(name) > index:
                 return
+            if key is not None and self._live_changes.get(key, 0) != lapses:
+                return
+            # Nothing this query reports changed (the same version read again, a renewal, or
+            # another service's endpoints for a listing): keep waiting.
+
+    def _live_changed(self, key: str) -> None:
+        """Count a change of a service's live endpoints that moves no index (a lapse in memory,
+        or a lapsed lease renewed), so the blocking queries on it see it."""
+        self._live_changes[key] = self._live_changes.get(key, 0) + 1
 
     def _announce(self, key: str | None, reason: str) -> None:
         """Tell subscribers, then wake the blocking queries on `key` (None: all of them) and on
@@ -209,17 +230,25 @@ class Registry:
         if service is not None:
             if current is not None and current.version > service.version:
                 return
+            if (
+                current is not None
+                and current.version == service.version
+                and _same(current, service)
+            ):
+                return  # our own write, heard again: nothing to announce
             self._tombstones.pop(key, None)
             if current is not None:
                 self._drop(key, current)
             self._put(key, service, self._clock())
             reason = "update"
         else:
-            if current is None or current.version > snapshot_version:
-                self._tombstones[key] = max(self._tombstones.get(key, 0), snapshot_version)
-                if current is None:
+            if current is None:
+                if key not in self._tombstones:  # a service we never held: say so once
+                    self._tombstones[key] = snapshot_version
                     self._announce(key, "delete")
                 return
+            if current.version > snapshot_version:
+                return  # re-created since that read
             self._drop(key, current)
             del self._entries[key]
             self._tombstones[key] = snapshot_version
@@ -248,13 +277,20 @@ class Registry:
         return True
 
     def renew(self, renewals: Iterable[LeaseRenewal]) -> None:
-        """New expiry times from heartbeats; the registry version does not move."""
+        """New expiry times from heartbeats (or the reaper's guard); the version does not move.
+
+        A renewal of an endpoint this copy does not hold is skipped (its registration, read
+        later, carries the expiry), and so is one older than what the copy has (notifications
+        may be applied after a fresher read): a renewal never shortens a lease.
+        """
         now = self._clock()
         changed: set[str] = set()
         for r in renewals:
             entry = self._entries.get(r.service)
             old = entry.endpoints.get(r.ip) if entry is not None else None
-            if entry is None or old is None:
+            if entry is None or old is None or old.expires_at is None:
+                continue
+            if r.expires_at <= old.expires_at:
                 continue
             was_hidden = r.ip in entry.hidden
             self._set_endpoint(r.service, entry, r.ip, replace(old, expires_at=r.expires_at), now)
@@ -263,6 +299,7 @@ class Registry:
                 changed.add(r.service)
         self._schedule()
         for key in changed:
+            self._live_changed(key)
             self._announce(key, "update")
 
     # ---- bookkeeping ---------------------------------------------------------------------
@@ -386,6 +423,7 @@ class Registry:
             self._announce(None, "reload")
         elif not self.self_preservation:
             for key in lapsed:
+                self._live_changed(key)
                 self._announce(key, "expire")
         self._schedule()
 

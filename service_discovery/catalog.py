@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from service_discovery.cache import Registry
 from service_discovery.config import Config
-from service_discovery.errors import InvalidInput, NotFound, NotReady, StoreUnavailable
+from service_discovery.errors import Conflict, InvalidInput, NotFound, NotReady, StoreUnavailable
 from service_discovery.leases import Leases
 from service_discovery.metrics import Metrics
 from service_discovery.model import (
@@ -106,5 +106,5 @@ class Catalog:
         if endpoint is None:
             raise NotFound(f"endpoint {ip} of service {svc.name!r} not found (register it again)")
         if endpoint.ttl_seconds is None:
-            raise InvalidInput(f"endpoint {ip} of service {svc.name!r} has no lease (no ttl)")
+            raise Conflict(f"endpoint {ip} of service {svc.name!r} has no lease (no ttl)")
         return await self._write(self._leases.renew(svc.name, ip))

@@ -97,6 +97,7 @@ def _setting(
 ) -> Any:
     return field(
         default=default,
+        repr=not secret,  # secrets stay out of repr(config), tracebacks and log lines
         metadata={"env": env, "parse": parse, "help": help, "secret": secret},
     )
 
@@ -150,6 +151,14 @@ class Config:
     db_timeout_seconds: float = _setting(
         "DB_TIMEOUT_SECONDS", 5.0, _float_range(0.1, 600), "connect/statement timeout of writes"
     )
+    http_idle_timeout_seconds: float = _setting(
+        "HTTP_IDLE_TIMEOUT_SECONDS", 15.0, _float_range(0.1, 3600),
+        "close an HTTP connection idle (or still sending its headers) this long",
+    )  # fmt: skip
+    http_body_timeout_seconds: float = _setting(
+        "HTTP_BODY_TIMEOUT_SECONDS", 10.0, _float_range(0.1, 3600),
+        "a request body must arrive within this (else 408)",
+    )  # fmt: skip
     http_max_body_bytes: int = _setting(
         "HTTP_MAX_BODY_BYTES", 1024 * 1024, _int_range(1024, 1 << 30), "largest request body"
     )

@@ -1,4 +1,5 @@
-"""Typed registry errors: raised by the model and the store, mapped to wire errors once per front-end."""
+"""Typed registry errors: raised by the model and the store, mapped to wire errors once per
+front-end."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ class NotFound(RegistryError):
 
 class AlreadyExists(RegistryError):
     code = "already_exists"
+
+
+class Conflict(RegistryError):
+    """The request is well formed but the resource's state does not allow it."""
+
+    code = "conflict"
 
 
 class LimitExceeded(RegistryError):

@@ -32,6 +32,7 @@ from service_discovery.catalog import Catalog
 from service_discovery.config import Config
 from service_discovery.errors import (
     AlreadyExists,
+    Conflict,
     InvalidInput,
     LimitExceeded,
     NotFound,
@@ -57,6 +58,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DiscoveryService"].full_name  # "
 STATUS: dict[type[RegistryError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     LimitExceeded: grpc.StatusCode.FAILED_PRECONDITION,
+    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     TooManyRequests: grpc.StatusCode.RESOURCE_EXHAUSTED,

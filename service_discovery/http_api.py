@@ -5,6 +5,7 @@ JSON errors in one middleware.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -21,6 +22,7 @@ from service_discovery.auth import Auth
 from service_discovery.catalog import Catalog
 from service_discovery.errors import (
     AlreadyExists,
+    Conflict,
     InvalidInput,
     LimitExceeded,
     NotFound,
@@ -41,6 +43,7 @@ STATUS = {
     Unauthenticated: 401,
     NotFound: 404,
     AlreadyExists: 409,
+    Conflict: 409,
     LimitExceeded: 422,
     TooManyRequests: 429,
     StoreUnavailable: 503,
@@ -56,7 +59,7 @@ METRICS = web.AppKey("metrics", Metrics)
 AUTH = web.AppKey("auth", Auth)
 IS_READY = web.AppKey("is_ready", Callable[[], bool])
 WATCHERS = web.AppKey("watchers", Counter)
-X_INDEX = "sd_x_index"  # request key: the index a read reports, errors included
+X_INDEX = web.RequestKey("x_index", int)  # the index a read reports, errors included
 BODIES = web.AppKey("bodies", dict)
 
 
@@ -323,7 +326,29 @@ async def openapi(request: web.Request) -> web.Response:
 def build_app(
     catalog: Catalog, metrics_: Metrics, auth: Auth, is_ready: Callable[[], bool]
 ) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=catalog.config.http_max_body_bytes)
+    config = catalog.config
+    max_body = config.http_max_body_bytes
+
+    @web.middleware
+    async def _bounded_body(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Refuse a declared oversized body before reading it, and read any body within
+        HTTP_BODY_TIMEOUT_SECONDS: a client trickling its body (slow POST) would otherwise hold
+        a handler and its connection for ever. The body is kept for the handler's read()."""
+        if request.body_exists:
+            if request.content_length is not None and request.content_length > max_body:
+                raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=None)
+            try:
+                async with asyncio.timeout(config.http_body_timeout_seconds):
+                    await request.read()
+            except TimeoutError:
+                raise web.HTTPRequestTimeout(
+                    text="the request body did not arrive in time"
+                ) from None
+        return await handler(request)
+
+    app = web.Application(middlewares=[_errors, _bounded_body], client_max_size=max_body)
     app[CATALOG] = catalog
     app[METRICS] = metrics_
     app[AUTH] = auth

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from service_discovery.cache import Registry
@@ -26,6 +27,7 @@ from service_discovery.store import ReapResult, Store
 log = logging.getLogger(__name__)
 
 _Key = tuple[str, str]  # (lowercased service name, canonical ip)
+MAX_BATCH = 5000  # renewals per UPDATE; a batch this large is written before its window ends
 
 
 class Leases:
@@ -78,7 +80,12 @@ class Leases:
             # Two heartbeats of one endpoint in one window share a single row update.
             fut = asyncio.get_running_loop().create_future()
             self._batch[key] = fut
-        if self._flush_timer is None:
+        if len(self._batch) >= MAX_BATCH:
+            # A full batch goes at once: bounded statements, and no wait for the window.
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+            self._start_flush()
+        elif self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(
                 self._config.lease_flush_interval_seconds, self._start_flush
             )
@@ -97,6 +104,7 @@ class Leases:
         task.add_done_callback(self._flushes.discard)
 
     async def _flush(self, batch: dict[_Key, asyncio.Future[float]]) -> None:
+        started = time.perf_counter()
         try:
             renewals = await self._store.renew_leases(list(batch))
         except asyncio.CancelledError:
@@ -114,6 +122,7 @@ class Leases:
             _fail(batch, lambda: StoreUnavailable("the lease renewal could not be written"))
             return
         self._metrics.lease_flushes.inc()
+        self._metrics.lease_flush_latency.observe(time.perf_counter() - started)
         self._metrics.lease_heartbeats.inc(len(renewals))
         self._registry.renew(renewals)
         expiries = {(r.service, r.ip): r.expires_at for r in renewals}

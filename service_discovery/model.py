@@ -121,12 +121,29 @@ def ip_address(value: Any) -> str:
         addr = ipaddress.ip_address(value.strip())
     except ValueError:
         raise InvalidInput(f"invalid ip {value[:80]!r}: not an IPv4 or IPv6 address") from None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
-        raise InvalidInput(f"invalid ip {value[:80]!r}: scoped IPv6 addresses are not allowed")
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.scope_id:
+            raise InvalidInput(f"invalid ip {value[:80]!r}: scoped IPv6 addresses are not allowed")
+        return _ipv6_text(addr)
+    return str(addr)
+
+
+def _ipv6_text(addr: ipaddress.IPv6Address) -> str:
+    """The text PostgreSQL's inet output gives, so an address a client names and the one the
+    database returns compare equal: an IPv4-mapped address (and one whose first 96 bits are zero,
+    other than :: and ::x) ends in a dotted quad, as RFC 5952 section 5 recommends; Python 3.11
+    writes hex words there (::ffff:a00:1 for ::ffff:10.0.0.1)."""
+    packed = addr.packed
+    if packed[:10] == bytes(10) and packed[10:12] == b"\xff\xff":
+        return f"::ffff:{ipaddress.IPv4Address(packed[12:])}"
+    if packed[:12] == bytes(12) and packed[12:14] != bytes(2):
+        return f"::{ipaddress.IPv4Address(packed[12:])}"
     return str(addr)
 
 
 def _int(value: Any, what: str, lo: int, hi: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 8000.0 is the integer 8000 (JSON Schema)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"{what} must be an integer from {lo} to {hi}")
     if not lo <= value <= hi:

@@ -6,8 +6,29 @@ from typing import Any
 
 from service_discovery import __version__
 
-_NAME = {"type": "string", "pattern": "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"}
-_PORT_NAME = {"type": "string", "pattern": "^[a-z0-9-]{1,15}$"}
+# Every input schema says exactly what the server accepts (the model's rules, at the default
+# limits), so a schema-valid request is never refused with 400/422: checked by schemathesis in
+# tests/test_fuzz_http.py. OpenAPI 3.1 for JSON Schema's propertyNames (map keys).
+_NAME = {
+    "type": "string",
+    "maxLength": 63,
+    "pattern": "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
+}
+# RFC 6335: 1-15 characters, letters and digits, single inner hyphens, at least one letter.
+_PORT_NAME = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 15,
+    "pattern": "^([a-z0-9]+-)*[a-z0-9]*[a-z][a-z0-9]*(-[a-z0-9]+)*$",
+}
+_IP = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
+_TEXT = {"type": "string", "maxLength": 1024, "pattern": "^[^\\u0000]*$"}  # SD_MAX_VALUE_LENGTH
+_ATTRIBUTES = {
+    "type": "object",
+    "maxProperties": 64,  # SD_MAX_ATTRIBUTES
+    "propertyNames": {**_TEXT, "minLength": 1},
+    "additionalProperties": _TEXT,
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -23,7 +44,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "invalid input",
         401: "missing or wrong bearer token",
         404: "not found",
-        409: "already exists",
+        409: "already exists, or a state that forbids it (a heartbeat without a lease)",
         413: "body too large",
         422: "a limit was exceeded",
         429: "too many open watches",
@@ -33,9 +54,9 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 _NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": _NAME}
-_IP_PARAM = {"name": "ip", "in": "path", "required": True, "schema": {"type": "string"}}
+_IP_PARAM = {"name": "ip", "in": "path", "required": True, "schema": _IP}
 _PRETTY = {"name": "pretty", "in": "query", "schema": {"type": "boolean"}}
-_INDEX = {"name": "index", "in": "query", "schema": {"type": "integer"}}
+_INDEX = {"name": "index", "in": "query", "schema": {"type": "integer", "minimum": 0}}
 _WAIT = {
     "name": "wait",
     "in": "query",
@@ -65,7 +86,11 @@ def spec() -> dict[str, Any]:
                 "weight": {"type": "integer", "minimum": 0, "maximum": 65535},
             },
         },
-        "NamedPorts": {"type": "object", "additionalProperties": _ref("NamedPort")},
+        "NamedPorts": {
+            "type": "object",
+            "propertyNames": _PORT_NAME,
+            "additionalProperties": _ref("NamedPort"),
+        },
         "Endpoint": {
             "type": "object",
             "required": ["service_name", "ip", "tags"],
@@ -94,7 +119,7 @@ def spec() -> dict[str, Any]:
             "required": ["name"],
             "properties": {
                 "name": _NAME,
-                "attributes": {"type": "object", "additionalProperties": {"type": "string"}},
+                "attributes": _ATTRIBUTES,
                 "named_ports": _ref("NamedPorts"),
             },
         },
@@ -102,8 +127,8 @@ def spec() -> dict[str, Any]:
             "type": "object",
             "required": ["ip"],
             "properties": {
-                "ip": {"type": "string"},
-                "tags": {"type": "array", "items": {"type": "string"}},
+                "ip": _IP,
+                "tags": {"type": "array", "maxItems": 32, "items": {**_TEXT, "minLength": 1}},
                 "ttl_seconds": {"type": "integer", "minimum": 0, "maximum": 604800},
             },
         },
@@ -119,7 +144,7 @@ def spec() -> dict[str, Any]:
     ports_op = {
         "summary": "Add or replace named ports",
         "parameters": [_NAME_PARAM],
-        "requestBody": _body(_ref("NamedPorts")),
+        "requestBody": _body({"allOf": [_ref("NamedPorts")], "minProperties": 1}),
         "responses": {
             "200": _json(_ref("NamedPorts"), "the service's ports"),
             **_errors(*_WRITE_ERRORS),
@@ -198,7 +223,7 @@ def spec() -> dict[str, Any]:
                 "parameters": [_NAME_PARAM, _IP_PARAM],
                 "responses": {
                     "200": _json(_ref("Lease"), "renewed"),
-                    **_errors(400, 401, 404, 503),
+                    **_errors(400, 401, 404, 409, 503),
                 },
             }
         },
@@ -222,7 +247,7 @@ def spec() -> dict[str, Any]:
         },
     }
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "service-discovery", "version": __version__},
         "paths": paths,
         "components": {

@@ -87,9 +87,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def connect(url: str, timeout: float) -> asyncpg.Connection:
-    """A single connection (for LISTEN), with the same codecs as the pool."""
+    """A single connection (for LISTEN), with the same codecs as the pool.
+
+    Every statement on it is bounded by `timeout` (command_timeout): a network that goes silent
+    in the middle of a read would otherwise leave the sync waiting forever, still "connected".
+    """
     try:
-        conn = await asyncpg.connect(url, timeout=timeout)
+        conn = await asyncpg.connect(url, timeout=timeout, command_timeout=timeout)
     except _UNAVAILABLE as exc:
         raise StoreUnavailable(f"database unreachable: {exc}") from exc
     await _init_connection(conn)
@@ -189,15 +193,23 @@ async def read_endpoints(
     }
 
 
-async def read_lease_batch(conn: asyncpg.Connection, batch: int) -> list[LeaseRenewal]:
-    rows = await conn.fetch(
-        """SELECT lower(s.name) AS service, host(e.ip) AS ip,
-                  extract(epoch FROM e.expires_at)::float8 AS expires_at
-           FROM endpoints e JOIN services s ON s.id = e.service_id
-           WHERE e.lease_batch = $1 AND e.expires_at IS NOT NULL""",
-        batch,
-    )
-    return [LeaseRenewal(r["service"], r["ip"], r["expires_at"]) for r in rows]
+# NOTIFY payloads are limited to 8000 bytes; one renewal takes at most ~130 (a 63-character
+# name, a 39-character IPv6 address, a float), so 50 per message always fit.
+LEASES_PER_NOTIFICATION = 50
+
+
+def encode_leases(renewals: Sequence[LeaseRenewal]) -> list[str]:
+    """sd_leases payloads for some renewals: JSON [[service, ip, expires_at], ...] each."""
+    size = LEASES_PER_NOTIFICATION
+    return [
+        json.dumps([[r.service, r.ip, r.expires_at] for r in renewals[i : i + size]])
+        for i in range(0, len(renewals), size)
+    ]
+
+
+def decode_leases(payload: str) -> list[LeaseRenewal]:
+    """The renewals of one sd_leases payload (ValueError/TypeError if it is malformed)."""
+    return [LeaseRenewal(str(s), str(ip), float(at)) for s, ip, at in json.loads(payload)]
 
 
 class Store:
@@ -428,29 +440,35 @@ class Store:
 
 
 async def _renew(conn: asyncpg.Connection, select_sql: str, *args: Any) -> list[LeaseRenewal]:
-    """Renew the leases `select_sql` picks (service_id, ip) for their ttl from now(), and announce
-    them on sd_leases. Rows are locked in key order first, so two replicas renewing overlapping
-    sets (heartbeats, the reaper) wait for each other instead of deadlocking."""
-    batch = await conn.fetchval("SELECT nextval('lease_batch_seq')")
+    """Renew the leases `select_sql` picks (service_id, ip) for their ttl from now(), and send
+    the new expiries to every replica on sd_leases (delivered at commit).
+
+    Only expires_at changes, and no index covers it, so each renewal is a HOT update: no index
+    entry is written. Rows are locked in key order first, so two replicas renewing overlapping
+    sets (heartbeats, the reaper) wait for each other instead of deadlocking.
+    """
     rows = await conn.fetch(
         f"""WITH picked AS ({select_sql}),
                  locked AS (SELECT e.service_id, e.ip FROM endpoints e
                             JOIN picked p ON p.service_id = e.service_id AND p.ip = e.ip
                             ORDER BY e.service_id, e.ip FOR UPDATE OF e)
             UPDATE endpoints e
-            SET expires_at = now() + make_interval(secs => e.ttl_seconds),
-                lease_batch = ${len(args) + 1}
+            SET expires_at = now() + make_interval(secs => e.ttl_seconds)
             FROM locked l, services s
             WHERE e.service_id = l.service_id AND e.ip = l.ip AND s.id = e.service_id
               AND e.ttl_seconds IS NOT NULL
             RETURNING lower(s.name) AS service, host(e.ip) AS ip,
                       extract(epoch FROM e.expires_at)::float8 AS expires_at""",
         *args,
-        batch,
     )
-    if rows:
-        await conn.execute("SELECT pg_notify('sd_leases', $1::text)", str(batch))
-    return [LeaseRenewal(r["service"], r["ip"], r["expires_at"]) for r in rows]
+    renewals = [LeaseRenewal(r["service"], r["ip"], r["expires_at"]) for r in rows]
+    if renewals:
+        # The renewals travel in the notifications, so no replica reads them back.
+        await conn.execute(
+            "SELECT pg_notify('sd_leases', p) FROM unnest($1::text[]) AS p",
+            encode_leases(renewals),
+        )
+    return renewals
 
 
 def mass_expiry(expired: int, leased: int, share: float, minimum: int) -> bool:

@@ -19,9 +19,10 @@ from service_discovery.errors import StoreUnavailable
 from service_discovery.metrics import Metrics
 from service_discovery.store import (
     EndpointChange,
+    LeaseRenewal,
     connect,
+    decode_leases,
     read_endpoints,
-    read_lease_batch,
     read_snapshot,
 )
 
@@ -40,7 +41,7 @@ class Sync:
         self._metrics = metrics
         # per service, the notifications not yet applied: (version, prev_version, ip or None)
         self._pending: dict[str, list[tuple[int, int | None, str | None]]] = {}
-        self._pending_leases: list[int] = []
+        self._pending_leases: list[LeaseRenewal] = []
         self._wakeup = asyncio.Event()
         self._lost = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
@@ -98,6 +99,7 @@ class Sync:
     def _set_connected(self, up: bool) -> None:
         self.connected = up
         self._metrics.sync_connected.set(1 if up else 0)
+        self._registry.set_connected(up)  # no lease lapses in a copy that cannot hear renewals
 
     async def _connect_and_load(self) -> None:
         conn = await connect(self._url, self._config.db_timeout_seconds)
@@ -127,7 +129,7 @@ class Sync:
     def _on_notify(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
         try:
             if channel == "sd_leases":
-                self._pending_leases.append(int(payload))
+                self._pending_leases.extend(decode_leases(payload))
             else:
                 data = json.loads(payload)
                 pv = data.get("pv")
@@ -176,17 +178,17 @@ class Sync:
         conn = self._conn
         assert conn is not None
         lost = asyncio.ensure_future(self._lost.wait())
+        wake: asyncio.Future[bool] | None = None
         try:
             while True:
-                wake = asyncio.ensure_future(self._wakeup.wait())
+                if wake is None or wake.done():
+                    wake = asyncio.ensure_future(self._wakeup.wait())
                 done, _ = await asyncio.wait(
                     {wake, lost}, timeout=_PING_SECONDS, return_when=asyncio.FIRST_COMPLETED
                 )
                 if lost in done:
-                    wake.cancel()
                     raise StoreUnavailable("LISTEN connection closed")
                 if not done:
-                    wake.cancel()
                     # A silent peer (half-open TCP) delivers no notifications and no error.
                     await conn.fetchval("SELECT 1", timeout=self._config.db_timeout_seconds)
                     continue
@@ -194,10 +196,12 @@ class Sync:
                 # Everything queued so far is applied together: a burst of writes costs a
                 # round trip or two per replica, not one per write.
                 pending, self._pending = self._pending, {}
-                batches, self._pending_leases = self._pending_leases, []
+                renewals, self._pending_leases = self._pending_leases, []
                 if pending:
                     await self._apply_pending(conn, pending)
-                for batch in batches:
-                    self._registry.renew(await read_lease_batch(conn, batch))
+                if renewals:  # they arrive with their expiries: nothing to read back
+                    self._registry.renew(renewals)
         finally:
             lost.cancel()
+            if wake is not None:
+                wake.cancel()

@@ -31,6 +31,7 @@ from service_discovery.app import App, run_app
 from service_discovery.config import Config
 from service_discovery.errors import (
     AlreadyExists,
+    Conflict,
     InvalidInput,
     LimitExceeded,
     NotFound,
@@ -294,6 +295,7 @@ def _error_cases(name: str) -> list[tuple[str, Any, grpc.StatusCode, str]]:
     def add(ports: dict[str, pb.NamedPort], svc: str = name) -> pb.AddNamedPortsRequest:
         return pb.AddNamedPortsRequest(service_name=svc, named_ports=ports)
 
+    precondition = Code.FAILED_PRECONDITION
     return [
         ("GetService", pb.GetServiceRequest(service_name=missing), not_found, "not found"),
         ("GetService", pb.GetServiceRequest(), bad_arg, "non-empty"),
@@ -328,7 +330,8 @@ def _error_cases(name: str) -> list[tuple[str, Any, grpc.StatusCode, str]]:
         ("Heartbeat", pb.HeartbeatRequest(service_name=name, ip="10.0.0.2"), not_found,
          "register it again"),
         ("Heartbeat", pb.HeartbeatRequest(service_name=missing, ip="10.0.0.2"), not_found, "not"),
-        ("Heartbeat", pb.HeartbeatRequest(service_name=name, ip="10.9.9.9"), bad_arg, "no lease"),
+        ("Heartbeat", pb.HeartbeatRequest(service_name=name, ip="10.9.9.9"), precondition,
+         "no lease"),
         ("DeleteService", pb.DeleteServiceRequest(service_name=missing), not_found, "not found"),
     ]  # fmt: skip
 
@@ -352,6 +355,7 @@ def test_registry_errors_map_in_one_table() -> None:
     assert {cls: status_of(cls("m")) for cls in STATUS} == {
         InvalidInput: Code.INVALID_ARGUMENT,
         LimitExceeded: Code.FAILED_PRECONDITION,
+        Conflict: Code.FAILED_PRECONDITION,
         NotFound: Code.NOT_FOUND,
         AlreadyExists: Code.ALREADY_EXISTS,
         TooManyRequests: Code.RESOURCE_EXHAUSTED,

@@ -1,0 +1,157 @@
+"""Limits, each with a clear error: endpoints per service, tags per endpoint, attributes per
+service, lengths of names and values, body size, and open watches per client address. HTTP
+answers 422 `limit_exceeded` (400 for a malformed name, 413 for a body, 429 for watches), and
+gRPC applies the same rules with the same messages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import grpc
+import pytest
+
+from service_discovery.app import App, run_app
+from service_discovery.config import Config
+from service_discovery.proto import discovery_pb2 as pb
+from service_discovery.proto import discovery_pb2_grpc as pb_grpc
+
+LIMITS = {
+    "max_endpoints_per_service": 3,
+    "max_tags_per_endpoint": 2,
+    "max_attributes": 2,
+    "max_value_length": 8,
+    "http_max_body_bytes": 1024,
+    "max_watches_per_client": 3,
+}
+
+
+@pytest.fixture
+async def limited(make_config: Callable[..., Config]) -> AsyncIterator[App]:
+    async with run_app(make_config(**LIMITS)) as app:
+        yield app
+
+
+@pytest.fixture
+async def http(limited: App) -> AsyncIterator[aiohttp.ClientSession]:
+    base = f"http://127.0.0.1:{limited.http_port}"
+    async with aiohttp.ClientSession(base_url=base) as session:
+        yield session
+
+
+async def put(http: aiohttp.ClientSession, path: str, body: object) -> tuple[int, dict]:
+    async with http.put(path, data=json.dumps(body)) as resp:
+        return resp.status, await resp.json()
+
+
+def refused(answer: tuple[int, dict], status: int, code: str, *words: str) -> str:
+    """Assert the error and that its message names the rule; returns the message."""
+    got, body = answer
+    assert (got, body.get("error")) == (status, code), answer
+    for word in words:
+        assert word in body["message"], (word, body["message"])
+    return body["message"]
+
+
+async def test_endpoints_per_service(http: aiohttp.ClientSession, unique_name: str) -> None:
+    """The 4th endpoint is refused, naming the limit; re-registering one of the 3 is fine; after
+    a deregistration there is room again."""
+    await put(http, "/service", {"name": unique_name})
+    for i in range(1, 4):
+        assert (await put(http, f"/service/{unique_name}/register", {"ip": f"10.9.0.{i}"}))[
+            0
+        ] == 200
+    answer = await put(http, f"/service/{unique_name}/register", {"ip": "10.9.0.4"})
+    refused(answer, 422, "limit_exceeded", "3 endpoints", "limit")
+    again = {"ip": "10.9.0.1", "tags": ["x"]}
+    assert (await put(http, f"/service/{unique_name}/register", again))[0] == 200
+    async with http.delete(f"/service/{unique_name}/endpoints/10.9.0.2") as resp:
+        assert resp.status == 204
+    assert (await put(http, f"/service/{unique_name}/register", {"ip": "10.9.0.4"}))[0] == 200
+    async with http.get(f"/service/{unique_name}/endpoints") as resp:
+        assert len(await resp.json()) == 3
+
+
+async def test_tags_attributes_and_lengths(http: aiohttp.ClientSession, unique_name: str) -> None:
+    path = f"/service/{unique_name}/register"
+    three = {"a": "1", "b": "2", "c": "3"}
+    refused(
+        await put(http, "/service", {"name": unique_name, "attributes": three}),
+        422, "limit_exceeded", "at most 2 attributes",
+    )  # fmt: skip
+    refused(
+        await put(http, "/service", {"name": unique_name, "attributes": {"a": "123456789"}}),
+        422, "limit_exceeded", "longer than 8",
+    )  # fmt: skip
+    refused(
+        await put(http, "/service", {"name": unique_name, "attributes": {"123456789": "a"}}),
+        422, "limit_exceeded", "attribute name", "longer than 8",
+    )  # fmt: skip
+    refused(await put(http, "/service", {"name": "n" * 64}), 400, "invalid_input", "DNS label")
+    ok = {"name": unique_name, "attributes": {"a": "12345678", "b": ""}}
+    assert (await put(http, "/service", ok))[0] == 201
+
+    refused(
+        await put(http, path, {"ip": "10.9.1.1", "tags": ["a", "b", "c"]}),
+        422, "limit_exceeded", "at most 2 tags",
+    )  # fmt: skip
+    refused(
+        await put(http, path, {"ip": "10.9.1.1", "tags": ["123456789"]}),
+        422, "limit_exceeded", "tag", "longer than 8",
+    )  # fmt: skip
+    # duplicates count once
+    assert (await put(http, path, {"ip": "10.9.1.1", "tags": ["a", "a", "b"]}))[0] == 200
+    long_port = {"a-very-long-port": {"port": 80}}
+    refused(
+        await put(http, f"/service/{unique_name}/ports", long_port), 400, "invalid_input", "1-15"
+    )
+    async with http.get(f"/service/{unique_name}") as resp:
+        svc = await resp.json()
+    assert svc["attributes"] == {"a": "12345678", "b": ""} and svc["named_ports"] == {}
+
+
+async def test_body_size(http: aiohttp.ClientSession, unique_name: str) -> None:
+    big = {"name": unique_name, "attributes": {"a": "x" * 2000}}
+    refused(await put(http, "/service", big), 413, "too_large")
+
+
+async def test_open_watches_per_client_address(
+    limited: App, http: aiohttp.ClientSession, unique_name: str
+) -> None:
+    """Three blocking reads from one address are held; the fourth is 429 at once (plain reads
+    still work); once the three return there is room again."""
+    await put(http, "/service", {"name": unique_name})
+    async with http.get(f"/service/{unique_name}") as resp:
+        index = int(resp.headers["X-Index"])
+    path = f"/service/{unique_name}?index={index}&wait=10s"
+
+    async def watch() -> int:
+        async with http.get(path) as resp:
+            return resp.status
+
+    held = [asyncio.create_task(watch()) for _ in range(3)]
+    while limited.metrics.http_watches._value.get() < 3:
+        await asyncio.sleep(0.01)
+    async with http.get(path) as resp:
+        refused((resp.status, await resp.json()), 429, "too_many_requests", "3 open watches")
+    async with http.get(f"/service/{unique_name}") as resp:
+        assert resp.status == 200
+    await put(http, f"/service/{unique_name}/register", {"ip": "10.9.2.1"})
+    assert await asyncio.wait_for(asyncio.gather(*held), 2) == [200, 200, 200]
+    async with http.get(f"{path.split('?')[0]}?index={index + 1000}&wait=50ms") as resp:
+        assert resp.status == 200
+
+
+async def test_grpc_applies_the_same_limits(limited: App, unique_name: str) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{limited.grpc_port}") as channel:
+        stub = pb_grpc.DiscoveryServiceStub(channel)
+        await stub.CreateService(pb.CreateServiceRequest(service=pb.Service(name=unique_name)))
+        request = pb.RegisterEndpointRequest(
+            service_name=unique_name, endpoint=pb.Endpoint(ip="10.9.3.1", tags=["a", "b", "c"])
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RegisterEndpoint(request, timeout=5)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "at most 2 tags" in (err.value.details() or "")
