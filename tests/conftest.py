@@ -3,6 +3,7 @@ set, else an embedded server), apps on ephemeral ports, and an HTTP client for t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -11,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import asyncpg
+import psycopg2
 import pytest
 import uvloop
 
@@ -47,27 +48,37 @@ def server_url() -> Iterator[str]:
             server.cleanup()
 
 
+DatabaseFactory = Callable[..., contextlib.AbstractContextManager[str]]
+
+
 @pytest.fixture(scope="session")
-def database_url(server_url: str) -> Iterator[str]:
-    """A fresh, migrated database for this test run, dropped afterwards."""
-    import asyncio
+def new_database(server_url: str) -> DatabaseFactory:
+    """`with new_database("prefix") as url:` a database of its own on the test server (migrated
+    unless migrated=False), dropped on exit, for tests that need exact names or an empty one."""
 
-    name = f"sd_test_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_url)
+    @contextlib.contextmanager
+    def make(prefix: str = "sd_test", *, migrated: bool = True) -> Iterator[str]:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        admin = psycopg2.connect(server_url)
+        admin.autocommit = True
+        admin.cursor().execute(f'CREATE DATABASE "{name}"')
         try:
-            await conn.execute(sql)
+            url = _with_database(server_url, name)
+            if migrated:
+                migrate.apply(url)
+            yield url
         finally:
-            await conn.close()
+            admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.close()
 
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    url = _with_database(server_url, name)
-    migrate.apply(url)
-    try:
+    return make
+
+
+@pytest.fixture(scope="session")
+def database_url(new_database: DatabaseFactory) -> Iterator[str]:
+    """A fresh, migrated database for this test run, dropped afterwards."""
+    with new_database("sd_test") as url:
         yield url
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

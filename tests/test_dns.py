@@ -10,10 +10,8 @@ import random
 import shutil
 import socket
 import struct
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import dns.asyncquery
@@ -22,10 +20,8 @@ import dns.message
 import dns.opcode
 import dns.rcode
 import dnslib
-import psycopg2
 import pytest
 
-from service_discovery import migrate
 from service_discovery.app import App, run_app
 from service_discovery.config import Config
 from service_discovery.dns import DnsServer
@@ -164,19 +160,10 @@ def net() -> str:
 
 
 @pytest.fixture
-def fresh_database(database_url: str) -> Iterator[str]:
+def fresh_database(new_database: Callable[..., Any]) -> Iterator[str]:
     """A migrated database of its own, for tests that need exact names such as `webapp`."""
-    name = f"sd_dns_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(database_url)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(database_url)._replace(path="/" + name))
-    try:
-        migrate.apply(url)
+    with new_database("sd_dns") as url:
         yield url
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 # ---- the design's README ------------------------------------------------------------------------

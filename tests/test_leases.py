@@ -13,8 +13,8 @@ import inspect
 import json
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -26,7 +26,6 @@ import grpc
 import psycopg2
 import pytest
 
-from service_discovery import migrate
 from service_discovery.app import App, run_app
 from service_discovery.config import Config
 from service_discovery.proto import discovery_pb2 as pb
@@ -40,19 +39,10 @@ ZONE = "svc.cluster.local"
 
 # ---- fixtures and helpers ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def lease_database(database_url: str) -> Iterator[str]:
+def lease_database(new_database: Callable[..., Any]) -> Iterator[str]:
     """A migrated database for this module's tests."""
-    name = f"sd_lease_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(database_url)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(database_url)._replace(path="/" + name))
-    try:
-        migrate.apply(url)
+    with new_database("sd_lease") as url:
         yield url
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.fixture

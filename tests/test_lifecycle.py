@@ -10,11 +10,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Callable, Iterator
+from typing import Any
 
-import psycopg2
 import pytest
 
 
@@ -47,17 +45,10 @@ def status(url: str) -> int:
 
 
 @pytest.fixture
-def empty_database(database_url: str) -> Iterator[str]:
+def empty_database(new_database: Callable[..., Any]) -> Iterator[str]:
     """A database with no schema, on the same server as the run's database."""
-    name = f"sd_empty_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(database_url)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(database_url)._replace(path="/" + name))
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with new_database("sd_empty", migrated=False) as url:
+        yield url
 
 
 def test_migrate_check_before_and_after(empty_database: str) -> None:
