@@ -79,6 +79,11 @@ class Registry:
         self.self_preservation = False
         self.on_guard: Callable[[bool], None] | None = None
 
+    @property
+    def closed(self) -> bool:
+        """True once `close` ran (shutdown): waits end at once."""
+        return self._closed
+
     # ---- reads ---------------------------------------------------------------------------
     def get(self, name: str) -> Service | None:
         entry = self._entries.get(name.lower())

@@ -6,6 +6,8 @@ before returning, so a client reads its own writes here. Reads come from the cop
 
 from __future__ import annotations
 
+import asyncio
+
 from service_discovery.cache import Registry
 from service_discovery.config import Config
 from service_discovery.errors import Conflict, InvalidInput, NotFound, NotReady, StoreUnavailable
@@ -20,6 +22,8 @@ from service_discovery.model import (
     ServiceSpec,
 )
 from service_discovery.store import EndpointChange, Store
+
+_CATCH_UP_SECONDS = 0.5  # how long a write waits for earlier changes before reading it all
 
 
 class Catalog:
@@ -82,12 +86,26 @@ class Catalog:
         return self._applied(await self._write(self._store.add_named_ports(name, ports)))
 
     async def _apply_change(self, change: EndpointChange) -> None:
-        if not self.registry.apply_endpoint(change):
-            # Our copy missed a change in between (another replica's write not heard yet):
-            # read the whole service once rather than answer from a stale copy.
-            snapshot = await self._write(self._store.snapshot([change.service]))
-            svc = snapshot.services.get(change.service)
-            self.registry.apply(snapshot.version, change.service, svc)
+        """Reflect our committed change in our copy before answering (read-your-writes).
+
+        The copy may not hold the version just before ours yet: a concurrent write to the same
+        service (ours, answered a moment later, or another replica's, on its way through
+        LISTEN) committed first. Those arrive within milliseconds and in order, so wait for
+        them briefly; only a copy that stays behind is fixed by reading the whole service.
+        """
+        registry = self.registry
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CATCH_UP_SECONDS
+        while not registry.apply_endpoint(change):
+            remaining = deadline - loop.time()
+            if remaining <= 0 or registry.closed or registry.get(change.service) is None:
+                snapshot = await self._write(self._store.snapshot([change.service]))
+                svc = snapshot.services.get(change.service)
+                registry.apply(snapshot.version, change.service, svc)
+                return
+            await registry.wait_for_change(
+                change.service, registry.index(change.service), remaining
+            )
 
     async def register(self, name: str, spec: EndpointSpec) -> Endpoint:
         """Register (or update) an endpoint; returns it as stored."""

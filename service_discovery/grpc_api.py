@@ -422,11 +422,12 @@ class _Watches:
                 for stream in streams:
                     stream.push(reload)
             return
+        watching = (*self._by_key.get(key, ()), *self._by_key.get(None, ()))
+        if not watching:
+            return  # no stream to tell: do not build the service's view for nobody
         registry = self._catalog.registry
         event = _Event(_KINDS.get(reason, pb.UPDATED), key, registry.get(key), registry.version)
-        for stream in self._by_key.get(key, ()):
-            stream.push(event)
-        for stream in self._by_key.get(None, ()):
+        for stream in watching:
             stream.push(event)
 
     def _state(self, stream: _Stream, kind: int) -> pb.WatchResponse:

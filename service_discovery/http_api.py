@@ -86,6 +86,8 @@ async def _errors(
             request.app[AUTH].check(
                 request.headers.get("Authorization"), write=request.method not in ("GET", "HEAD")
             )
+        if request.body_exists:
+            await _read_bounded(request)
         response = await handler(request)
     except RegistryError as exc:
         status = STATUS.get(type(exc), 500)
@@ -111,7 +113,24 @@ async def _errors(
     return response
 
 
+async def _read_bounded(request: web.Request) -> None:
+    """Refuse a declared oversized body before reading it, and read any body within
+    HTTP_BODY_TIMEOUT_SECONDS: a client trickling its body (slow POST) would otherwise hold
+    a handler and its connection for ever. The body is kept for the handler's read()."""
+    config = request.app[CATALOG].config
+    max_body = config.http_max_body_bytes
+    if request.content_length is not None and request.content_length > max_body:
+        raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=None)
+    try:
+        async with asyncio.timeout(config.http_body_timeout_seconds):
+            await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="the request body did not arrive in time") from None
+
+
 def _pretty(request: web.Request) -> bool:
+    if not request.query_string:
+        return False
     return request.query.get("pretty", "").lower() in ("1", "true", "yes")
 
 
@@ -329,26 +348,7 @@ def build_app(
     config = catalog.config
     max_body = config.http_max_body_bytes
 
-    @web.middleware
-    async def _bounded_body(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        """Refuse a declared oversized body before reading it, and read any body within
-        HTTP_BODY_TIMEOUT_SECONDS: a client trickling its body (slow POST) would otherwise hold
-        a handler and its connection for ever. The body is kept for the handler's read()."""
-        if request.body_exists:
-            if request.content_length is not None and request.content_length > max_body:
-                raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=None)
-            try:
-                async with asyncio.timeout(config.http_body_timeout_seconds):
-                    await request.read()
-            except TimeoutError:
-                raise web.HTTPRequestTimeout(
-                    text="the request body did not arrive in time"
-                ) from None
-        return await handler(request)
-
-    app = web.Application(middlewares=[_errors, _bounded_body], client_max_size=max_body)
+    app = web.Application(middlewares=[_errors], client_max_size=max_body)
     app[CATALOG] = catalog
     app[METRICS] = metrics_
     app[AUTH] = auth

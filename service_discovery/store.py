@@ -86,6 +86,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Pooled connections keep no session state (no LISTEN, SET or session advisory lock:
+    the reaper's lock is transaction-scoped), so skip the reset round trip on every release."""
+
+
 async def connect(url: str, timeout: float) -> asyncpg.Connection:
     """A single connection (for LISTEN), with the same codecs as the pool.
 
@@ -227,6 +232,7 @@ class Store:
                 min_size=self._config.db_pool_min_size,
                 max_size=self._config.db_pool_max_size,
                 init=_init_connection,
+                reset=_no_reset,
                 timeout=self._config.db_timeout_seconds,
                 command_timeout=self._config.db_timeout_seconds,
             )
