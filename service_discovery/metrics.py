@@ -6,27 +6,61 @@ share counters.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class _HttpStats(Collector):
+    """sd_http_requests_total and sd_http_request_duration_seconds, kept as plain numbers:
+    a prometheus_client child costs a lock per update, which showed on the hot read path."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str, int], int] = {}
+        self._latency: dict[str, list[float]] = {}  # route -> bucket counts..., +Inf, sum
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        hist = self._latency.get(route)
+        if hist is None:
+            hist = self._latency[route] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
+        hist[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        hist[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        counter = CounterMetricFamily(
+            "sd_http_requests",
+            "HTTP requests by route, method and status",
+            labels=["route", "method", "status"],
+        )
+        for (route, method, status), n in sorted(self._counts.items()):
+            counter.add_metric([route, method, str(status)], n)
+        yield counter
+        histogram = HistogramMetricFamily(
+            "sd_http_request_duration_seconds", "HTTP request latency by route", labels=["route"]
+        )
+        bounds = [*(f"{b:g}" for b in _LATENCY_BUCKETS), "+Inf"]
+        for route, hist in sorted(self._latency.items()):
+            cumulative = list(accumulate(hist[:-1]))
+            histogram.add_metric([route], list(zip(bounds, cumulative, strict=True)), hist[-1])
+        yield histogram
 
 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.before_render: list[Callable[[], None]] = []
-        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         # HTTP
-        self.http_requests = Counter(
-            "sd_http_requests_total", "HTTP requests by route, method and status",
-            ["route", "method", "status"], registry=r,
-        )  # fmt: skip
-        self.http_latency = Histogram(
-            "sd_http_request_duration_seconds", "HTTP request latency by route",
-            ["route"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+        # HTTP requests are counted in plain integers (the hot path) and exposed at scrape time
+        self._http = _HttpStats()
+        r.register(self._http)
         self.http_watches = Gauge(
             "sd_http_blocking_queries", "HTTP blocking queries waiting for a change", registry=r
         )
@@ -107,17 +141,7 @@ class Metrics:
         self.ready = Gauge("sd_ready", "1 when the replica is ready to serve", registry=r)
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
-        # labels() costs a lock and a tuple hash per call; the children are kept here instead
-        key = (route, method, status)
-        children = self._http_children.get(key)
-        if children is None:
-            children = (
-                self.http_requests.labels(route, method, str(status)),
-                self.http_latency.labels(route),
-            )
-            self._http_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self._http.observe(route, method, status, seconds)
 
     def bind_registry(
         self,
