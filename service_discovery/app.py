@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -168,6 +169,10 @@ class App:
             self.metrics.ready.set(1)
             if self.grpc is not None:
                 self.grpc.set_serving(True)
+            # Everything built so far (modules, the registry copy) lives as long as the process:
+            # move it out of the collector's view so full collections do not scan it again and
+            # again while serving.
+            gc.freeze()
             log.info("ready")
 
     async def wait_ready(self, timeout: float) -> None:
