@@ -40,7 +40,7 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-http bench-dns bench-grpc bench-leases
+bench: bench-http bench-dns bench-grpc bench-leases bench-scale
 
 bench-http: $(VENV)/.installed-dev
 	$(BIN)/python bench/http_bench.py
