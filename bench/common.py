@@ -29,6 +29,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pin(core: int) -> None:
+    """Run this process on one core (load generators stay off the server's core)."""
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > core:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {core})
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
+
+
 def ensure_apt(*packages: str) -> None:
     """Install Debian packages that are missing (the benches use standard tools)."""
     missing = [p for p in packages if not shutil.which(p.split(":")[-1])]

@@ -47,6 +47,7 @@ _spec.loader.exec_module(common)
 ROOT, Daemon, free_port, scratch_database = (
     common.ROOT, common.Daemon, common.free_port, common.scratch_database
 )  # fmt: skip
+percentile, pin = common.percentile, common.pin
 sys.path.insert(0, str(ROOT))  # service_discovery, when run from a checkout
 
 import grpc  # noqa: E402
@@ -63,19 +64,6 @@ WATCHERS = int(os.environ.get("WATCHERS", "1000"))  # 0 skips the idle-watchers 
 SERVER_CORE, CLIENT_CORE = 0, 1
 METHOD = "/sd.DiscoveryService/GetService"
 SERVICE = "bench-grpc"
-
-
-def _pin(core: int) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > core:
-        try:
-            os.sched_setaffinity(0, {core})
-        except OSError:
-            pass
-
-
-def _pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
 
 
 # ---- the reference server ------------------------------------------------------------------
@@ -144,8 +132,8 @@ async def _load(port: int, request: bytes, seconds: float, limit: int) -> dict[s
         "count": len(latencies),
         "errors": errors,
         "elapsed": elapsed,
-        "p50": _pct(latencies, 50),
-        "p99": _pct(latencies, 99),
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
     }
 
 
@@ -154,7 +142,7 @@ def _load_process(
 ) -> None:
     import uvloop
 
-    _pin(CLIENT_CORE)
+    pin(CLIENT_CORE)
     out.put(uvloop.run(_load(port, request, seconds, limit)))
 
 
@@ -214,7 +202,7 @@ async def _watch(port: int, n: int, ready: Any, out: Any) -> None:
 def _watch_process(port: int, n: int, ready: Any, out: Any) -> None:
     import uvloop
 
-    _pin(CLIENT_CORE)
+    pin(CLIENT_CORE)
     uvloop.run(_watch(port, n, ready, out))
 
 
@@ -264,8 +252,8 @@ def watchers(daemon: Any, n: int, idle: float = 3.0) -> dict[str, float]:
         "idle_cpu_without": idle_without,
         "idle_cpu_with": idle_with,
         "kib_per_watcher": (rss_after - rss_before) * 1024 / n,
-        "fanout_p50_ms": _pct(delays, 50) * 1000,
-        "fanout_p99_ms": _pct(delays, 99) * 1000,
+        "fanout_p50_ms": percentile(delays, 50) * 1000,
+        "fanout_p99_ms": percentile(delays, 99) * 1000,
         "fanout_max_ms": max(delays) * 1000,
     }
 

@@ -30,14 +30,13 @@ import multiprocessing as mp
 import os
 import random
 import re
-import shutil
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Daemon, scratch_database
+from common import Daemon, percentile, pin, scratch_database
 
 ENDPOINTS = int(os.environ.get("ENDPOINTS", "10000"))
 DURATION = float(os.environ.get("DURATION", "10"))
@@ -52,19 +51,6 @@ STATS_SETTLE = 11.0  # PostgreSQL's PGSTAT_IDLE_INTERVAL (10 s) and a margin
 PER_SERVICE = 100
 TTL = 300
 SERVER_CORE, CLIENT_CORE = 0, 1
-
-
-def _pin(core: int) -> None:
-    if shutil.which("taskset") and hasattr(os, "sched_setaffinity"):
-        try:
-            os.sched_setaffinity(0, {core})
-        except OSError:
-            pass
-
-
-def _pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
 
 
 def _metric(base: str, name: str) -> float:
@@ -92,7 +78,7 @@ def _load_worker(
     CPU per request and would measure itself."""
     import uvloop
 
-    _pin(CLIENT_CORE)
+    pin(CLIENT_CORE)
     EMPTY_BODY = "Content-Length: 0\r\n\r\n"
     content_length = re.compile(rb"content-length: *(\d+)", re.I)
 
@@ -144,7 +130,7 @@ def _watch_worker(
     import aiohttp
     import uvloop
 
-    _pin(CLIENT_CORE)
+    pin(CLIENT_CORE)
 
     async def run() -> None:
         connector = aiohttp.TCPConnector(limit=0)
@@ -289,8 +275,8 @@ def bench_flat_out(daemon: Daemon, url: str, targets: list[tuple[str, str]]) -> 
     print(f"heartbeats: {ok} ok, {errors} errors in {elapsed:.1f} s over {len(targets)} leases "
           f"({WORKERS} load processes x {CONCURRENCY} in flight)")  # fmt: skip
     print(f"  rate            {ok / elapsed:,.0f} heartbeats/s")
-    print(f"  latency         p50 {_pct(latencies, 50) * 1000:.0f} ms, "
-          f"p99 {_pct(latencies, 99) * 1000:.0f} ms (includes the batch window)")  # fmt: skip
+    print(f"  latency         p50 {percentile(latencies, 50) * 1000:.0f} ms, "
+          f"p99 {percentile(latencies, 99) * 1000:.0f} ms (includes the batch window)")  # fmt: skip
     print(f"  daemon CPU      {cpu:.1f} s ({cpu / elapsed:.0%} of one core, "
           f"{cpu / max(ok, 1) * 1e6:.0f} us per heartbeat)")  # fmt: skip
     print(f"  flushes         {flushes:.0f} UPDATE transactions for {beats:.0f} renewals "
@@ -310,7 +296,7 @@ def bench_rates(daemon: Daemon, targets: list[tuple[str, str]]) -> None:
         flush0 = _flush_seconds(daemon)
         ok, errors, latencies, elapsed, cpu = _run_load(daemon, targets, DURATION, rate=rate)
         flush1 = _flush_seconds(daemon)
-        p50, p99 = _pct(latencies, 50) * 1000, _pct(latencies, 99) * 1000
+        p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
         mean_flush = (flush1[0] - flush0[0]) / max(flush1[1] - flush0[1], 1) * 1000
         print(f"fixed rate {rate:,.0f}/s: {ok / elapsed:,.0f} heartbeats/s done, {errors} errors, "
               f"latency p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
@@ -390,8 +376,9 @@ def bench_watchers(daemon: Daemon, service: str) -> None:
             if p.is_alive():
                 p.kill()
     print(f"watchers: {WATCHERS} blocked queries released by one write, {ROUNDS} rounds")
-    print(f"  change -> answer p50 {_pct(samples, 50) * 1000:.1f} ms, "
-          f"p99 {_pct(samples, 99) * 1000:.1f} ms, max {max(samples) * 1000:.1f} ms")  # fmt: skip
+    p50, p99 = percentile(samples, 50) * 1000, percentile(samples, 99) * 1000
+    worst = max(samples) * 1000
+    print(f"  change -> answer p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms")
 
 
 def main() -> None:
