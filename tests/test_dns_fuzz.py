@@ -219,6 +219,16 @@ def _junk(rng: random.Random, seeds: list[bytes]) -> bytes:
 async def test_sockets_survive_junk_and_answer_the_next_query() -> None:
     """1. 3,000 junk datagrams, 2. junk over TCP connections, 3. a valid query still answered
     over both, 4. no reply was larger than its query allowed and no internal error."""
+    await _socket_fuzz(3000)
+
+
+@pytest.mark.slow
+async def test_hundred_thousand_mutated_packets() -> None:
+    """The long run: 100,000 mutated or random datagrams, then the same checks."""
+    await _socket_fuzz(100_000)
+
+
+async def _socket_fuzz(datagrams: int) -> None:
     registry = Registry(CONFIG)
     registry.replace_all(Snapshot(3, _services()))
     server = DnsServer(CONFIG, registry, Metrics())
@@ -239,7 +249,7 @@ async def test_sockets_survive_junk_and_answer_the_next_query() -> None:
         Client, remote_addr=("127.0.0.1", server.port)
     )
     try:
-        for i in range(3000):
+        for i in range(datagrams):
             transport.sendto(_junk(rng, seeds))
             if i % 100 == 0:
                 await asyncio.sleep(0.01)  # let the server keep up; we test input, not load
