@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # "update", "delete", "expire" (a lease lapsed in memory) or "reload".
 ChangeCallback = Callable[[str | None, str], None]
 
+_MAX_TOMBSTONES = 10_000
 _TIMER_MIN_DELAY = 0.02  # coalesce expiries that fall close together into one pass
 _GUARD_RECHECK_SECONDS = 1.0  # while the mass-expiry guard holds, how often it is re-evaluated
 
@@ -208,7 +209,7 @@ class Registry:
     def replace_all(self, snapshot: Snapshot) -> None:
         """Load everything (start-up, or after the LISTEN connection came back)."""
         for key in set(self._entries) - set(snapshot.services):
-            self._tombstones[key] = snapshot.version
+            self._bury(key, snapshot.version)
         self._entries = {}
         self._by_ip.clear()
         self._leased.clear()
@@ -249,14 +250,15 @@ class Registry:
         else:
             if current is None:
                 if key not in self._tombstones:  # a service we never held: say so once
-                    self._tombstones[key] = snapshot_version
+                    self._bury(key, snapshot_version)
                     self._announce(key, "delete")
                 return
             if current.version > snapshot_version:
                 return  # re-created since that read
             self._drop(key, current)
             del self._entries[key]
-            self._tombstones[key] = snapshot_version
+            self._live_changes.pop(key, None)
+            self._bury(key, snapshot_version)
             reason = "delete"
         self._schedule()
         self._announce(key, reason)
@@ -308,6 +310,14 @@ class Registry:
             self._announce(key, "update")
 
     # ---- bookkeeping ---------------------------------------------------------------------
+    def _bury(self, key: str, version: int) -> None:
+        """Remember a deletion (the index of a deleted service), the oldest forgotten first:
+        churn through ever-new names must not grow the copy for ever."""
+        self._tombstones.pop(key, None)
+        self._tombstones[key] = version
+        while len(self._tombstones) > _MAX_TOMBSTONES:
+            del self._tombstones[next(iter(self._tombstones))]
+
     def _put(self, key: str, svc: Service, now: float) -> None:
         entry = _Entry(svc)
         self._entries[key] = entry
