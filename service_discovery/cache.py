@@ -93,6 +93,11 @@ class Registry:
     def services(self) -> list[Service]:
         return [self._view(self._entries[k]) for k in sorted(self._entries)]
 
+    def display_name(self, name: str) -> str | None:
+        """A service's name as it was created (lookups ignore case), without building its view."""
+        entry = self._entries.get(name.lower())
+        return None if entry is None else entry.service.name
+
     def service_count(self) -> int:
         return len(self._entries)
 

@@ -563,9 +563,10 @@ class DiscoveryServicer(pb_grpc.DiscoveryServiceServicer):
             raise InvalidInput("endpoint is required")
         spec = _endpoint_spec(name, request.endpoint, self.catalog.limits)
         endpoint = await self.catalog.register(name, spec)
-        svc = self.catalog.get(name)
+        registry = self.catalog.registry
         return pb.RegisterEndpointResponse(
-            endpoint=endpoint_pb(svc.name, endpoint), index=svc.version
+            endpoint=endpoint_pb(registry.display_name(name) or name, endpoint),
+            index=registry.index(name),
         )
 
     @_unary(write=True)

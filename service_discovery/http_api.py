@@ -153,8 +153,8 @@ async def _body(request: web.Request) -> Any:
         raise InvalidInput(f"invalid JSON: {str(exc)[:200]}") from None
 
 
-def endpoint_json(service: Service, e: Endpoint) -> dict[str, Any]:
-    out: dict[str, Any] = {"service_name": service.name, "ip": e.ip, "tags": list(e.tags)}
+def endpoint_json(service_name: str, e: Endpoint) -> dict[str, Any]:
+    out: dict[str, Any] = {"service_name": service_name, "ip": e.ip, "tags": list(e.tags)}
     if e.ttl_seconds is not None:
         out["ttl_seconds"] = e.ttl_seconds
         out["expires_at"] = e.expires_at
@@ -178,7 +178,7 @@ def service_json(s: Service, *, endpoints: bool = True) -> dict[str, Any]:
         "index": s.version,
     }
     if endpoints:
-        out["endpoints"] = [endpoint_json(s, e) for e in s.endpoints]
+        out["endpoints"] = [endpoint_json(s.name, e) for e in s.endpoints]
     return out
 
 
@@ -288,7 +288,7 @@ async def delete_service(request: web.Request) -> web.Response:
 async def list_endpoints(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     svc = catalog.get(request.match_info["name"])
-    return _json(request, [endpoint_json(svc, e) for e in svc.endpoints], index=svc.version)
+    return _json(request, [endpoint_json(svc.name, e) for e in svc.endpoints], index=svc.version)
 
 
 async def register_endpoint(request: web.Request) -> web.Response:
@@ -296,8 +296,10 @@ async def register_endpoint(request: web.Request) -> web.Response:
     name = model.service_name(request.match_info["name"])
     spec = model.endpoint_spec(await _body(request), catalog.limits)
     endpoint = await catalog.register(name, spec)
-    svc = catalog.get(name)
-    return _json(request, endpoint_json(svc, endpoint), index=svc.version)
+    # name and index only: building the service's whole view here would cost O(endpoints)
+    registry = catalog.registry
+    stored = registry.display_name(name) or name
+    return _json(request, endpoint_json(stored, endpoint), index=registry.index(name))
 
 
 async def deregister_endpoint(request: web.Request) -> web.Response:
