@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -36,6 +35,7 @@ import dns.message
 import dns.rcode
 import grpc
 import pytest
+from pgproxy import open_upstream, through
 
 from service_discovery.app import run_app
 from service_discovery.config import Config
@@ -60,8 +60,8 @@ class TcpProxy:
     same port, so the daemon's DATABASE_URL stays valid.
     """
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        self._upstream = (upstream_host, upstream_port)
+    def __init__(self, upstream_url: str) -> None:
+        self._upstream = upstream_url
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -71,10 +71,7 @@ class TcpProxy:
 
     def url(self, database_url: str) -> str:
         """`database_url` with its host and port replaced by the proxy's."""
-        parts = urlsplit(database_url)
-        auth = parts.netloc.rpartition("@")[0]
-        netloc = f"{auth}@127.0.0.1:{self.port}" if auth else f"127.0.0.1:{self.port}"
-        return urlunsplit(parts._replace(netloc=netloc))
+        return through(database_url, self.port)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -117,7 +114,7 @@ class TcpProxy:
             await self._pipe(reader, None)
             return
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+            up_reader, up_writer = await open_upstream(self._upstream)
         except OSError:
             writer.transport.abort()
             return
@@ -150,8 +147,7 @@ class TcpProxy:
 
 @pytest.fixture
 async def proxy(database_url: str) -> AsyncIterator[TcpProxy]:
-    parts = urlsplit(database_url)
-    p = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    p = TcpProxy(database_url)
     await p.start()
     try:
         yield p

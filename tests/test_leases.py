@@ -15,7 +15,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -25,6 +24,7 @@ import dns.rdatatype
 import grpc
 import psycopg2
 import pytest
+from pgproxy import open_upstream, through
 
 from service_discovery.app import App, run_app
 from service_discovery.config import Config
@@ -431,8 +431,8 @@ class CuttableProxy:
     """A TCP proxy to PostgreSQL that a test can cut (open connections dropped, new ones
     refused, as when the database host goes away) and restore on the same port."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self._upstream = upstream
+    def __init__(self, upstream_url: str) -> None:
+        self._upstream = upstream_url
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
@@ -450,7 +450,7 @@ class CuttableProxy:
         await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        up_reader, up_writer = await open_upstream(self._upstream)
         self._writers |= {writer, up_writer}
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -472,10 +472,9 @@ async def test_database_outage_keeps_leases_and_the_guard_renews_them(
     DNS answers (a copy that cannot hear renewals lets nothing lapse); 3. the database comes back
     with every lease lapsed: the first sweep refuses to delete, renews them all and counts
     sd_lease_mass_expiry_total; nothing disappears at any point; 4. heartbeats work again."""
-    parts = urlsplit(lease_db)
-    proxy = CuttableProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    proxy = CuttableProxy(lease_db)
     await proxy.start()
-    via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    via_proxy = through(lease_db, proxy.port)
     config = make_config(
         database_url=via_proxy,
         lease_reap_interval_seconds=0.2,
