@@ -20,7 +20,6 @@ from aiohttp import web
 
 from service_discovery import migrate
 from service_discovery.auth import Auth
-from service_discovery.cache import Registry
 from service_discovery.catalog import Catalog
 from service_discovery.config import Config
 from service_discovery.dns import DnsServer
@@ -30,6 +29,7 @@ from service_discovery.grpc_api import GrpcServer
 from service_discovery.http_api import build_app
 from service_discovery.leases import Leases
 from service_discovery.metrics import Metrics
+from service_discovery.registry import Registry
 from service_discovery.store import Store
 from service_discovery.sync import Sync
 

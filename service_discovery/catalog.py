@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 
-from service_discovery.cache import Registry
 from service_discovery.config import Config
 from service_discovery.errors import Conflict, InvalidInput, NotFound, NotReady, StoreUnavailable
 from service_discovery.leases import Leases
@@ -21,6 +20,7 @@ from service_discovery.model import (
     Service,
     ServiceSpec,
 )
+from service_discovery.registry import Registry
 from service_discovery.store import EndpointChange, Store
 
 _CATCH_UP_SECONDS = 0.5  # how long a write waits for earlier changes before reading it all

@@ -21,9 +21,9 @@ import socket
 import struct
 from collections.abc import Callable
 
-from service_discovery.cache import Registry
 from service_discovery.config import Config
 from service_discovery.metrics import Metrics
+from service_discovery.registry import Registry
 from service_discovery.resolver import (
     AAAA,
     BADVERS,

@@ -18,10 +18,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from service_discovery.cache import Registry
 from service_discovery.config import Config
 from service_discovery.errors import NotFound, RegistryError, StoreUnavailable
 from service_discovery.metrics import Metrics
+from service_discovery.registry import Registry
 from service_discovery.store import ReapResult, Store
 
 log = logging.getLogger(__name__)

@@ -109,7 +109,7 @@ class Answer(NamedTuple):
 
 
 class RegistryView(Protocol):
-    """What the resolver reads from the registry copy (service_discovery.cache.Registry)."""
+    """What the resolver reads from the registry copy (service_discovery.registry.Registry)."""
 
     version: int
     loaded: bool

@@ -13,10 +13,10 @@ import random
 
 import asyncpg
 
-from service_discovery.cache import Registry
 from service_discovery.config import Config
 from service_discovery.errors import StoreUnavailable
 from service_discovery.metrics import Metrics
+from service_discovery.registry import Registry
 from service_discovery.store import (
     EndpointChange,
     LeaseRenewal,

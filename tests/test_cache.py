@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from service_discovery.cache import Registry
 from service_discovery.config import Config
 from service_discovery.model import Service
+from service_discovery.registry import Registry
 from service_discovery.store import Snapshot
 
 

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service_discovery.cache import Registry
 from service_discovery.config import Config
 from service_discovery.dns import DnsServer
 from service_discovery.metrics import Metrics
 from service_discovery.model import Endpoint, NamedPort, Service
+from service_discovery.registry import Registry
 from service_discovery.store import Snapshot
 
 ZONE = "svc.cluster.local"

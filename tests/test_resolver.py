@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from service_discovery.cache import Registry
 from service_discovery.config import Config
 from service_discovery.model import Endpoint, NamedPort, Service
+from service_discovery.registry import Registry
 from service_discovery.resolver import (
     CLASS_IN,
     RCODE_NAMES,
