@@ -85,11 +85,12 @@ def _domain(raw: str) -> str:
 _domain.accepts = "a DNS name such as svc.cluster.local"  # type: ignore[attr-defined]
 
 
-def _text(raw: str) -> str:
+def _verbatim(raw: str) -> str:
+    """Free text (URLs, paths, tokens), taken as written."""
     return raw
 
 
-_text.accepts = "text"  # type: ignore[attr-defined]
+_verbatim.accepts = "text"  # type: ignore[attr-defined]
 
 
 def _setting(
@@ -107,10 +108,10 @@ class Config:
     """Every setting of the daemon. Defaults are what `serve` uses with an empty environment."""
 
     database_url: str | None = _setting(
-        "DATABASE_URL", None, _text, "PostgreSQL URL; unset = embedded server", secret=True
+        "DATABASE_URL", None, _verbatim, "PostgreSQL URL; unset = embedded server", secret=True
     )
     data_dir: str | None = _setting(
-        "SD_DATA_DIR", None, _text, "data directory of the embedded PostgreSQL"
+        "SD_DATA_DIR", None, _verbatim, "data directory of the embedded PostgreSQL"
     )
     bind_address: str = _setting("BIND_ADDRESS", "0.0.0.0", _ip, "address every listener binds")
     http_port: int = _setting("HTTP_PORT", 3000, _int_range(0, 65535), "HTTP API port")
@@ -163,10 +164,10 @@ class Config:
         "HTTP_MAX_BODY_BYTES", 1024 * 1024, _int_range(1024, 1 << 30), "largest request body"
     )
     api_tokens: str | None = _setting(
-        "SD_API_TOKENS", None, _text, "comma-separated bearer tokens for writes", secret=True
+        "SD_API_TOKENS", None, _verbatim, "comma-separated bearer tokens for writes", secret=True
     )
     api_tokens_file: str | None = _setting(
-        "SD_API_TOKENS_FILE", None, _text, "file of bearer tokens, one per line"
+        "SD_API_TOKENS_FILE", None, _verbatim, "file of bearer tokens, one per line"
     )
     protect_reads: bool = _setting("SD_PROTECT_READS", False, _bool, "require a token for reads")
     max_endpoints_per_service: int = _setting(

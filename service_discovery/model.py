@@ -183,7 +183,9 @@ def named_ports(value: Any) -> dict[str, NamedPort]:
     return ports
 
 
-def _text(value: Any, what: str, limits: Limits) -> str:
+def _bounded_string(value: Any, what: str, limits: Limits) -> str:
+    """A string a client stores (attribute name or value, tag): at most MAX_VALUE_LENGTH
+    characters, no NUL (PostgreSQL text cannot hold one)."""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be a string")
     if len(value) > limits.max_value_length:
@@ -202,10 +204,10 @@ def attributes(value: Any, limits: Limits) -> dict[str, str]:
         raise LimitExceeded(f"a service may have at most {limits.max_attributes} attributes")
     out: dict[str, str] = {}
     for key, val in value.items():
-        _text(key, "attribute name", limits)
+        _bounded_string(key, "attribute name", limits)
         if not key:
             raise InvalidInput("attribute names must not be empty")
-        out[key] = _text(val, f"attribute {key[:80]!r}", limits)
+        out[key] = _bounded_string(val, f"attribute {key[:80]!r}", limits)
     return out
 
 
@@ -216,7 +218,7 @@ def tags(value: Any, limits: Limits) -> tuple[str, ...]:
         raise InvalidInput("tags must be an array of strings")
     seen: dict[str, None] = {}
     for tag in value:
-        _text(tag, "tag", limits)
+        _bounded_string(tag, "tag", limits)
         if not tag:
             raise InvalidInput("tags must not be empty strings")
         seen[tag] = None

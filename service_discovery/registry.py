@@ -1,7 +1,7 @@
 """The in-memory registry copy that every read is served from.
 
-Each service is an `_Entry` holding what PostgreSQL last told us, updated in O(1) for a change of
-one endpoint. Clients see views (`get`): frozen `Service` objects without endpoints whose lease
+Each service is held as `_Stored`: what PostgreSQL last told us, updated in O(1) for a change
+of one endpoint. Clients see views (`get`): frozen `Service` objects without endpoints whose lease
 has lapsed, built lazily and kept until the service changes. One timer, set for the earliest
 lease expiry, hides lapsed endpoints; no loop polls. Changes are announced synchronously to
 subscribers (the DNS answer cache, gRPC watches) and wake HTTP blocking queries.
@@ -31,8 +31,9 @@ _TIMER_MIN_DELAY = 0.02  # coalesce expiries that fall close together into one p
 _GUARD_RECHECK_SECONDS = 1.0  # while the mass-expiry guard holds, how often it is re-evaluated
 
 
-class _Entry:
-    """One service as stored; `endpoints` keyed by ip, `hidden` = ips whose lease lapsed."""
+class _Stored:
+    """One service as the copy holds it: `endpoints` keyed by ip, `hidden` = ips whose lease
+    lapsed, `view` = the `Service` clients see, built on demand."""
 
     __slots__ = ("endpoints", "hidden", "service", "view")
 
@@ -47,8 +48,8 @@ class _Entry:
         return self.service.version
 
 
-def _same(entry: _Entry, svc: Service) -> bool:
-    """Whether a full read says exactly what the entry holds."""
+def _same(entry: _Stored, svc: Service) -> bool:
+    """Whether a full read says exactly what the copy holds."""
     held = entry.service
     return (
         held.name == svc.name
@@ -62,7 +63,7 @@ class Registry:
     def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._clock = clock
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, _Stored] = {}
         self._tombstones: dict[str, int] = {}
         self._by_ip: dict[str, set[str]] = {}
         self._leased: dict[tuple[str, str], float] = {}
@@ -130,10 +131,10 @@ class Registry:
             return None
         return entry.endpoints.get(ip)
 
-    def _visible(self, entry: _Entry, ip: str) -> bool:
+    def _visible(self, entry: _Stored, ip: str) -> bool:
         return self.self_preservation or ip not in entry.hidden
 
-    def _view(self, entry: _Entry) -> Service:
+    def _view(self, entry: _Stored) -> Service:
         if entry.view is None:
             eps = entry.endpoints.values()
             if entry.hidden and not self.self_preservation:
@@ -324,13 +325,13 @@ class Registry:
             del self._tombstones[next(iter(self._tombstones))]
 
     def _put(self, key: str, svc: Service, now: float) -> None:
-        entry = _Entry(svc)
+        entry = _Stored(svc)
         self._entries[key] = entry
         for ip, e in entry.endpoints.items():
             self._by_ip.setdefault(ip, set()).add(key)
             self._track(key, entry, e, now)
 
-    def _drop(self, key: str, entry: _Entry) -> None:
+    def _drop(self, key: str, entry: _Stored) -> None:
         for ip in entry.endpoints:
             self._untrack_ip(key, ip)
             self._leased.pop((key, ip), None)
@@ -344,7 +345,7 @@ class Registry:
                 del self._by_ip[ip]
 
     def _set_endpoint(
-        self, key: str, entry: _Entry, ip: str, endpoint: Endpoint | None, now: float
+        self, key: str, entry: _Stored, ip: str, endpoint: Endpoint | None, now: float
     ) -> None:
         if ip in entry.hidden:
             entry.hidden.discard(ip)
@@ -358,7 +359,7 @@ class Registry:
         self._by_ip.setdefault(ip, set()).add(key)
         self._track(key, entry, endpoint, now)
 
-    def _track(self, key: str, entry: _Entry, e: Endpoint, now: float) -> None:
+    def _track(self, key: str, entry: _Stored, e: Endpoint, now: float) -> None:
         if e.expires_at is None:
             return
         self._leased[(key, e.ip)] = e.expires_at
