@@ -1,7 +1,7 @@
 """Every Prometheus metric, declared once: `sd_` prefix, one subsystem per front-end.
 
-Each app instance owns its own CollectorRegistry, so two instances in one test process do not
-share counters.
+Each app instance owns its own CollectorRegistry (`collector_registry`: Prometheus' registry of
+metrics, not the service registry), so two instances in one test process do not share counters.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class _HttpStats(Collector):
 
 class Metrics:
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
+        r = self.collector_registry = CollectorRegistry(auto_describe=True)
         self.before_render: list[Callable[[], None]] = []
         # HTTP
         # HTTP requests are counted in plain integers (the hot path) and exposed at scrape time
@@ -157,4 +157,4 @@ class Metrics:
     def render(self) -> bytes:
         for flush in self.before_render:
             flush()  # front-ends that count in plain integers on their hot path
-        return generate_latest(self.registry)
+        return generate_latest(self.collector_registry)

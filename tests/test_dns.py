@@ -544,7 +544,7 @@ async def test_stop_closes_open_tcp_connections(make_config: Callable[..., Confi
 def sample(app: App, name: str, labels: dict[str, str] | None = None) -> float:
     assert app.dns is not None
     app.dns.flush_metrics()
-    return app.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+    return app.metrics.collector_registry.get_sample_value(name, labels or {}) or 0.0
 
 
 async def test_metrics_count_queries_hits_misses_truncation(

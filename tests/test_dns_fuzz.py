@@ -71,7 +71,7 @@ def check(server: DnsServer, query: bytes, tcp: bool = False) -> None:
 
 
 def internal_errors(server: DnsServer) -> float:
-    value = server._metrics.registry.get_sample_value(
+    value = server._metrics.collector_registry.get_sample_value(
         "sd_internal_errors_total", {"frontend": "dns"}
     )
     return value or 0.0

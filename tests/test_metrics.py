@@ -14,7 +14,7 @@ _UNITS = ("_seconds", "_bytes", "_total")
 
 
 def test_metric_names_follow_conventions() -> None:
-    families = list(Metrics().registry.collect())
+    families = list(Metrics().collector_registry.collect())
     assert len(families) > 20
     for family in families:
         name, kind = family.name, family.type
