@@ -14,6 +14,7 @@ from service_discovery.leases import Leases
 from service_discovery.metrics import Metrics
 from service_discovery.model import (
     Endpoint,
+    EndpointChange,
     EndpointSpec,
     Limits,
     NamedPort,
@@ -21,7 +22,7 @@ from service_discovery.model import (
     ServiceSpec,
 )
 from service_discovery.registry import Registry
-from service_discovery.store import EndpointChange, Store
+from service_discovery.store import Store
 
 _CATCH_UP_SECONDS = 0.5  # how long a write waits for earlier changes before reading it all
 

@@ -6,7 +6,7 @@ database sees at most one lease transaction per window per replica whatever the 
 Each caller is answered only after its batch committed (a 200 means the lease is durable).
 
 The reaper runs on every replica; a transaction-scoped advisory lock lets one of them do each
-round's work. When too many leases lapse at once (`store.mass_expiry`) it deletes nothing and
+round's work. When too many leases lapse at once (`model.mass_expiry`) it deletes nothing and
 renews them instead (the self-preservation policy, see docs/leases.md).
 """
 
@@ -21,8 +21,9 @@ from collections.abc import Callable
 from service_discovery.config import Config
 from service_discovery.errors import NotFound, RegistryError, StoreUnavailable
 from service_discovery.metrics import Metrics
+from service_discovery.model import ReapResult
 from service_discovery.registry import Registry
-from service_discovery.store import ReapResult, Store
+from service_discovery.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,10 @@
 
 Front-ends parse their wire format into plain Python values and call the `parse_*` functions
 here, so HTTP and gRPC reject exactly the same inputs with the same messages.
+
+The changes that move a registry copy (a `Snapshot`, an `EndpointChange`, a `LeaseRenewal`, a
+`ReapResult`) and the mass-expiry rule live here too: the store produces them and the copy
+(`registry`) consumes them, and neither module depends on the other.
 """
 
 from __future__ import annotations
@@ -55,6 +59,54 @@ class Service:
     @property
     def key(self) -> str:
         return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Services read in one database snapshot, with the registry version that snapshot saw."""
+
+    version: int
+    services: dict[str, Service]  # lowercased name -> service
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointChange:
+    """One endpoint registered or removed: enough to update a copy that holds `prev_version`."""
+
+    service: str  # lowercased name
+    version: int
+    prev_version: int
+    ip: str
+    endpoint: Endpoint | None  # None: removed
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRenewal:
+    """A lease's new expiry (a heartbeat, or the reaper's renewal under the mass-expiry guard)."""
+
+    service: str  # lowercased name
+    ip: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReapResult:
+    """What one reaper sweep did."""
+
+    removed: int  # lapsed endpoints deleted
+    leased: int  # leased endpoints before the sweep
+    guarded: bool  # mass expiry: nothing deleted, the lapsed leases were renewed instead
+    versions: dict[str, int]  # lowercased service name -> version after its endpoints went
+    renewed: list[LeaseRenewal] = field(default_factory=list)  # what the guard renewed
+
+
+def mass_expiry(expired: int, leased: int, share: float, minimum: int) -> bool:
+    """Self-preservation: too large a share of leases lapsing together means the renewals were
+    lost (a database or network outage), not that the instances died; keep them.
+
+    One rule for the reaper (`Store.reap_expired`) and for every copy (`Registry`), so a copy
+    never hides what the reaper keeps."""
+    return leased >= max(minimum, 1) and expired > share * leased
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from service_discovery.config import Config
-from service_discovery.model import Endpoint, Service
-from service_discovery.store import EndpointChange, LeaseRenewal, Snapshot, mass_expiry
+from service_discovery.model import (
+    Endpoint,
+    EndpointChange,
+    LeaseRenewal,
+    Service,
+    Snapshot,
+    mass_expiry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +379,7 @@ class Registry:
     def _refresh_guard(self, now: float) -> bool:
         """Recompute the mass-expiry guard over this copy; True if it changed.
 
-        The same rule as the reaper's (`store.mass_expiry`), applied to the leases that lapsed
+        The same rule as the reaper's (`model.mass_expiry`), applied to the leases that lapsed
         here and are not reaped yet: when too many lapse together, every endpoint stays visible
         until renewals (or the reaper's renewal under the guard) bring the share down again.
         """

@@ -12,7 +12,6 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -26,7 +25,18 @@ from service_discovery.errors import (
     RegistryError,
     StoreUnavailable,
 )
-from service_discovery.model import Endpoint, EndpointSpec, NamedPort, Service, ServiceSpec
+from service_discovery.model import (
+    Endpoint,
+    EndpointChange,
+    EndpointSpec,
+    LeaseRenewal,
+    NamedPort,
+    ReapResult,
+    Service,
+    ServiceSpec,
+    Snapshot,
+    mass_expiry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,43 +53,6 @@ _UNAVAILABLE = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.QueryCanceledError,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Services read in one database snapshot, with the registry version that snapshot saw."""
-
-    version: int
-    services: dict[str, Service]  # lowercased name -> service
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointChange:
-    """One endpoint registered or removed: enough to update a copy that holds `prev_version`."""
-
-    service: str  # lowercased name
-    version: int
-    prev_version: int
-    ip: str
-    endpoint: Endpoint | None  # None: removed
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseRenewal:
-    service: str  # lowercased name
-    ip: str
-    expires_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class ReapResult:
-    """What one reaper sweep did."""
-
-    removed: int  # lapsed endpoints deleted
-    leased: int  # leased endpoints before the sweep
-    guarded: bool  # mass expiry: nothing deleted, the lapsed leases were renewed instead
-    versions: dict[str, int]  # lowercased service name -> version after its endpoints went
-    renewed: list[LeaseRenewal] = field(default_factory=list)  # what the guard renewed
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -475,9 +448,3 @@ async def _renew(conn: asyncpg.Connection, select_sql: str, *args: Any) -> list[
             encode_leases(renewals),
         )
     return renewals
-
-
-def mass_expiry(expired: int, leased: int, share: float, minimum: int) -> bool:
-    """Self-preservation: too large a share of leases lapsing together means the renewals were
-    lost (a database or network outage), not that the instances died; keep them."""
-    return leased >= max(minimum, 1) and expired > share * leased

@@ -16,10 +16,9 @@ import asyncpg
 from service_discovery.config import Config
 from service_discovery.errors import StoreUnavailable
 from service_discovery.metrics import Metrics
+from service_discovery.model import EndpointChange, LeaseRenewal
 from service_discovery.registry import Registry
 from service_discovery.store import (
-    EndpointChange,
-    LeaseRenewal,
     connect,
     decode_leases,
     read_endpoints,

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from service_discovery.config import Config
-from service_discovery.model import Service
+from service_discovery.model import Service, Snapshot
 from service_discovery.registry import Registry
-from service_discovery.store import Snapshot
 
 
 def _service(name: str, version: int) -> Service:

@@ -21,9 +21,8 @@ from hypothesis import strategies as st
 from service_discovery.config import Config
 from service_discovery.dns import DnsServer
 from service_discovery.metrics import Metrics
-from service_discovery.model import Endpoint, NamedPort, Service
+from service_discovery.model import Endpoint, NamedPort, Service, Snapshot
 from service_discovery.registry import Registry
-from service_discovery.store import Snapshot
 
 ZONE = "svc.cluster.local"
 CONFIG = Config(bind_address="127.0.0.1", dns_port=0, dns_cache_size=500)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from service_discovery.config import Config
-from service_discovery.model import Endpoint, NamedPort, Service
+from service_discovery.model import Endpoint, NamedPort, Service, Snapshot
 from service_discovery.registry import Registry
 from service_discovery.resolver import (
     CLASS_IN,
@@ -20,7 +20,6 @@ from service_discovery.resolver import (
     reverse_name,
     split_name,
 )
-from service_discovery.store import Snapshot
 
 TYPES = {"A": 1, "NS": 2, "SOA": 6, "PTR": 12, "TXT": 16, "AAAA": 28, "SRV": 33, "ANY": 255}
 TYPES |= {"AXFR": 252, "IXFR": 251, "MX": 15}
