@@ -37,6 +37,7 @@ from service_discovery.model import (
     Snapshot,
     mass_expiry,
 )
+from service_discovery.notify import LEASES_CHANNEL, encode_leases
 
 log = logging.getLogger(__name__)
 
@@ -169,25 +170,6 @@ async def read_endpoints(
         )
         for r in rows
     }
-
-
-# NOTIFY payloads are limited to 8000 bytes; one renewal takes at most ~130 (a 63-character
-# name, a 39-character IPv6 address, a float), so 50 per message always fit.
-LEASES_PER_NOTIFICATION = 50
-
-
-def encode_leases(renewals: Sequence[LeaseRenewal]) -> list[str]:
-    """sd_leases payloads for some renewals: JSON [[service, ip, expires_at], ...] each."""
-    size = LEASES_PER_NOTIFICATION
-    return [
-        json.dumps([[r.service, r.ip, r.expires_at] for r in renewals[i : i + size]])
-        for i in range(0, len(renewals), size)
-    ]
-
-
-def decode_leases(payload: str) -> list[LeaseRenewal]:
-    """The renewals of one sd_leases payload (ValueError/TypeError if it is malformed)."""
-    return [LeaseRenewal(str(s), str(ip), float(at)) for s, ip, at in json.loads(payload)]
 
 
 class Store:
@@ -420,7 +402,7 @@ class Store:
 
 async def _renew(conn: asyncpg.Connection, select_sql: str, *args: Any) -> list[LeaseRenewal]:
     """Renew the leases `select_sql` picks (service_id, ip) for their ttl from now(), and send
-    the new expiries to every replica on sd_leases (delivered at commit).
+    the new expiries to every replica on sd_leases (`notify.encode_leases`, delivered at commit).
 
     Only expires_at changes, and no index covers it, so each renewal is a HOT update: no index
     entry is written. Rows are locked in key order first, so two replicas renewing overlapping
@@ -444,7 +426,7 @@ async def _renew(conn: asyncpg.Connection, select_sql: str, *args: Any) -> list[
     if renewals:
         # The renewals travel in the notifications, so no replica reads them back.
         await conn.execute(
-            "SELECT pg_notify('sd_leases', p) FROM unnest($1::text[]) AS p",
+            f"SELECT pg_notify('{LEASES_CHANNEL}', p) FROM unnest($1::text[]) AS p",
             encode_leases(renewals),
         )
     return renewals

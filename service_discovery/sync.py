@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 
@@ -17,17 +16,12 @@ from service_discovery.config import Config
 from service_discovery.errors import StoreUnavailable
 from service_discovery.metrics import Metrics
 from service_discovery.model import EndpointChange, LeaseRenewal
+from service_discovery.notify import CHANNELS, LEASES_CHANNEL, Bump, decode_bump, decode_leases
 from service_discovery.registry import Registry
-from service_discovery.store import (
-    connect,
-    decode_leases,
-    read_endpoints,
-    read_snapshot,
-)
+from service_discovery.store import connect, read_endpoints, read_snapshot
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("sd_registry", "sd_leases")
 _BACKOFF_MAX = 5.0
 _PING_SECONDS = 5.0
 
@@ -38,8 +32,8 @@ class Sync:
         self._url = url
         self._registry = registry
         self._metrics = metrics
-        # per service, the notifications not yet applied: (version, prev_version, ip or None)
-        self._pending: dict[str, list[tuple[int, int | None, str | None]]] = {}
+        # per service, the notifications not yet applied
+        self._pending: dict[str, list[Bump]] = {}
         self._pending_leases: list[LeaseRenewal] = []
         self._wakeup = asyncio.Event()
         self._lost = asyncio.Event()
@@ -127,38 +121,36 @@ class Sync:
 
     def _on_notify(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
         try:
-            if channel == "sd_leases":
+            if channel == LEASES_CHANNEL:
                 self._pending_leases.extend(decode_leases(payload))
             else:
-                data = json.loads(payload)
-                pv = data.get("pv")
-                change = (int(data["v"]), None if pv is None else int(pv), data.get("ip"))
-                self._pending.setdefault(data["s"], []).append(change)
-        except (ValueError, KeyError, TypeError):
+                bump = decode_bump(payload)
+                self._pending.setdefault(bump.service, []).append(bump)
+        except ValueError:
             log.warning("ignoring malformed notification on %s", channel)
             return
         self._wakeup.set()
 
     async def _apply_pending(
-        self, conn: asyncpg.Connection, pending: dict[str, list[tuple[int, int | None, str | None]]]
+        self, conn: asyncpg.Connection, pending: dict[str, list[Bump]]
     ) -> None:
         """Patch services whose notifications continue our copy endpoint by endpoint; read the
         others whole (a new service, ports, a deletion, or a change we missed)."""
-        deltas: dict[str, list[tuple[int, int, str]]] = {}
+        deltas: dict[str, list[tuple[int, int, str]]] = {}  # key -> (version, prev, ip), in order
         whole: list[str] = []
-        for key, changes in pending.items():
+        for key, bumps in pending.items():
             have = self._registry.index(key)
-            changes = sorted(c for c in changes if c[0] > have)
-            if not changes:
-                continue
             chain = have
-            for v, pv, ip in changes:
-                if pv != chain or ip is None:
+            patch: list[tuple[int, int, str]] = []
+            for b in sorted((b for b in bumps if b.version > have), key=lambda b: b.version):
+                if b.prev_version != chain or b.ip is None:
                     whole.append(key)
                     break
-                chain = v
+                patch.append((b.version, chain, b.ip))
+                chain = b.version
             else:
-                deltas[key] = [(v, pv, ip) for v, pv, ip in changes]  # type: ignore[misc]
+                if patch:
+                    deltas[key] = patch
         if deltas:
             wanted = sorted({(k, ip) for k, cs in deltas.items() for _, _, ip in cs})
             rows = await read_endpoints(conn, wanted)
