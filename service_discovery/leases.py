@@ -7,7 +7,8 @@ Each caller is answered only after its batch committed (a 200 means the lease is
 
 The reaper runs on every replica; a transaction-scoped advisory lock lets one of them do each
 round's work. When too many leases lapse at once (`model.mass_expiry`) it deletes nothing and
-renews them instead (the self-preservation policy, see docs/leases.md).
+renews them instead (the self-preservation policy: README.md, "Leases, watches, write
+protection and limits", its "Mass expiry: self-preservation" part).
 """
 
 from __future__ import annotations
