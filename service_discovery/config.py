@@ -22,40 +22,49 @@ class ConfigError(ValueError):
     """An invalid setting; the message names the variable and what it accepts."""
 
 
-def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+@dataclass(frozen=True, slots=True)
+class _Parser:
+    """How a setting's text becomes its value (ValueError if it cannot), and what it accepts,
+    for the error message."""
+
+    parse: Callable[[str], Any]
+    accepts: str
+
+    def __call__(self, raw: str) -> Any:
+        return self.parse(raw)
+
+
+def _int_range(lo: int, hi: int) -> _Parser:
     def parse(raw: str) -> int:
         value = int(raw)
         if not lo <= value <= hi:
             raise ValueError
         return value
 
-    parse.accepts = f"an integer from {lo} to {hi}"  # type: ignore[attr-defined]
-    return parse
+    return _Parser(parse, f"an integer from {lo} to {hi}")
 
 
-def _float_range(lo: float, hi: float) -> Callable[[str], float]:
+def _float_range(lo: float, hi: float) -> _Parser:
     def parse(raw: str) -> float:
         value = float(raw)
         if not lo <= value <= hi:
             raise ValueError
         return value
 
-    parse.accepts = f"a number from {lo:g} to {hi:g}"  # type: ignore[attr-defined]
-    return parse
+    return _Parser(parse, f"a number from {lo:g} to {hi:g}")
 
 
-def _choice(*choices: str) -> Callable[[str], str]:
+def _choice(*choices: str) -> _Parser:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
         if value not in choices:
             raise ValueError
         return value
 
-    parse.accepts = "one of " + ", ".join(choices)  # type: ignore[attr-defined]
-    return parse
+    return _Parser(parse, "one of " + ", ".join(choices))
 
 
-def _bool(raw: str) -> bool:
+def _parse_bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
@@ -64,17 +73,17 @@ def _bool(raw: str) -> bool:
     raise ValueError
 
 
-_bool.accepts = "true or false"  # type: ignore[attr-defined]
+_bool = _Parser(_parse_bool, "true or false")
 
 
-def _ip(raw: str) -> str:
+def _parse_ip(raw: str) -> str:
     return str(ipaddress.ip_address(raw.strip()))
 
 
-_ip.accepts = "an IPv4 or IPv6 address"  # type: ignore[attr-defined]
+_ip = _Parser(_parse_ip, "an IPv4 or IPv6 address")
 
 
-def _domain(raw: str) -> str:
+def _parse_domain(raw: str) -> str:
     value = raw.strip().strip(".").lower()
     labels = value.split(".")
     if not value or any(not 0 < len(label) <= 63 for label in labels) or len(value) > 253:
@@ -82,20 +91,13 @@ def _domain(raw: str) -> str:
     return value
 
 
-_domain.accepts = "a DNS name such as svc.cluster.local"  # type: ignore[attr-defined]
+_domain = _Parser(_parse_domain, "a DNS name such as svc.cluster.local")
+
+# Free text (URLs, paths, tokens), taken as written.
+_verbatim = _Parser(str, "text")
 
 
-def _verbatim(raw: str) -> str:
-    """Free text (URLs, paths, tokens), taken as written."""
-    return raw
-
-
-_verbatim.accepts = "text"  # type: ignore[attr-defined]
-
-
-def _setting(
-    env: str, default: Any, parse: Callable[[str], Any], help: str, *, secret: bool = False
-) -> Any:
+def _setting(env: str, default: Any, parse: _Parser, help: str, *, secret: bool = False) -> Any:
     return field(
         default=default,
         repr=not secret,  # secrets stay out of repr(config), tracebacks and log lines
@@ -278,7 +280,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
-    parse = f.metadata["parse"]
+    parse: _Parser = f.metadata["parse"]
     try:
         return parse(raw)
     except (ValueError, TypeError):
