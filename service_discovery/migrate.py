@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from yoyo import get_backend, read_migrations
+from yoyo.backends import DatabaseBackend
 
 from service_discovery.errors import StoreUnavailable
 
@@ -18,7 +19,7 @@ def migrations_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "migrations"
 
 
-def _backend(url: str):  # type: ignore[no-untyped-def]
+def _backend(url: str) -> DatabaseBackend:
     try:
         return get_backend(url)
     except Exception as exc:  # psycopg2 raises its own OperationalError for refused connections

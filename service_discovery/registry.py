@@ -142,7 +142,7 @@ class Registry:
 
     def _view(self, entry: _Stored) -> Service:
         if entry.view is None:
-            eps = entry.endpoints.values()
+            eps: Iterable[Endpoint] = entry.endpoints.values()
             if entry.hidden and not self.self_preservation:
                 eps = [e for e in eps if e.ip not in entry.hidden]
             entry.view = replace(entry.service, endpoints=tuple(eps))

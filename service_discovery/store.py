@@ -286,7 +286,8 @@ class Store:
         async with self._tx() as conn:
             sid, stored, _ = await self._service_id(conn, name)
             await conn.execute("DELETE FROM services WHERE id = $1", sid)
-            return await conn.fetchval("SELECT sd_bump($1, $2)", sid, stored)
+            version: int = await conn.fetchval("SELECT sd_bump($1, $2)", sid, stored)
+            return version
 
     @staticmethod
     async def _upsert_ports(conn: asyncpg.Connection, sid: Any, ports: Iterable[NamedPort]) -> None:

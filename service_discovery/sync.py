@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from typing import Literal
 
 import asyncpg
 
@@ -169,7 +170,7 @@ class Sync:
         conn = self._conn
         assert conn is not None
         lost = asyncio.ensure_future(self._lost.wait())
-        wake: asyncio.Future[bool] | None = None
+        wake: asyncio.Task[Literal[True]] | None = None
         try:
             while True:
                 if wake is None or wake.done():
