@@ -8,18 +8,18 @@ from typing import Any
 import pytest
 
 from service_discovery.config import Config
-from service_discovery.model import Endpoint, NamedPort, Service, Snapshot
-from service_discovery.registry import Registry
-from service_discovery.resolver import (
+from service_discovery.dns.records import (
     CLASS_IN,
     RCODE_NAMES,
     Answer,
     Question,
-    ZoneView,
-    resolve,
     reverse_name,
     split_name,
 )
+from service_discovery.dns.resolver import resolve
+from service_discovery.dns.zone import ZoneView
+from service_discovery.model import Endpoint, NamedPort, Service, Snapshot
+from service_discovery.registry import Registry
 
 TYPES = {"A": 1, "NS": 2, "SOA": 6, "PTR": 12, "TXT": 16, "AAAA": 28, "SRV": 33, "ANY": 255}
 TYPES |= {"AXFR": 252, "IXFR": 251, "MX": 15}

@@ -35,7 +35,7 @@ async def main() -> None:
         print(f"ready {app.dns_port} {app.http_port}", flush=True)
         await stop.wait()
         dns.flush_metrics()
-        print(f"dns cache: hits {dns.hits}, misses {dns.misses}", flush=True)
+        print(f"dns cache: hits {dns.counters.hits}, misses {dns.counters.misses}", flush=True)
 
 
 if __name__ == "__main__":

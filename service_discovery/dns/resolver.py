@@ -1,218 +1,68 @@
-"""DNS resolution as a pure function: (question, registry view, config) -> answer records.
+"""DNS resolution as a pure function: (question, zone view, zone) -> answer records.
 
 This module owns which names exist in the zone and what they answer: the apex (SOA, NS), the
 NS host, `<service>`, `<tag>.<service>`, `_<port>._<proto>.<service>` (and the empty
 non-terminal `_<proto>.<service>`), and PTR names in the reverse zones of live endpoints. It
-does no I/O and knows nothing of the wire format (`dns.py` encodes, caches and serves).
-
-Names are tuples of lowercase labels, so a label holding a dot or odd bytes can never be
-mistaken for two labels of the zone.
+does no I/O and knows nothing of the wire format (`wire` encodes, `answers` caches, `server`
+serves).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from typing import NamedTuple, Protocol
 
 from service_discovery.config import Config
-from service_discovery.model import Service
-
-# Record types and classes (RFC 1035, 3596, 2782, 6891, 8482).
-A, NS, SOA, PTR, AAAA, SRV, OPT, IXFR, AXFR, ANY = 1, 2, 6, 12, 28, 33, 41, 251, 252, 255
-CLASS_IN = 1
-TYPE_NAMES = {A: "A", NS: "NS", SOA: "SOA", PTR: "PTR", AAAA: "AAAA", SRV: "SRV", ANY: "ANY"}
-TYPE_NAMES.update({OPT: "OPT", IXFR: "IXFR", AXFR: "AXFR", 5: "CNAME", 15: "MX", 16: "TXT"})
-TYPE_NAMES.update({64: "SVCB", 65: "HTTPS", 99: "SPF", 257: "CAA"})
-
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 1, 2, 3, 4, 5, 16
-RCODE_NAMES = {
-    NOERROR: "NOERROR", FORMERR: "FORMERR", SERVFAIL: "SERVFAIL", NXDOMAIN: "NXDOMAIN",
-    NOTIMP: "NOTIMP", REFUSED: "REFUSED", BADVERS: "BADVERS",
-}  # fmt: skip
+from service_discovery.dns.records import (
+    AAAA,
+    ANY,
+    AXFR,
+    CLASS_IN,
+    IN_ADDR,
+    IP6,
+    IXFR,
+    NOERROR,
+    NS,
+    NXDOMAIN,
+    PTR,
+    REFUSED,
+    SERVFAIL,
+    SOA,
+    SRV,
+    A,
+    Answer,
+    Name,
+    Question,
+    Record,
+    Soa,
+    Srv,
+)
+from service_discovery.dns.zone import (
+    V4_NAME_LABELS,
+    V4_ZONE_LABELS,
+    V6_NAME_LABELS,
+    V6_ZONE_LABELS,
+    RegistryView,
+    Zone,
+    ZoneView,
+)
 
 # SOA timers only matter to secondaries doing zone transfers, which we refuse; these are the
 # conventional small values for a zone that changes all the time.
 SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 60, 10, 3600
-
-Name = tuple[str, ...]
-_IN_ADDR: Name = ("in-addr", "arpa")
-_IP6: Name = ("ip6", "arpa")
-# We claim the /24 (IPv4) or /64 (IPv6) around each live endpoint as a reverse zone: unknown
-# addresses next to ours get NXDOMAIN (a forwarder for in-addr.arpa works), the rest REFUSED.
-_V4_ZONE_LABELS = 3 + len(_IN_ADDR)
-_V4_NAME_LABELS = 4 + len(_IN_ADDR)
-_V6_ZONE_LABELS = 16 + len(_IP6)
-_V6_NAME_LABELS = 32 + len(_IP6)
 _HEX = frozenset("0123456789abcdef")
 
-
-class Srv(NamedTuple):
-    priority: int
-    weight: int
-    port: int
-    target: Name
+_zones: dict[int, tuple[Config, Zone]] = {}
 
 
-class Soa(NamedTuple):
-    mname: Name
-    rname: Name
-    serial: int
-    refresh: int
-    retry: int
-    expire: int
-    minimum: int
-
-
-# Records, questions and answers are NamedTuples: a miss builds several per query, and a tuple
-# is several times cheaper to make than a frozen dataclass.
-class Record(NamedTuple):
-    """One resource record, class IN. rdata: address text (A, AAAA), a Name (NS, PTR), Srv, Soa."""
-
-    name: Name
-    rtype: int
-    ttl: int
-    rdata: str | Name | Srv | Soa
-
-    def to_zone(self) -> str:
-        """The record as a zone-file line: `webapp.svc.cluster.local. 5 IN A 127.0.0.1`."""
-        data = self.rdata
-        if isinstance(data, Srv):
-            text = f"{data.priority} {data.weight} {data.port} {name_text(data.target)}"
-        elif isinstance(data, Soa):
-            text = (
-                f"{name_text(data.mname)} {name_text(data.rname)} {data.serial} {data.refresh} "
-                f"{data.retry} {data.expire} {data.minimum}"
-            )
-        elif isinstance(data, tuple):
-            text = name_text(data)
-        else:
-            text = data
-        return f"{name_text(self.name)} {self.ttl} IN {TYPE_NAMES[self.rtype]} {text}"
-
-
-class Question(NamedTuple):
-    name: Name  # lowercase labels, no root label
-    qtype: int
-    qclass: int = CLASS_IN
-
-
-class Answer(NamedTuple):
-    rcode: int
-    authoritative: bool = True
-    answer: tuple[Record, ...] = ()
-    authority: tuple[Record, ...] = ()
-    additional: tuple[Record, ...] = ()
-    # What a change must touch to make this answer stale: the key of the one service it was
-    # built from, or None for "any change" (negative answers, the apex, reverse names).
-    depends_on: str | None = None
-
-
-class RegistryView(Protocol):
-    """What the resolver reads from the registry copy (service_discovery.registry.Registry)."""
-
-    version: int
-    loaded: bool
-
-    def get(self, name: str) -> Service | None: ...
-    def services(self) -> list[Service]: ...
-    def names_for_ip(self, ip: str) -> tuple[str, ...]: ...
-
-
-class ZoneView:
-    """The registry copy plus an index derived from it: which reverse zones hold live endpoints.
-
-    The index is built on the first reverse lookup after a change (`invalidate` drops it), so
-    forward lookups never pay for it.
-    """
-
-    def __init__(self, registry: RegistryView) -> None:
-        self.registry = registry
-        self._reverse: dict[Name, set[Name]] | None = None
-
-    def invalidate(self) -> None:
-        self._reverse = None
-
-    def reverse_zone(self, zone: Name) -> set[Name] | None:
-        """The reverse names of live endpoints inside `zone`, or None if we do not serve it."""
-        if self._reverse is None:
-            index: dict[Name, set[Name]] = {}
-            for svc in self.registry.services():
-                for e in svc.endpoints:
-                    name = reverse_name(e.ip)
-                    size = _V6_ZONE_LABELS if name[-2:] == _IP6 else _V4_ZONE_LABELS
-                    index.setdefault(name[-size:], set()).add(name)
-            self._reverse = index
-        return self._reverse.get(zone)
-
-
-def name_text(name: Name) -> str:
-    """Presentation form with the trailing dot; unusual bytes escaped as in zone files."""
-    if not name:
-        return "."
-    return ".".join(_label_text(label) for label in name) + "."
-
-
-def _label_text(label: str) -> str:
-    if label.isascii() and (label.replace("-", "").replace("_", "").isalnum()):
-        return label
-    out = []
-    for ch in label:
-        code = ord(ch)
-        if ch in '.\\"();$@':
-            out.append("\\" + ch)
-        elif 0x21 <= code <= 0x7E:
-            out.append(ch)
-        else:
-            out.append(f"\\{code:03d}")
-    return "".join(out)
-
-
-def split_name(text: str) -> Name:
-    """`WebApp.svc.cluster.local.` -> ("webapp", "svc", "cluster", "local") (tests, config)."""
-    text = text.strip().rstrip(".").lower()
-    return tuple(text.split(".")) if text else ()
-
-
-def reverse_name(ip: str) -> Name:
-    """The PTR owner name of an address: 1.0.0.127.in-addr.arpa or the 32-nibble ip6.arpa."""
-    if ":" in ip:
-        nibbles = ipaddress.IPv6Address(ip).exploded.replace(":", "")
-        return tuple(reversed(nibbles)) + _IP6
-    return tuple(reversed(ip.split("."))) + _IN_ADDR
-
-
-class _Zone:
-    """Config-derived constants, computed once per Config object (see `_zone_of`)."""
-
-    def __init__(self, config: Config) -> None:
-        self.origin: Name = split_name(config.dns_domain)
-        self.depth = len(self.origin)
-        self.ttl = config.dns_ttl
-        self.negative_ttl = config.negative_ttl
-        self.ns: Name = split_name(config.ns_name)
-        self.rname: Name = ("hostmaster", *self.origin)
-        own = config.own_address
-        self.ns_glue = (AAAA if ":" in own else A, own)
-        # The NS host answers inside the zone only if its name is in the zone.
-        self.ns_rel: Name | None = (
-            self.ns[: -self.depth]
-            if self.ns[-self.depth :] == self.origin and len(self.ns) > self.depth
-            else None
-        )
-
-
-_zones: dict[int, tuple[Config, _Zone]] = {}
-
-
-def _zone_of(config: Config) -> _Zone:
+def _zone_of(config: Config) -> Zone:
     # Keyed by identity: hashing a Config of forty fields on every miss would cost more than
     # the lookup it saves. The Config is kept in the value so its id cannot be reused.
     hit = _zones.get(id(config))
     if hit is None or hit[0] is not config:
         if len(_zones) > 64:
             _zones.clear()
-        hit = _zones[id(config)] = (config, _Zone(config))
+        hit = _zones[id(config)] = (config, Zone(config))
     return hit[1]
 
 
@@ -234,13 +84,13 @@ def resolve(question: Question, view: ZoneView, config: Config) -> Answer:
         return Answer(REFUSED, authoritative=False)  # no zone transfers, to anyone
     if name[-zone.depth :] == zone.origin and len(name) >= zone.depth:
         return _forward(name, name[: len(name) - zone.depth], qtype, registry, zone)
-    if name[-2:] in (_IN_ADDR, _IP6):
+    if name[-2:] in (IN_ADDR, IP6):
         return _reverse(name, qtype, view, zone)
     return Answer(REFUSED, authoritative=False)  # not an open resolver: never recurse
 
 
 # ---- the forward zone ----------------------------------------------------------------------
-def _soa(zone: _Zone, owner: Name, serial: int) -> Record:
+def _soa(zone: Zone, owner: Name, serial: int) -> Record:
     # The SOA's own TTL is the negative TTL too: RFC 2308 caches negative answers for
     # min(SOA TTL, SOA minimum), and DNS_NEGATIVE_TTL is meant to be that number.
     data = Soa(zone.ns, zone.rname, serial & 0xFFFFFFFF, SOA_REFRESH, SOA_RETRY, SOA_EXPIRE,
@@ -248,7 +98,7 @@ def _soa(zone: _Zone, owner: Name, serial: int) -> Record:
     return Record(owner, SOA, zone.negative_ttl, data)
 
 
-def _negative(rcode: int, zone: _Zone, apex: Name, serial: int, depends_on: str | None) -> Answer:
+def _negative(rcode: int, zone: Zone, apex: Name, serial: int, depends_on: str | None) -> Answer:
     return Answer(rcode, authority=(_soa(zone, apex, serial),), depends_on=depends_on)
 
 
@@ -258,7 +108,7 @@ def _addresses(owner: Name, qtype: int, ips: Iterable[str], ttl: int) -> tuple[R
     return tuple([Record(owner, A, ttl, ip) for ip in ips if ":" not in ip])
 
 
-def _forward(name: Name, rel: Name, qtype: int, registry: RegistryView, zone: _Zone) -> Answer:
+def _forward(name: Name, rel: Name, qtype: int, registry: RegistryView, zone: Zone) -> Answer:
     serial = registry.version
     origin = zone.origin
     if not rel:
@@ -314,7 +164,7 @@ def _forward(name: Name, rel: Name, qtype: int, registry: RegistryView, zone: _Z
 
 
 def _address_answer(
-    owner: Name, qtype: int, ips: list[str], zone: _Zone, serial: int, key: str
+    owner: Name, qtype: int, ips: list[str], zone: Zone, serial: int, key: str
 ) -> Answer:
     if qtype == ANY:
         # RFC 8482: a minimal answer; the IPv4 set, else the IPv6 set.
@@ -328,7 +178,7 @@ def _address_answer(
     return Answer(NOERROR, True, records, (), (), key)
 
 
-def _ns_glue(zone: _Zone) -> tuple[Record, ...]:
+def _ns_glue(zone: Zone) -> tuple[Record, ...]:
     if zone.ns_rel is None:
         return ()
     rtype, ip = zone.ns_glue
@@ -336,10 +186,10 @@ def _ns_glue(zone: _Zone) -> tuple[Record, ...]:
 
 
 # ---- reverse zones -------------------------------------------------------------------------
-def _reverse(name: Name, qtype: int, view: ZoneView, zone: _Zone) -> Answer:
-    v6 = name[-2:] == _IP6
-    zone_len, full_len = (_V6_ZONE_LABELS, _V6_NAME_LABELS) if v6 else (
-        _V4_ZONE_LABELS, _V4_NAME_LABELS
+def _reverse(name: Name, qtype: int, view: ZoneView, zone: Zone) -> Answer:
+    v6 = name[-2:] == IP6
+    zone_len, full_len = (V6_ZONE_LABELS, V6_NAME_LABELS) if v6 else (
+        V4_ZONE_LABELS, V4_NAME_LABELS
     )  # fmt: skip
     if len(name) < zone_len:
         return Answer(REFUSED, authoritative=False)

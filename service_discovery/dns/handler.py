@@ -1,0 +1,250 @@
+"""One query message in, its response bytes out: the hot path of the DNS front-end.
+
+This module owns the order of work for a query: the fast path (a cached answer found by the
+query's exact bytes, spliced into a response without parsing), the full parse for everything
+else (`wire`), a miss (resolve, encode once, keep), fitting an answer into the client's size
+limit, and error responses. Deciding per query what a client may cost (a budget for misses,
+response-rate limiting) belongs here too, where misses and responses are made; the transport
+and its per-connection limits are `server`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from service_discovery.config import Config
+from service_discovery.dns.answers import AnswerCache
+from service_discovery.dns.counters import Counters
+from service_discovery.dns.records import (
+    BADVERS,
+    FORMERR,
+    NOTIMP,
+    OPT,
+    SERVFAIL,
+    Name,
+    Question,
+)
+from service_discovery.dns.resolver import resolve
+from service_discovery.dns.wire import (
+    COUNTS,
+    ONE_QUESTION,
+    TCP_LIMIT,
+    UDP_PLAIN_LIMIT,
+    EncodedAnswer,
+    error_response,
+    opt,
+    parse_additional,
+    question_end,
+    split_labels,
+)
+from service_discovery.dns.zone import ZoneView
+from service_discovery.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class QueryHandler:
+    """Answers queries from `view` through `answers`, counting in `counters`."""
+
+    def __init__(
+        self,
+        config: Config,
+        view: ZoneView,
+        answers: AnswerCache,
+        counters: Counters,
+        metrics: Metrics,
+    ) -> None:
+        self._config = config
+        self._view = view
+        self._answers = answers
+        # The cache's maps, read here directly: a method call per query would cost a few
+        # per cent of a hit. AnswerCache clears them in place and never replaces them.
+        self._stable = answers.stable
+        self._volatile = answers.volatile
+        self._counters = counters
+        self._metrics = metrics
+        self._max_udp = config.dns_max_udp_size
+        self._opt = opt(config.dns_max_udp_size)
+        # Benchmark mode: drop every cached answer before each query, so each one is a miss.
+        self.invalidate_every_query = False
+
+    def changed(self, key: str | None, reason: str = "") -> None:
+        """A registry change (service `key`, or None for anything): drop what it made stale."""
+        self._view.changed(key)
+        self._answers.changed(key)
+
+    def clear_cache(self) -> None:
+        self.changed(None, "clear")
+
+    # ---- the hot path --------------------------------------------------------------------
+    def respond(self, data: bytes, tcp: bool) -> bytes | None:
+        """The response to one query message, or None to drop it (no header, or a response).
+
+        Fast path: a cache hit on the query's exact bytes. The question's end is taken as the
+        first zero byte, without walking the labels. That is safe: keys are stored only after a
+        full parse, and if a stored question's bytes equal these, its name held no zero byte
+        before its end, so parsing these bytes would find the very same question.
+        """
+        try:
+            size = len(data)
+            if size < 12 or data[2] & 0xF8 or data[4:10] != ONE_QUESTION:
+                return self._respond(data, tcp)  # not QUERY, or not one plain question
+            qend = data.find(0, 12) + 5
+            if qend < 17 or qend > size:
+                return self._respond(data, tcp)
+            if data[11] == 0 and data[10] == 0:
+                edns = b"\x00"
+                limit = TCP_LIMIT if tcp else UDP_PLAIN_LIMIT
+            elif (
+                data[11] == 1
+                and data[10] == 0
+                and size >= qend + 11
+                and data[qend] == 0  # one OPT, version 0: what EDNS resolvers send
+                and data[qend + 2] == OPT
+                and data[qend + 1] == 0
+                and data[qend + 6] == 0
+                and qend + 11 + (data[qend + 9] << 8 | data[qend + 10]) <= size
+            ):
+                edns = b"\x01"
+                payload = data[qend + 3] << 8 | data[qend + 4]
+                limit = TCP_LIMIT if tcp else max(UDP_PLAIN_LIMIT, min(payload, self._max_udp))
+            else:
+                return self._respond(data, tcp)
+            key = data[12:qend] + edns
+            entry = self._stable.get(key) or self._volatile.get(key)
+            if entry is None or self.invalidate_every_query:
+                # A miss. Walk the labels here, for the usual lowercase name: it validates the
+                # name, proves the first zero byte ends it, and splits it, all in one pass.
+                end = qend - 5
+                if end - 11 > 255:
+                    return self._respond(data, tcp)
+                wire = data[12 : end + 1]
+                if wire.lower() != wire:
+                    return self._respond(data, tcp)  # mixed case (0x20): the full parse
+                text = wire.decode("latin-1")
+                labels: list[str] = []
+                add = labels.append
+                stop = end - 12
+                at = 0
+                while at < stop:
+                    length = wire[at]
+                    if length > 63:
+                        return self._respond(data, tcp)
+                    at += 1
+                    add(text[at : at + length])
+                    at += length
+                if at != stop:
+                    return self._respond(data, tcp)  # a label held a zero byte
+                if self.invalidate_every_query:
+                    self.clear_cache()
+                self._counters.misses += 1
+                entry = self._miss(data, end, qend, key, edns == b"\x01", tuple(labels))
+            # (the lines below are _serve, inlined: this is the path that runs most)
+            entry.cells[tcp][0] += 1
+            if entry.size <= limit:
+                tail = entry.tail
+                if entry.n:
+                    turn = entry.turn = (entry.turn + 1) % entry.n
+                    cut = turn * entry.rr
+                    end = entry.an_end
+                    tail = tail[cut:end] + tail[:cut] + tail[end:]
+                return data[:2] + entry.hdr[data[2] & 1] + data[12:qend] + tail
+            return self._fit(entry, data, qend, limit, tcp)
+        except Exception:
+            # A bug must not look like an empty zone: answer SERVFAIL, log and count it.
+            log.exception("DNS query failed")
+            self._metrics.internal_errors.labels("dns").inc()
+            return self._error(data, SERVFAIL, None, False, tcp)
+
+    def _respond(self, data: bytes, tcp: bool) -> bytes | None:
+        """The full parse, for everything the fast path did not answer."""
+        if len(data) < 12 or data[2] & 0x80:
+            self._counters.dropped += 1  # too short for a header, or a response: never answer
+            return None
+        if data[2] & 0x78:
+            return self._error(data, NOTIMP, None, False, tcp)
+        if data[4:10] != ONE_QUESTION:
+            return self._error(data, FORMERR, None, False, tcp)
+        qend = question_end(data)
+        if not qend:
+            return self._error(data, FORMERR, None, False, tcp)
+        i = qend - 5  # the name's zero byte
+        if data[11] == 0 and data[10] == 0:
+            edns = False
+            limit = TCP_LIMIT if tcp else UDP_PLAIN_LIMIT
+        else:
+            parsed = parse_additional(data, qend)
+            if parsed is None:
+                return self._error(data, FORMERR, None, False, tcp)
+            version, payload = parsed
+            if version < 0:
+                edns = False
+                limit = TCP_LIMIT if tcp else UDP_PLAIN_LIMIT
+            elif version:
+                return self._error(data, BADVERS, qend, True, tcp)
+            else:
+                edns = True
+                limit = TCP_LIMIT if tcp else max(UDP_PLAIN_LIMIT, min(payload, self._max_udp))
+        key = data[12 : i + 1].lower() + data[i + 1 : qend] + (b"\x01" if edns else b"\x00")
+        if self.invalidate_every_query:
+            self.clear_cache()
+        entry = self._stable.get(key) or self._volatile.get(key)
+        if entry is None:
+            self._counters.misses += 1
+            entry = self._miss(data, i, qend, key, edns)
+        return self._serve(entry, data, qend, limit, tcp)
+
+    def _serve(self, entry: EncodedAnswer, data: bytes, qend: int, limit: int, tcp: bool) -> bytes:
+        """The cached answer with this query's id, RD bit and question (see `respond`)."""
+        entry.cells[tcp][0] += 1
+        if entry.size <= limit:
+            tail = entry.tail
+            if entry.n:
+                turn = entry.turn = (entry.turn + 1) % entry.n
+                cut = turn * entry.rr
+                end = entry.an_end
+                tail = tail[cut:end] + tail[:cut] + tail[end:]
+            return data[:2] + entry.hdr[data[2] & 1] + data[12:qend] + tail
+        return self._fit(entry, data, qend, limit, tcp)
+
+    def _fit(self, entry: EncodedAnswer, data: bytes, qend: int, limit: int, tcp: bool) -> bytes:
+        """A smaller form of an answer that does not fit `limit`."""
+        # The last alternative (TC, no records) always fits: a question is at most 259 bytes.
+        smaller = entry.smaller()
+        _, hdr, tail = next((alt for alt in smaller if alt[0] <= limit), smaller[-1])
+        if hdr[0][0] & 2:
+            self._counters.truncated += 1
+            if tcp and entry.n:
+                # Over TCP nothing better will come: as many whole records as fit, rotated.
+                keep = (limit - 12 - entry.qlen - len(entry.opt)) // entry.rr
+                turn = entry.turn = (entry.turn + 1) % entry.n
+                cut = turn * entry.rr
+                rotated = entry.tail[cut : entry.an_end] + entry.tail[:cut]
+                tail = rotated[: keep * entry.rr] + entry.opt
+                counts = COUNTS.pack(1, keep, 0, 1 if entry.opt else 0)
+                hdr = (hdr[0][:2] + counts, hdr[1][:2] + counts)
+        return data[:2] + hdr[data[2] & 1] + data[12:qend] + tail
+
+    def _miss(
+        self, data: bytes, i: int, qend: int, key: bytes, edns: bool, qname: Name | None = None
+    ) -> EncodedAnswer:
+        """Resolve, encode and keep the answer to the question ending at `i` (its zero byte).
+        `key` starts with the lowercased name; `qname` is that name split, if known."""
+        qwire = key[: i - 11]
+        if qname is None:
+            qname = split_labels(qwire)
+        qtype = data[i + 1] << 8 | data[i + 2]
+        qclass = data[i + 3] << 8 | data[i + 4]
+        answer = resolve(Question(qname, qtype, qclass), self._view, self._config)
+        entry = EncodedAnswer(answer, qname, qwire, qend - 12, self._opt if edns else b"")
+        entry.cells = self._counters.cells_for(qtype, answer.rcode)
+        if answer.rcode != SERVFAIL:  # SERVFAIL only means "not loaded yet": never keep it
+            self._answers.store(key, entry)
+        return entry
+
+    def _error(self, data: bytes, rcode: int, qend: int | None, edns: bool, tcp: bool) -> bytes:
+        """An answer without records: the question echoed if it parsed, OPT if EDNS0."""
+        qtype = data[qend - 4] << 8 | data[qend - 3] if qend else 0
+        self._counters.cell("tcp" if tcp else "udp", qtype, rcode)[0] += 1
+        self._counters.uncached += 1
+        return error_response(data, rcode, qend, opt(self._max_udp, rcode) if edns else b"")

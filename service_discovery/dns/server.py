@@ -1,0 +1,194 @@
+"""The DNS listeners: UDP and TCP on one port, their limits, and the front-end's lifecycle.
+
+This module owns the sockets: binding UDP and TCP on the same port (retrying when port 0
+picked a number TCP cannot have), the UDP receive buffer, TCP framing (2-byte length prefix),
+the TCP limits (open connections, idle time), stopping with in-flight connections finished
+within the shutdown timeout, and the periodic flush of the counters. What a query answers is
+`handler`'s; per-connection limits (write timeouts, caps per client address) belong here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import cast
+
+from service_discovery.config import Config
+from service_discovery.dns.answers import AnswerCache
+from service_discovery.dns.counters import Counters
+from service_discovery.dns.handler import QueryHandler
+from service_discovery.dns.zone import ZoneView
+from service_discovery.metrics import Metrics
+from service_discovery.registry import Registry
+
+log = logging.getLogger(__name__)
+
+_METRICS_FLUSH_SECONDS = 1.0
+_BIND_ATTEMPTS = 50
+_UDP_RCVBUF = 4 * 1024 * 1024  # absorb bursts; the kernel caps it at net.core.rmem_max
+
+
+class DnsServer:
+    """Serves the zone over UDP and TCP on one port, answering from the registry copy."""
+
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        metrics: Metrics,
+        *,
+        invalidate_every_query: bool = False,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self.counters = Counters(metrics)
+        self._answers = AnswerCache(config.dns_cache_size)
+        self._handler = QueryHandler(
+            config, ZoneView(registry), self._answers, self.counters, metrics
+        )
+        self._handler.invalidate_every_query = invalidate_every_query
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._unsubscribe: Callable[[], None] | None = registry.subscribe(self._handler.changed)
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tcp_writers: set[asyncio.StreamWriter] = set()
+        self._tcp_tasks: set[asyncio.Task[None]] = set()
+        self._port = 0
+
+    @property
+    def port(self) -> int:
+        """The bound port (UDP and TCP share it); 0 before `start`."""
+        return self._port
+
+    @property
+    def invalidate_every_query(self) -> bool:
+        """Benchmark mode: every query misses the answer cache."""
+        return self._handler.invalidate_every_query
+
+    @invalidate_every_query.setter
+    def invalidate_every_query(self, value: bool) -> None:
+        self._handler.invalidate_every_query = value
+
+    def respond(self, data: bytes, tcp: bool) -> bytes | None:
+        """The response to one query message, or None to drop it (see `QueryHandler`)."""
+        return self._handler.respond(data, tcp)
+
+    def clear_cache(self) -> None:
+        self._handler.clear_cache()
+
+    def cache_size(self) -> int:
+        return len(self._answers)
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        host = self._config.bind_address
+        wanted = self._config.dns_port
+        for _ in range(_BIND_ATTEMPTS if wanted == 0 else 1):
+            # UDP first on the wanted (or an ephemeral) port, then TCP on the same number; with
+            # port 0 another socket may hold that TCP port, so pick a new one and retry.
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self._handler.respond), local_addr=(host, wanted)
+            )
+            port = udp.get_extra_info("sockname")[1]
+            try:
+                tcp = await asyncio.start_server(self._serve_tcp, host, port, backlog=1024)
+            except OSError as exc:
+                udp.close()
+                if wanted != 0 or exc.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            sock = udp.get_extra_info("socket")
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF)
+            self._udp, self._tcp, self._port = udp, tcp, port
+            self._flush_timer = loop.call_later(_METRICS_FLUSH_SECONDS, self._periodic_flush)
+            return
+        raise OSError(errno.EADDRINUSE, "no port was free for both DNS UDP and TCP")
+
+    async def stop(self) -> None:
+        """Close the listeners and every open TCP connection; flush the metrics. Idempotent."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        for writer in list(self._tcp_writers):
+            writer.close()  # their handlers see the stream end and return
+        tasks = list(self._tcp_tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self._config.shutdown_timeout_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._tcp is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._tcp.wait_closed(), 1.0)
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """Add what was counted since the last flush to the Prometheus metrics."""
+        self.counters.flush()
+
+    def _periodic_flush(self) -> None:
+        self.counters.flush()
+        loop = asyncio.get_running_loop()
+        self._flush_timer = loop.call_later(_METRICS_FLUSH_SECONDS, self._periodic_flush)
+
+    # ---- TCP -----------------------------------------------------------------------------
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Length-prefixed queries, answered in order, until idle, closed or not a query."""
+        if len(self._tcp_writers) >= self._config.dns_tcp_max_connections:
+            writer.close()  # over the limit: new connections are closed, open ones keep going
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._tcp_writers.add(writer)
+        self._tcp_tasks.add(task)
+        gauge = self._metrics.dns_tcp_connections
+        gauge.inc()
+        idle = self._config.dns_tcp_idle_seconds
+        respond = self._handler.respond
+        try:
+            while True:
+                async with asyncio.timeout(idle):
+                    prefix = await reader.readexactly(2)
+                    message = await reader.readexactly(int.from_bytes(prefix, "big"))
+                response = respond(message, True)
+                if response is None:
+                    break  # no header or not a query: the stream cannot be trusted any more
+                writer.write(len(response).to_bytes(2, "big") + response)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass  # closed by the client, idle too long, or reset: all normal endings
+        finally:
+            self._tcp_writers.discard(writer)
+            self._tcp_tasks.discard(task)
+            gauge.dec()
+            writer.close()
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, respond: Callable[[bytes, bool], bytes | None]) -> None:
+        self._respond = respond
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)  # a datagram endpoint's
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        response = self._respond(data, False)
+        if response is not None and self._transport is not None:
+            self._transport.sendto(response, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a client that went away: nothing to do.
+        log.debug("DNS UDP error: %s", exc)
