@@ -211,8 +211,9 @@ class QueryHandler:
         """A smaller form of an answer that does not fit `limit`."""
         # The last alternative (TC, no records) always fits: a question is at most 259 bytes.
         smaller = entry.smaller()
-        _, hdr, tail = next((alt for alt in smaller if alt[0] <= limit), smaller[-1])
-        if hdr[0][0] & 2:
+        form = next((alt for alt in smaller if alt.size <= limit), smaller[-1])
+        hdr, tail = form.hdr, form.tail
+        if form.truncated:
             self._counters.truncated += 1
             if tcp and entry.n:
                 # Over TCP nothing better will come: as many whole records as fit, rotated.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import NamedTuple
 
 from service_discovery.dns.records import (
     AAAA,
@@ -39,8 +40,14 @@ _SRV_HEAD = struct.Struct("!HHH")
 COUNTS = struct.Struct("!HHHH")  # QDCOUNT, ANCOUNT, NSCOUNT, ARCOUNT
 _FAMILY = {A: socket.AF_INET, AAAA: socket.AF_INET6}
 
-# (size, header pair, tail): one form of an answer, see `EncodedAnswer.smaller`
-Form = tuple[int, tuple[bytes, bytes], bytes]
+
+class Form(NamedTuple):
+    """A smaller form of an answer (see `EncodedAnswer.smaller`)."""
+
+    size: int  # of the whole response
+    hdr: tuple[bytes, bytes]  # flags and counts, for RD clear and RD set
+    tail: bytes  # everything after the question
+    truncated: bool  # TC set: the answer did not fit, so no records at all
 
 
 def opt(udp_size: int, extended_rcode: int = 0) -> bytes:
@@ -200,8 +207,8 @@ class Writer:
             self.name(data.mname)
             self.name(data.rname)
             buf += _SOA_TAIL.pack(data.serial, data.refresh, data.retry, data.expire, data.minimum)
-        elif rtype == NS or rtype == PTR:
-            self.name(data)  # type: ignore[arg-type]
+        elif (rtype == NS or rtype == PTR) and not isinstance(data, str):
+            self.name(data)
         else:  # pragma: no cover - the resolver makes no other types
             raise ValueError(f"cannot encode record type {rtype}")
         struct.pack_into("!H", buf, at, len(buf) - at - 2)
@@ -235,7 +242,7 @@ class EncodedAnswer:
     )
 
     def __init__(self, answer: Answer, qname: Name, qwire: bytes, qlen: int, opt: bytes) -> None:
-        records, authority, additional = answer[2], answer[3], answer[4]
+        records, authority, additional = answer.answer, answer.authority, answer.additional
         w: Writer | None = None  # needed only for names other than the question's own
         buf = bytearray()
         ends = []
@@ -244,26 +251,30 @@ class EncodedAnswer:
         head = b""
         for section in (records, authority, additional):
             for r in section:
-                rtype = r[1]
+                rtype = r.rtype
                 if rtype == A or rtype == AAAA:
                     # An address RRset: owner, type, class, TTL and length once, then each
                     # record is that head and the address.
-                    if r[0] is not last_name or rtype != last_type:
-                        fixed = _RR_FIXED.pack(rtype, 1, r[2], 4 if rtype == A else 16)
-                        if r[0] is qname:
+                    owner = r.name
+                    if owner is not last_name or rtype != last_type:
+                        fixed = _RR_FIXED.pack(rtype, 1, r.ttl, 4 if rtype == A else 16)
+                        if owner is qname:
                             head = b"\xc0\x0c" + fixed
                             buf += head
                         else:
                             if w is None:
                                 w = Writer(qname, qwire, qlen, buf)
                             start = len(buf)
-                            w.name(r[0])
+                            w.name(owner)
                             head = bytes(buf[start:]) + fixed
                             buf += fixed
-                        last_name, last_type = r[0], rtype
+                        last_name, last_type = owner, rtype
                     else:
                         buf += head
-                    buf += socket.inet_pton(_FAMILY[rtype], r[3])  # type: ignore[arg-type]
+                    ip = r.rdata
+                    if not isinstance(ip, str):  # pragma: no cover - the resolver writes text
+                        raise TypeError(f"address record without an address: {r}")
+                    buf += socket.inet_pton(_FAMILY[rtype], ip)
                 else:
                     if w is None:
                         w = Writer(qname, qwire, qlen, buf)
@@ -272,20 +283,19 @@ class EncodedAnswer:
             ends.append(len(buf))
         buf += opt
         an, ns, ad = len(records), len(authority), len(additional)
-        self.flags = (0x84 if answer[1] else 0x80, answer[0] & 0xF)
+        self.flags = (0x84 if answer.authoritative else 0x80, answer.rcode & 0xF)
         self.counts = (an, ns, ad + (1 if opt else 0))
         self.hdr = header_pair(self.flags, self.counts)
         self.tail = tail = bytes(buf)
         self.qlen = qlen
         self.size = 12 + qlen + len(tail)
         self.opt = opt
-        self.an_end = ends[0]
-        self.ns_end = ends[1]
-        self.depends_on = answer[5]
+        self.an_end, self.ns_end, _ = ends  # where the answer and authority sections end
+        self.depends_on = answer.depends_on
         self.turn = 0
-        if an > 1 and (records[0][1] == A or records[0][1] == AAAA):
+        if an > 1 and (records[0].rtype == A or records[0].rtype == AAAA):
             self.n = an
-            self.rr = ends[0] // an  # one RRset of one type: every record has the same size
+            self.rr = self.an_end // an  # one RRset of one type: all records are one size
         else:
             self.n = self.rr = 0
         # Forms to fall back on when `size` does not fit; built on need.
@@ -303,10 +313,10 @@ class EncodedAnswer:
             if ad_opt > has_opt:
                 no_additional = self.tail[: self.ns_end] + self.opt
                 hdr = header_pair(self.flags, (an, ns, has_opt))
-                alts.append((12 + self.qlen + len(no_additional), hdr, no_additional))
+                size = 12 + self.qlen + len(no_additional)
+                alts.append(Form(size, hdr, no_additional, False))
             tc = (self.flags[0] | 2, self.flags[1])
-            alts.append(
-                (12 + self.qlen + len(self.opt), header_pair(tc, (0, 0, has_opt)), self.opt)
-            )
+            hdr = header_pair(tc, (0, 0, has_opt))
+            alts.append(Form(12 + self.qlen + len(self.opt), hdr, self.opt, True))
             self.alternatives = alts
         return self.alternatives
