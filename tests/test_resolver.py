@@ -17,13 +17,14 @@ from service_discovery.dns.records import (
     split_name,
 )
 from service_discovery.dns.resolver import resolve
-from service_discovery.dns.zone import ZoneView
+from service_discovery.dns.zone import Zone, ZoneView
 from service_discovery.model import Endpoint, NamedPort, Service, Snapshot
 from service_discovery.registry import Registry
 
 TYPES = {"A": 1, "NS": 2, "SOA": 6, "PTR": 12, "TXT": 16, "AAAA": 28, "SRV": 33, "ANY": 255}
 TYPES |= {"AXFR": 252, "IXFR": 251, "MX": 15}
 CONFIG = Config(bind_address="127.0.0.1")
+ZONE = Zone(CONFIG)
 SOA_LINE = "{} 5 IN SOA ns.svc.cluster.local. hostmaster.svc.cluster.local. {} 60 10 3600 5"
 
 
@@ -244,7 +245,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.qname}/{c.qtype}")
 def test_table(case: Case) -> None:
     got = lines(
-        resolve(Question(split_name(case.qname), TYPES[case.qtype]), view_of(REGISTRY), CONFIG)
+        resolve(Question(split_name(case.qname), TYPES[case.qtype]), view_of(REGISTRY), ZONE)
     )
     want = {
         "rcode": case.rcode,
@@ -261,22 +262,24 @@ def ask(
 ) -> dict[str, Any]:
     return lines(
         resolve(
-            Question(split_name(qname), TYPES[qtype]), view_of(services, version, config), config
+            Question(split_name(qname), TYPES[qtype]),
+            view_of(services, version, config),
+            Zone(config),
         )
     )
 
 
 def test_not_loaded_is_servfail_never_nxdomain() -> None:
     registry = Registry(CONFIG)
-    got = resolve(Question(split_name("nothing.svc.cluster.local"), 1), ZoneView(registry), CONFIG)
+    got = resolve(Question(split_name("nothing.svc.cluster.local"), 1), ZoneView(registry), ZONE)
     assert RCODE_NAMES[got.rcode] == "SERVFAIL" and not got.authority
 
 
 def test_other_classes_are_refused() -> None:
     q = Question(split_name("webapp.svc.cluster.local"), 1, qclass=3)  # CH
-    assert RCODE_NAMES[resolve(q, view_of(REGISTRY), CONFIG).rcode] == "REFUSED"
+    assert RCODE_NAMES[resolve(q, view_of(REGISTRY), ZONE).rcode] == "REFUSED"
     q = Question(split_name("webapp.svc.cluster.local"), 1, qclass=CLASS_IN)
-    assert RCODE_NAMES[resolve(q, view_of(REGISTRY), CONFIG).rcode] == "NOERROR"
+    assert RCODE_NAMES[resolve(q, view_of(REGISTRY), ZONE).rcode] == "NOERROR"
 
 
 def test_soa_serial_follows_the_registry_version_modulo_2_32() -> None:
@@ -339,7 +342,7 @@ def test_answers_say_what_they_depend_on() -> None:
     view = view_of(REGISTRY)
 
     def depends(qname: str, qtype: str) -> str | None:
-        return resolve(Question(split_name(qname), TYPES[qtype]), view, CONFIG).depends_on
+        return resolve(Question(split_name(qname), TYPES[qtype]), view, ZONE).depends_on
 
     assert depends("WebApp.svc.cluster.local", "A") == "webapp"
     assert depends("webapp.svc.cluster.local", "AAAA") == "webapp"  # NODATA of a service
@@ -361,7 +364,7 @@ def test_odd_labels_never_match_and_never_raise() -> None:
         ("256", "0", "0", "127", "in-addr", "arpa"),
         ("g",) * 32 + ("ip6", "arpa"),
     ]:
-        got = resolve(Question(name, 1), view, CONFIG)
+        got = resolve(Question(name, 1), view, ZONE)
         assert RCODE_NAMES[got.rcode] in ("NXDOMAIN", "REFUSED")
 
 

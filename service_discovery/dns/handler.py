@@ -37,7 +37,7 @@ from service_discovery.dns.wire import (
     question_end,
     split_labels,
 )
-from service_discovery.dns.zone import ZoneView
+from service_discovery.dns.zone import Zone, ZoneView
 from service_discovery.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,13 @@ class QueryHandler:
     def __init__(
         self,
         config: Config,
+        zone: Zone,
         view: ZoneView,
         answers: AnswerCache,
         counters: Counters,
         metrics: Metrics,
     ) -> None:
-        self._config = config
+        self._zone = zone
         self._view = view
         self._answers = answers
         # The cache's maps, read here directly: a method call per query would cost a few
@@ -236,7 +237,7 @@ class QueryHandler:
             qname = split_labels(qwire)
         qtype = data[i + 1] << 8 | data[i + 2]
         qclass = data[i + 3] << 8 | data[i + 4]
-        answer = resolve(Question(qname, qtype, qclass), self._view, self._config)
+        answer = resolve(Question(qname, qtype, qclass), self._view, self._zone)
         entry = EncodedAnswer(answer, qname, qwire, qend - 12, self._opt if edns else b"")
         entry.cells = self._counters.cells_for(qtype, answer.rcode)
         if answer.rcode != SERVFAIL:  # SERVFAIL only means "not loaded yet": never keep it

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from service_discovery.config import Config
 from service_discovery.dns.records import (
     AAAA,
     ANY,
@@ -52,23 +51,9 @@ from service_discovery.dns.zone import (
 SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 60, 10, 3600
 _HEX = frozenset("0123456789abcdef")
 
-_zones: dict[int, tuple[Config, Zone]] = {}
 
-
-def _zone_of(config: Config) -> Zone:
-    # Keyed by identity: hashing a Config of forty fields on every miss would cost more than
-    # the lookup it saves. The Config is kept in the value so its id cannot be reused.
-    hit = _zones.get(id(config))
-    if hit is None or hit[0] is not config:
-        if len(_zones) > 64:
-            _zones.clear()
-        hit = _zones[id(config)] = (config, Zone(config))
-    return hit[1]
-
-
-def resolve(question: Question, view: ZoneView, config: Config) -> Answer:
+def resolve(question: Question, view: ZoneView, zone: Zone) -> Answer:
     """Answer one question from the registry view. Never raises for odd names."""
-    zone = _zone_of(config)
     registry = view.registry
     if not registry.loaded:
         # Before the first load an empty copy would turn every name into NXDOMAIN.

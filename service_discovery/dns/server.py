@@ -21,7 +21,7 @@ from service_discovery.config import Config
 from service_discovery.dns.answers import AnswerCache
 from service_discovery.dns.counters import Counters
 from service_discovery.dns.handler import QueryHandler
-from service_discovery.dns.zone import ZoneView
+from service_discovery.dns.zone import Zone, ZoneView
 from service_discovery.metrics import Metrics
 from service_discovery.registry import Registry
 
@@ -47,8 +47,9 @@ class DnsServer:
         self._metrics = metrics
         self.counters = Counters(metrics)
         self._answers = AnswerCache(config.dns_cache_size)
+        # The zone's shape is fixed for the process: built once here, not looked up per query.
         self._handler = QueryHandler(
-            config, ZoneView(registry), self._answers, self.counters, metrics
+            config, Zone(config), ZoneView(registry), self._answers, self.counters, metrics
         )
         self._handler.invalidate_every_query = invalidate_every_query
         self._flush_timer: asyncio.TimerHandle | None = None

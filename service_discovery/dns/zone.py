@@ -1,9 +1,10 @@
 """What the resolver reads: the zone's fixed shape, and the registry with indexes derived from it.
 
-`Zone` holds what Config decides (origin, NS host, TTLs). `ZoneView` holds the registry's reads
-plus the indexes the resolver derives from them; each index is dropped when a change makes it
-stale (`changed`), so forward lookups never pay for an index only reverse lookups use. Indexes
-the resolver needs later (per-service ones included) belong here, beside the reverse-zone index.
+`Zone` holds what Config decides (origin, NS host, TTLs), built once at start. `ZoneView`
+holds the registry's reads plus the indexes the resolver derives from them; each index is
+dropped when a change makes it stale (`changed`), so forward lookups never pay for an index
+only reverse lookups use. Indexes the resolver needs later (per-service ones included) belong
+here, beside the reverse-zone index.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class RegistryView(Protocol):
 
 
 class Zone:
-    """Config-derived constants, computed once per Config object."""
+    """The zone as Config shapes it: built once at start and handed to every resolution."""
 
     __slots__ = ("depth", "negative_ttl", "ns", "ns_glue", "ns_rel", "origin", "rname", "ttl")
 
