@@ -132,7 +132,7 @@ class App:
         site = web.TCPSite(self._runner, config.bind_address, config.http_port, backlog=1024)
         await site.start()
         self.http_port = self._runner.addresses[0][1]
-        self.dns = DnsServer(config, self.registry, self.metrics)
+        self.dns = DnsServer(config, self.catalog, self.metrics)
         await self.dns.start()
         self.metrics.before_render.append(self.dns.flush_metrics)
         self.grpc = GrpcServer(config, self.catalog, auth, self.metrics, self.is_ready)

@@ -7,6 +7,7 @@ before returning, so a client reads its own writes here. Reads come from the cop
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from service_discovery.config import Config
 from service_discovery.errors import Conflict, InvalidInput, NotFound, NotReady, StoreUnavailable
@@ -21,7 +22,7 @@ from service_discovery.model import (
     Service,
     ServiceSpec,
 )
-from service_discovery.registry import Registry
+from service_discovery.registry import ChangeCallback, Registry
 from service_discovery.store import Store
 
 _CATCH_UP_SECONDS = 0.5  # how long a write waits for earlier changes before reading it all
@@ -42,6 +43,27 @@ class Catalog:
         self._store = store
         self._leases = leases
         self._metrics = metrics
+        # ---- reads (shared by the front-ends) ----
+        # None for "absent", never an exception, and no readiness check: a front-end decides
+        # what "not loaded" means on its wire (DNS: SERVFAIL). These are the registry copy's
+        # own bound methods rather than methods calling them, so a DNS cache miss, which
+        # reads through them, pays no extra call.
+        self.find: Callable[[str], Service | None] = registry.get
+        self.services: Callable[[], list[Service]] = registry.services
+        self.names_for_ip: Callable[[str], tuple[str, ...]] = registry.names_for_ip
+        self.subscribe: Callable[[ChangeCallback], Callable[[], None]] = registry.subscribe
+
+    @property
+    def loaded(self) -> bool:
+        """True once the copy holds a full load; before that, absence proves nothing."""
+        return self.registry.loaded
+
+    @property
+    def version(self) -> int:
+        """The registry version: moves with every change applied to the copy."""
+        return self.registry.version
+
+    # ---- end of the shared reads ----
 
     # ---- reads ---------------------------------------------------------------------------
     def ensure_loaded(self) -> None:

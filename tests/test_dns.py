@@ -23,6 +23,7 @@ import dnslib
 import pytest
 
 from service_discovery.app import App, run_app
+from service_discovery.catalog import Catalog
 from service_discovery.config import Config
 from service_discovery.dns import DnsServer
 from service_discovery.model import EndpointSpec, NamedPort, ServiceSpec
@@ -615,9 +616,14 @@ async def test_benchmark_mode_misses_every_query(app: App, unique_name: str) -> 
 
 
 # ---- binding ----------------------------------------------------------------------------------
+def reads(app: App) -> Catalog:
+    """The catalog's reads of an App not started (no store or leases yet), as DNS reads them."""
+    return Catalog(app.config, None, app.registry, None, app.metrics)
+
+
 async def test_port_zero_binds_udp_and_tcp_on_one_port(make_config: Callable[..., Config]) -> None:
     app = App(make_config())
-    server = DnsServer(app.config, app.registry, app.metrics)
+    server = DnsServer(app.config, reads(app), app.metrics)
     await server.start()
     try:
         assert server.port > 0
@@ -639,7 +645,7 @@ async def test_fixed_port_taken_fails_loudly(make_config: Callable[..., Config])
     holder.listen()
     try:
         app = App(make_config(dns_port=holder.getsockname()[1]))
-        server = DnsServer(app.config, app.registry, app.metrics)
+        server = DnsServer(app.config, reads(app), app.metrics)
         with pytest.raises(OSError):
             await server.start()
         await server.stop()

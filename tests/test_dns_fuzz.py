@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service_discovery.catalog import Catalog
 from service_discovery.config import Config
 from service_discovery.dns import DnsServer
 from service_discovery.metrics import Metrics
@@ -45,7 +46,12 @@ def _services() -> dict[str, Service]:
 def server() -> Iterator[DnsServer]:
     registry = Registry(CONFIG)
     registry.replace_all(Snapshot(3, _services()))
-    yield DnsServer(CONFIG, registry, Metrics())
+    yield DnsServer(CONFIG, reads(registry), Metrics())
+
+
+def reads(registry: Registry) -> Catalog:
+    """The catalog's reads of `registry`, as DNS reads it (no store or leases needed)."""
+    return Catalog(CONFIG, None, registry, None, Metrics())
 
 
 def _limit(query: bytes, tcp: bool) -> int:
@@ -230,7 +236,7 @@ async def test_hundred_thousand_mutated_packets() -> None:
 async def _socket_fuzz(datagrams: int) -> None:
     registry = Registry(CONFIG)
     registry.replace_all(Snapshot(3, _services()))
-    server = DnsServer(CONFIG, registry, Metrics())
+    server = DnsServer(CONFIG, reads(registry), Metrics())
     await server.start()
     loop = asyncio.get_running_loop()
     rng = random.Random(20240611)

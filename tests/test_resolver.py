@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from service_discovery.catalog import Catalog
 from service_discovery.config import Config
 from service_discovery.dns.records import (
     CLASS_IN,
@@ -18,6 +19,7 @@ from service_discovery.dns.records import (
 )
 from service_discovery.dns.resolver import resolve
 from service_discovery.dns.zone import Zone, ZoneView
+from service_discovery.metrics import Metrics
 from service_discovery.model import Endpoint, NamedPort, Service, Snapshot
 from service_discovery.registry import Registry
 
@@ -60,10 +62,15 @@ REGISTRY = (
 
 
 def view_of(services: tuple[Service, ...], version: int = 42, config: Config = CONFIG) -> ZoneView:
-    """A real Registry loaded the way sync loads it, wrapped as the resolver reads it."""
+    """A real Registry loaded the way sync loads it, read through the catalog as DNS reads it."""
     registry = Registry(config)
     registry.replace_all(Snapshot(version, {s.key: s for s in services}))
-    return ZoneView(registry)
+    return ZoneView(reads(registry, config))
+
+
+def reads(registry: Registry, config: Config = CONFIG) -> Catalog:
+    """The catalog's reads of `registry` (reads need neither a store nor leases)."""
+    return Catalog(config, None, registry, None, Metrics())
 
 
 def lines(answer: Answer) -> dict[str, Any]:
@@ -271,7 +278,9 @@ def ask(
 
 def test_not_loaded_is_servfail_never_nxdomain() -> None:
     registry = Registry(CONFIG)
-    got = resolve(Question(split_name("nothing.svc.cluster.local"), 1), ZoneView(registry), ZONE)
+    got = resolve(
+        Question(split_name("nothing.svc.cluster.local"), 1), ZoneView(reads(registry)), ZONE
+    )
     assert RCODE_NAMES[got.rcode] == "SERVFAIL" and not got.authority
 
 

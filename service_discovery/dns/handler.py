@@ -70,7 +70,7 @@ class QueryHandler:
         self.invalidate_every_query = False
 
     def changed(self, key: str | None, reason: str = "") -> None:
-        """A registry change (service `key`, or None for anything): drop what it made stale."""
+        """Service `key` changed (None: anything may have): drop the answers it made stale."""
         self._view.changed(key)
         self._answers.changed(key)
 

@@ -41,7 +41,7 @@ from service_discovery.dns.zone import (
     V4_ZONE_LABELS,
     V6_NAME_LABELS,
     V6_ZONE_LABELS,
-    RegistryView,
+    CatalogReads,
     Zone,
     ZoneView,
 )
@@ -53,9 +53,9 @@ _HEX = frozenset("0123456789abcdef")
 
 
 def resolve(question: Question, view: ZoneView, zone: Zone) -> Answer:
-    """Answer one question from the registry view. Never raises for odd names."""
-    registry = view.registry
-    if not registry.loaded:
+    """Answer one question from the zone view. Never raises for odd names."""
+    catalog = view.catalog
+    if not catalog.loaded:
         # Before the first load an empty copy would turn every name into NXDOMAIN.
         return Answer(SERVFAIL, authoritative=False)
     qtype = question.qtype
@@ -68,7 +68,7 @@ def resolve(question: Question, view: ZoneView, zone: Zone) -> Answer:
     if qtype in (AXFR, IXFR):
         return Answer(REFUSED, authoritative=False)  # no zone transfers, to anyone
     if name[-zone.depth :] == zone.origin and len(name) >= zone.depth:
-        return _forward(name, name[: len(name) - zone.depth], qtype, registry, zone)
+        return _forward(name, name[: len(name) - zone.depth], qtype, catalog, zone)
     if name[-2:] in (IN_ADDR, IP6):
         return _reverse(name, qtype, view, zone)
     return Answer(REFUSED, authoritative=False)  # not an open resolver: never recurse
@@ -93,8 +93,8 @@ def _addresses(owner: Name, qtype: int, ips: Iterable[str], ttl: int) -> tuple[R
     return tuple([Record(owner, A, ttl, ip) for ip in ips if ":" not in ip])
 
 
-def _forward(name: Name, rel: Name, qtype: int, registry: RegistryView, zone: Zone) -> Answer:
-    serial = registry.version
+def _forward(name: Name, rel: Name, qtype: int, catalog: CatalogReads, zone: Zone) -> Answer:
+    serial = catalog.version
     origin = zone.origin
     if not rel:
         if qtype in (SOA, ANY):  # ANY: one RRset is enough (RFC 8482)
@@ -111,7 +111,7 @@ def _forward(name: Name, rel: Name, qtype: int, registry: RegistryView, zone: Zo
         return _negative(NOERROR, zone, origin, serial, None)
 
     key = rel[-1]
-    svc = registry.get(key) if key.isascii() else None
+    svc = catalog.find(key) if key.isascii() else None
     if svc is None:
         # Negative answers depend on every change (any write may create the name): None.
         return _negative(NXDOMAIN, zone, origin, serial, None)
@@ -182,7 +182,7 @@ def _reverse(name: Name, qtype: int, view: ZoneView, zone: Zone) -> Answer:
     inside = view.reverse_zone(apex)
     if inside is None:
         return Answer(REFUSED, authoritative=False)
-    serial = view.registry.version
+    serial = view.catalog.version
     if len(name) == zone_len:
         if qtype in (SOA, ANY):
             return Answer(NOERROR, answer=(_soa(zone, apex, serial),))
@@ -195,7 +195,7 @@ def _reverse(name: Name, qtype: int, view: ZoneView, zone: Zone) -> Answer:
             return _negative(NOERROR, zone, apex, serial, None)
         return _negative(NXDOMAIN, zone, apex, serial, None)
     ip = _address_of(name[: len(name) - 2], v6) if len(name) == full_len else None
-    names = view.registry.names_for_ip(ip) if ip is not None else ()
+    names = view.catalog.names_for_ip(ip) if ip is not None else ()
     if not names:
         return _negative(NXDOMAIN, zone, apex, serial, None)
     if qtype not in (PTR, ANY):

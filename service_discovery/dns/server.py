@@ -21,9 +21,8 @@ from service_discovery.config import Config
 from service_discovery.dns.answers import AnswerCache
 from service_discovery.dns.counters import Counters
 from service_discovery.dns.handler import QueryHandler
-from service_discovery.dns.zone import Zone, ZoneView
+from service_discovery.dns.zone import CatalogReads, Zone, ZoneView
 from service_discovery.metrics import Metrics
-from service_discovery.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +32,12 @@ _UDP_RCVBUF = 4 * 1024 * 1024  # absorb bursts; the kernel caps it at net.core.r
 
 
 class DnsServer:
-    """Serves the zone over UDP and TCP on one port, answering from the registry copy."""
+    """Serves the zone over UDP and TCP on one port, answering from the catalog's reads."""
 
     def __init__(
         self,
         config: Config,
-        registry: Registry,
+        catalog: CatalogReads,
         metrics: Metrics,
         *,
         invalidate_every_query: bool = False,
@@ -49,11 +48,11 @@ class DnsServer:
         self._answers = AnswerCache(config.dns_cache_size)
         # The zone's shape is fixed for the process: built once here, not looked up per query.
         self._handler = QueryHandler(
-            config, Zone(config), ZoneView(registry), self._answers, self.counters, metrics
+            config, Zone(config), ZoneView(catalog), self._answers, self.counters, metrics
         )
         self._handler.invalidate_every_query = invalidate_every_query
         self._flush_timer: asyncio.TimerHandle | None = None
-        self._unsubscribe: Callable[[], None] | None = registry.subscribe(self._handler.changed)
+        self._unsubscribe: Callable[[], None] | None = catalog.subscribe(self._handler.changed)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tcp_writers: set[asyncio.StreamWriter] = set()

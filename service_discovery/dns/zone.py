@@ -1,14 +1,15 @@
-"""What the resolver reads: the zone's fixed shape, and the registry with indexes derived from it.
+"""What the resolver reads: the zone's fixed shape, and the catalog with indexes derived from it.
 
 `Zone` holds what Config decides (origin, NS host, TTLs), built once at start. `ZoneView`
-holds the registry's reads plus the indexes the resolver derives from them; each index is
-dropped when a change makes it stale (`changed`), so forward lookups never pay for an index
-only reverse lookups use. Indexes the resolver needs later (per-service ones included) belong
-here, beside the reverse-zone index.
+holds the catalog's reads (`CatalogReads`) plus the indexes the resolver derives from them;
+each index is dropped when a change makes it stale (`changed`), so forward lookups never pay
+for an index only reverse lookups use. Indexes the resolver needs later (per-service ones
+included) belong here, beside the reverse-zone index.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from service_discovery.config import Config
@@ -23,15 +24,17 @@ V6_ZONE_LABELS = 16 + len(IP6)
 V6_NAME_LABELS = 32 + len(IP6)
 
 
-class RegistryView(Protocol):
-    """What the resolver reads from the registry copy (service_discovery.registry.Registry)."""
+class CatalogReads(Protocol):
+    """The reads DNS makes, as service_discovery.catalog.Catalog offers them to front-ends."""
 
-    version: int
-    loaded: bool
-
-    def get(self, name: str) -> Service | None: ...
+    @property
+    def loaded(self) -> bool: ...
+    @property
+    def version(self) -> int: ...
+    def find(self, name: str, /) -> Service | None: ...
     def services(self) -> list[Service]: ...
-    def names_for_ip(self, ip: str) -> tuple[str, ...]: ...
+    def names_for_ip(self, ip: str, /) -> tuple[str, ...]: ...
+    def subscribe(self, callback: Callable[[str | None, str], None], /) -> Callable[[], None]: ...
 
 
 class Zone:
@@ -57,13 +60,13 @@ class Zone:
 
 
 class ZoneView:
-    """The registry copy plus an index derived from it: which reverse zones hold live endpoints.
+    """The catalog plus an index derived from it: which reverse zones hold live endpoints.
 
     The index is built on the first reverse lookup after a change (`changed` drops it).
     """
 
-    def __init__(self, registry: RegistryView) -> None:
-        self.registry = registry
+    def __init__(self, catalog: CatalogReads) -> None:
+        self.catalog = catalog
         self._reverse: dict[Name, set[Name]] | None = None
 
     def changed(self, key: str | None) -> None:
@@ -74,7 +77,7 @@ class ZoneView:
         """The reverse names of live endpoints inside `zone`, or None if we do not serve it."""
         if self._reverse is None:
             index: dict[Name, set[Name]] = {}
-            for svc in self.registry.services():
+            for svc in self.catalog.services():
                 for e in svc.endpoints:
                     name = reverse_name(e.ip)
                     size = V6_ZONE_LABELS if name[-2:] == IP6 else V4_ZONE_LABELS
