@@ -4,8 +4,8 @@ This module owns the order of work for a query: the fast path (a cached answer f
 query's exact bytes, spliced into a response without parsing), the full parse for everything
 else (`wire`), a miss (resolve, encode once, keep), fitting an answer into the client's size
 limit, and error responses. Deciding per query what a client may cost (a budget for misses,
-response-rate limiting) belongs here too, where misses and responses are made; the transport
-and its per-connection limits are `server`'s.
+response-rate limiting, DNS cookies) belongs here too, where misses and responses are made;
+the transport and its per-connection limits are `server`'s.
 """
 
 from __future__ import annotations
