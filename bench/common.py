@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,6 +28,41 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metric(base: str, name: str) -> float:
+    """An unlabelled sample from the daemon's /metrics at `base` (0 when absent)."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def register_many(base: str, targets: list[tuple[str, str]], timeout: float = 600) -> float:
+    """Registrations per second: 50 concurrent keep-alive clients registering each (service,
+    ip) of `targets` once."""
+    import asyncio
+
+    import aiohttp
+
+    queue = iter(targets)
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        for service, ip in queue:
+            async with session.put(f"/service/{service}/register", json={"ip": ip}) as r:
+                assert r.status == 200, await r.text()
+
+    connector = aiohttp.TCPConnector(limit=50)
+    async with aiohttp.ClientSession(base_url=base, connector=connector) as session:
+        started = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(client(session) for _ in range(50))), timeout)
+        return len(targets) / (time.perf_counter() - started)
 
 
 def pin(core: int) -> None:
@@ -110,19 +146,21 @@ class Daemon:
             time.sleep(0.02)
         raise RuntimeError("daemon not ready in time")
 
-    def peak_rss_mib(self) -> float:
+    def _status_mib(self, field: str) -> float:
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
         return float("nan")
 
+    def peak_rss_mib(self) -> float:
+        return self._status_mib("VmHWM")
+
     def rss_mib(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
+        return self._status_mib("VmRSS")
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -47,7 +47,7 @@ _spec.loader.exec_module(common)
 ROOT, Daemon, free_port, scratch_database = (
     common.ROOT, common.Daemon, common.free_port, common.scratch_database
 )  # fmt: skip
-percentile, pin = common.percentile, common.pin
+percentile, pin, cpu_seconds = common.percentile, common.pin, common.cpu_seconds
 sys.path.insert(0, str(ROOT))  # service_discovery, when run from a checkout
 
 import grpc  # noqa: E402
@@ -206,11 +206,6 @@ def _watch_process(port: int, n: int, ready: Any, out: Any) -> None:
     uvloop.run(_watch(port, n, ready, out))
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def watchers(daemon: Any, n: int, idle: float = 3.0) -> dict[str, float]:
     """Daemon CPU while idle with and without `n` open Watch streams, memory per stream, and
     the time from one write to every stream having its message."""
@@ -218,9 +213,9 @@ def watchers(daemon: Any, n: int, idle: float = 3.0) -> dict[str, float]:
     from service_discovery.proto import discovery_pb2_grpc as pb_grpc
 
     pid = daemon.proc.pid
-    before_cpu = _cpu_seconds(pid)
+    before_cpu = cpu_seconds(pid)
     time.sleep(idle)
-    idle_without = (_cpu_seconds(pid) - before_cpu) / idle
+    idle_without = (cpu_seconds(pid) - before_cpu) / idle
     rss_before = daemon.rss_mib()
     ctx = mp.get_context("spawn")
     ready, out = ctx.Event(), ctx.Queue()
@@ -230,9 +225,9 @@ def watchers(daemon: Any, n: int, idle: float = 3.0) -> dict[str, float]:
         if not ready.wait(120):
             raise RuntimeError("watchers did not start")
         time.sleep(0.5)
-        before_cpu = _cpu_seconds(pid)
+        before_cpu = cpu_seconds(pid)
         time.sleep(idle)
-        idle_with = (_cpu_seconds(pid) - before_cpu) / idle
+        idle_with = (cpu_seconds(pid) - before_cpu) / idle
         rss_after = daemon.rss_mib()
         with grpc.insecure_channel(f"127.0.0.1:{daemon.grpc_port}") as channel:
             stub = pb_grpc.DiscoveryServiceStub(channel)

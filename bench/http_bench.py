@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PY, Daemon, ensure_apt, free_port, scratch_database
+from common import PY, Daemon, ensure_apt, free_port, register_many, scratch_database
 
 DURATION = int(os.environ.get("DURATION", "5"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
@@ -66,24 +66,6 @@ def wrk(url: str) -> tuple[float, float]:
     return rps, p99_ms
 
 
-async def registrations(base: str, service: str) -> float:
-    import aiohttp
-
-    queue = iter(range(REGISTRATIONS))
-
-    async def client(session: aiohttp.ClientSession) -> None:
-        for i in queue:
-            ip = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
-            async with session.put(f"/service/{service}/register", json={"ip": ip}) as r:
-                assert r.status == 200, await r.text()
-
-    connector = aiohttp.TCPConnector(limit=50)
-    async with aiohttp.ClientSession(base_url=base, connector=connector) as session:
-        started = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(client(session) for _ in range(50))), 300)
-        return REGISTRATIONS / (time.perf_counter() - started)
-
-
 def main() -> None:
     ensure_apt("wrk")
     with scratch_database() as url:
@@ -121,7 +103,11 @@ def main() -> None:
             print(f"  per-round ratios  : {', '.join(f'{r:.2f}' for r in pair_ratios)}")
             print(f"  median ratio      : {statistics.median(pair_ratios):.2f}  (target >= 0.7)")
             put(daemon.base + "/service", {"name": "regbench"})
-            rate = asyncio.run(registrations(daemon.base, "regbench"))
+            targets = [
+                ("regbench", f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}")
+                for i in range(REGISTRATIONS)
+            ]
+            rate = asyncio.run(register_many(daemon.base, targets, timeout=300))
             print(f"PUT /service/{{name}}/register, 50 concurrent clients, {REGISTRATIONS} "
                   f"endpoints: {rate:.0f} registrations/s")  # fmt: skip
             print(f"daemon peak RSS: {daemon.peak_rss_mib():.1f} MiB")

@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Daemon, percentile, pin, scratch_database
+from common import Daemon, metric, percentile, pin, scratch_database
 
 ENDPOINTS = int(os.environ.get("ENDPOINTS", "10000"))
 DURATION = float(os.environ.get("DURATION", "10"))
@@ -51,13 +51,6 @@ STATS_SETTLE = 11.0  # PostgreSQL's PGSTAT_IDLE_INTERVAL (10 s) and a margin
 PER_SERVICE = 100
 TTL = 300
 SERVER_CORE, CLIENT_CORE = 0, 1
-
-
-def _metric(base: str, name: str) -> float:
-    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    m = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
 
 
 # ---- load generators (separate processes) -----------------------------------------------------
@@ -198,13 +191,6 @@ def _db_counters(url: str) -> dict[str, float]:
         conn.close()
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _run_load(
     daemon: Daemon,
     targets: list[tuple[str, str]],
@@ -227,7 +213,7 @@ def _run_load(
         )
         for sh in shares
     ]
-    cpu0 = _cpu_seconds(daemon.proc.pid)
+    cpu0 = daemon.cpu_seconds()
     started = time.time()
     try:
         for p in procs:
@@ -239,7 +225,7 @@ def _run_load(
             if p.is_alive():
                 p.kill()
     elapsed = time.time() - started
-    cpu = _cpu_seconds(daemon.proc.pid) - cpu0
+    cpu = daemon.cpu_seconds() - cpu0
     ok = sum(r[0] for r in results)
     errors = sum(r[1] for r in results)
     return ok, errors, [x for r in results for x in r[2]], elapsed, cpu
@@ -256,14 +242,14 @@ def bench_flat_out(daemon: Daemon, url: str, targets: list[tuple[str, str]]) -> 
     idle_rate = (idle1["commits"] - idle0["commits"]) / (time.time() - idle_started)
 
     before = _db_counters(url)
-    flushes0 = _metric(daemon.base, "sd_lease_flushes_total")
-    beats0 = _metric(daemon.base, "sd_lease_heartbeats_total")
+    flushes0 = metric(daemon.base, "sd_lease_flushes_total")
+    beats0 = metric(daemon.base, "sd_lease_heartbeats_total")
     flush0 = _flush_seconds(daemon)
     ok, errors, latencies, elapsed, cpu = _run_load(daemon, targets, DURATION, reference=False)
     flush1 = _flush_seconds(daemon)
     mean_flush = (flush1[0] - flush0[0]) / max(flush1[1] - flush0[1], 1) * 1000
-    flushes = _metric(daemon.base, "sd_lease_flushes_total") - flushes0
-    beats = _metric(daemon.base, "sd_lease_heartbeats_total") - beats0
+    flushes = metric(daemon.base, "sd_lease_flushes_total") - flushes0
+    beats = metric(daemon.base, "sd_lease_heartbeats_total") - beats0
     time.sleep(STATS_SETTLE)
     after = _db_counters(url)
     window = elapsed + STATS_SETTLE
@@ -307,8 +293,8 @@ def bench_rates(daemon: Daemon, targets: list[tuple[str, str]]) -> None:
 def _flush_seconds(daemon: Daemon) -> tuple[float, float]:
     """(sum, count) of sd_lease_flush_duration_seconds."""
     return (
-        _metric(daemon.base, "sd_lease_flush_duration_seconds_sum"),
-        _metric(daemon.base, "sd_lease_flush_duration_seconds_count"),
+        metric(daemon.base, "sd_lease_flush_duration_seconds_sum"),
+        metric(daemon.base, "sd_lease_flush_duration_seconds_count"),
     )
 
 
@@ -360,7 +346,7 @@ def bench_watchers(daemon: Daemon, service: str) -> None:
             for go in gos:
                 go.put(index)
             deadline = time.time() + 60
-            while _metric(daemon.base, "sd_http_blocking_queries") < per * 2:
+            while metric(daemon.base, "sd_http_blocking_queries") < per * 2:
                 if time.time() > deadline:
                     raise RuntimeError("watchers did not all block")
                 time.sleep(0.05)
