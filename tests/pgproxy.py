@@ -1,5 +1,6 @@
-"""For the fault tests' proxies: reach the test PostgreSQL whether its URL names a TCP host or,
-as the embedded server's does, a unix socket directory (`?host=/dir`)."""
+"""A TCP proxy in front of the test PostgreSQL that a fault test can break (refuse, blackhole,
+cut, restore), reaching the server whether its URL names a TCP host or, as the embedded
+server's does, a unix socket directory (`?host=/dir`)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,100 @@ def through(database_url: str, port: int) -> str:
     query = {k: v for k, v in parse_qs(parts.query).items() if k != "host"}
     netloc = f"{auth}@127.0.0.1:{port}" if auth else f"127.0.0.1:{port}"
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, doseq=True)))
+
+
+class TcpProxy:
+    """127.0.0.1:<port> -> upstream, in this event loop, with three modes.
+
+    - forward: bytes pass both ways.
+    - refuse: the listener is closed and every connection cut (a database that is down).
+    - blackhole: connections are accepted and kept, but bytes are dropped both ways, also on
+      connections that were open before (a network partition: only timeouts notice it).
+
+    `restore` cuts whatever is left (a partition's dead connections) and forwards again on the
+    same port, so the daemon's DATABASE_URL stays valid.
+    """
+
+    def __init__(self, upstream_url: str) -> None:
+        self._upstream = upstream_url
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.mode = "forward"
+        self.port = 0
+        self.accepted = 0
+
+    def url(self, database_url: str) -> str:
+        """`database_url` with its host and port replaced by the proxy's."""
+        return through(database_url, self.port)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, "127.0.0.1", self.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def refuse(self) -> None:
+        self.mode = "refuse"
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        self.cut()
+
+    def blackhole(self) -> None:
+        self.mode = "blackhole"
+
+    async def restore(self) -> None:
+        self.cut()
+        self.mode = "forward"
+        if self._server is None:
+            await self.start()
+
+    def cut(self) -> None:
+        """Abort every connection through the proxy (both sides) at once."""
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def close(self) -> None:
+        await self.refuse()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self._writers.add(writer)
+        if self.mode == "blackhole":
+            await self._pipe(reader, None)
+            return
+        try:
+            up_reader, up_writer = await open_upstream(self._upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.add(up_writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        except asyncio.CancelledError:
+            pass  # the proxy is closing
+        finally:
+            self._tasks.discard(task)
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if writer is None or self.mode == "blackhole":
+                    continue  # dropped: a silent network, not a closed one
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            if writer is not None:
+                writer.transport.abort()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import shutil
 import socket
@@ -21,6 +20,7 @@ import dns.opcode
 import dns.rcode
 import dnslib
 import pytest
+from helpers import eventually, put_ok, sample
 
 from service_discovery.app import App, run_app
 from service_discovery.catalog import Catalog
@@ -126,11 +126,6 @@ needs_dig = pytest.mark.skipif(shutil.which("dig") is None, reason="dig (bind9-d
 
 
 # ---- set-up helpers -----------------------------------------------------------------------------
-async def put(http: aiohttp.ClientSession, path: str, body: object) -> None:
-    resp = await http.put(path, data=json.dumps(body))
-    assert resp.status in (200, 201), await resp.text()
-
-
 async def make_service(
     app: App, name: str, ips: list[str], ports: dict[str, NamedPort] | None = None,
     tags: dict[str, tuple[str, ...]] | None = None,
@@ -174,9 +169,9 @@ async def test_readme_dig_answers(make_config: Callable[..., Config], fresh_data
     async with run_app(make_config(database_url=fresh_database)) as app:
         base = f"http://127.0.0.1:{app.http_port}"
         async with aiohttp.ClientSession(base_url=base) as http:
-            await put(http, "/service", {"name": "webapp", "attributes": {}})
-            await put(http, "/service/webapp/register", {"ip": "127.0.0.1", "tags": []})
-            await put(http, "/service/webapp/port", {"http": {"protocol": "tcp", "port": 8000}})
+            await put_ok(http, "/service", {"name": "webapp", "attributes": {}})
+            await put_ok(http, "/service/webapp/register", {"ip": "127.0.0.1", "tags": []})
+            await put_ok(http, "/service/webapp/port", {"http": {"protocol": "tcp", "port": 8000}})
         srv = await dig(app.dns_port, f"_http._tcp.webapp.{ZONE}", "SRV", "+noall", "+answer")
         assert srv == f"_http._tcp.webapp.{ZONE}. 5 IN SRV 1 1 8000 webapp.{ZONE}."
         a = await dig(app.dns_port, f"webapp.{ZONE}", "A", "+noall", "+answer")
@@ -401,16 +396,16 @@ async def test_changes_over_http_show_in_dns(
     port, fqdn = app.dns_port, f"{unique_name}.{ZONE}."
     for _ in range(2):
         assert (await ask(port, fqdn)).rcode() == dns.rcode.NXDOMAIN
-    await put(http, "/service", {"name": unique_name, "attributes": {}})
-    await put(http, f"/service/{unique_name}/register", {"ip": "10.25.0.1", "tags": ["canary"]})
+    await put_ok(http, "/service", {"name": unique_name, "attributes": {}})
+    await put_ok(http, f"/service/{unique_name}/register", {"ip": "10.25.0.1", "tags": ["canary"]})
     assert records((await ask(port, fqdn)).answer) == [f"{fqdn} 5 IN A 10.25.0.1"]
     assert records((await ask(port, f"canary.{fqdn}")).answer) == [
         f"canary.{fqdn} 5 IN A 10.25.0.1"
     ]
-    await put(http, f"/service/{unique_name}/register", {"ip": "10.25.0.2", "tags": []})
+    await put_ok(http, f"/service/{unique_name}/register", {"ip": "10.25.0.2", "tags": []})
     assert len((await ask(port, fqdn)).answer[0]) == 2
     assert (await ask(port, f"_web._tcp.{fqdn}", "SRV")).rcode() == dns.rcode.NXDOMAIN
-    await put(http, f"/service/{unique_name}/ports", {"web": {"protocol": "tcp", "port": 8080}})
+    await put_ok(http, f"/service/{unique_name}/ports", {"web": {"protocol": "tcp", "port": 8080}})
     r = await ask(port, f"_web._tcp.{fqdn}", "SRV")
     assert records(r.answer) == [f"_web._tcp.{fqdn} 5 IN SRV 1 1 8080 {fqdn}"]
     for ip in ("10.25.0.1", "10.25.0.2"):
@@ -503,25 +498,20 @@ async def test_tcp_idle_timeout_and_connection_limit(
 ) -> None:
     config = make_config(dns_tcp_idle_seconds=0.3, dns_tcp_max_connections=2)
     async with run_app(config) as app:
-        gauge = app.metrics.dns_tcp_connections
         port = app.dns_port
         q = wire(f"{ZONE}", "SOA")
         first = await asyncio.open_connection("127.0.0.1", port)
         second = await asyncio.open_connection("127.0.0.1", port)
         await tcp_exchange(*first, q)
         await tcp_exchange(*second, q)
-        assert gauge._value.get() == 2
+        assert sample(app.metrics, "sd_dns_tcp_connections") == 2
         third_reader, third_writer = await asyncio.open_connection("127.0.0.1", port)
         third_writer.write(struct.pack("!H", len(q)) + q)
         assert await closed_by_server(third_reader)  # no answer
         third_writer.close()
         # idle connections are closed by the server after dns_tcp_idle_seconds
         assert await closed_by_server(first[0]) and await closed_by_server(second[0])
-        for _ in range(20):
-            if gauge._value.get() == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert gauge._value.get() == 0
+        await eventually(lambda: sample(app.metrics, "sd_dns_tcp_connections") == 0)
         # and a new connection is served again
         fresh = await asyncio.open_connection("127.0.0.1", port)
         assert dns.message.from_wire(await tcp_exchange(*fresh, q)).rcode() == dns.rcode.NOERROR
@@ -542,41 +532,35 @@ async def test_stop_closes_open_tcp_connections(make_config: Callable[..., Confi
 
 
 # ---- the cache and the metrics -------------------------------------------------------------
-def sample(app: App, name: str, labels: dict[str, str] | None = None) -> float:
-    assert app.dns is not None
-    app.dns.flush_metrics()
-    return app.metrics.collector_registry.get_sample_value(name, labels or {}) or 0.0
-
-
 async def test_metrics_count_queries_hits_misses_truncation(
     app: App, big: tuple[str, list[str]]
 ) -> None:
     fqdn = big[0]
     labels = {"transport": "udp", "qtype": "A", "rcode": "NOERROR"}
-    queries0 = sample(app, "sd_dns_queries_total", labels)
+    queries0 = sample(app.metrics, "sd_dns_queries_total", **labels)
     hits0, misses0 = (
-        sample(app, "sd_dns_cache_hits_total"),
-        sample(app, "sd_dns_cache_misses_total"),
+        sample(app.metrics, "sd_dns_cache_hits_total"),
+        sample(app.metrics, "sd_dns_cache_misses_total"),
     )
-    trunc0 = sample(app, "sd_dns_truncated_total")
+    trunc0 = sample(app.metrics, "sd_dns_truncated_total")
     for _ in range(3):
         await ask(app.dns_port, fqdn)
-    assert sample(app, "sd_dns_queries_total", labels) == queries0 + 3
-    assert sample(app, "sd_dns_cache_misses_total") == misses0 + 1
-    assert sample(app, "sd_dns_cache_hits_total") == hits0 + 2
-    assert sample(app, "sd_dns_truncated_total") == trunc0 + 3
+    assert sample(app.metrics, "sd_dns_queries_total", **labels) == queries0 + 3
+    assert sample(app.metrics, "sd_dns_cache_misses_total") == misses0 + 1
+    assert sample(app.metrics, "sd_dns_cache_hits_total") == hits0 + 2
+    assert sample(app.metrics, "sd_dns_truncated_total") == trunc0 + 3
     nx = {"transport": "tcp", "qtype": "AAAA", "rcode": "NXDOMAIN"}
-    before = sample(app, "sd_dns_queries_total", nx)
+    before = sample(app.metrics, "sd_dns_queries_total", **nx)
     await ask(app.dns_port, f"nothing.{ZONE}", "AAAA", tcp=True)
-    assert sample(app, "sd_dns_queries_total", nx) == before + 1
+    assert sample(app.metrics, "sd_dns_queries_total", **nx) == before + 1
     odd = {"transport": "udp", "qtype": "other", "rcode": "NXDOMAIN"}
-    before = sample(app, "sd_dns_queries_total", odd)
+    before = sample(app.metrics, "sd_dns_queries_total", **odd)
     await ask(app.dns_port, f"nothing.{ZONE}", "TYPE4321")
-    assert sample(app, "sd_dns_queries_total", odd) == before + 1  # no label per odd type
-    dropped = sample(app, "sd_dns_dropped_total")
+    assert sample(app.metrics, "sd_dns_queries_total", **odd) == before + 1  # no label per odd type
+    dropped = sample(app.metrics, "sd_dns_dropped_total")
     async with udp_client(app.dns_port) as exchange:
         await exchange(b"\x00" * 5, timeout=0.2)
-    assert sample(app, "sd_dns_dropped_total") == dropped + 1
+    assert sample(app.metrics, "sd_dns_dropped_total") == dropped + 1
     # the HTTP scrape shows them too (after the periodic flush)
     await asyncio.sleep(1.1)
     async with aiohttp.ClientSession() as http:
@@ -596,9 +580,9 @@ async def test_cache_is_bounded_and_negative_answers_cannot_fill_it(
             r = await ask(app.dns_port, f"random-{i}.{ZONE}")
             assert r.rcode() == dns.rcode.NXDOMAIN
         assert app.dns.cache_size() <= 40
-        hits = sample(app, "sd_dns_cache_hits_total")
+        hits = sample(app.metrics, "sd_dns_cache_hits_total")
         await ask(app.dns_port, fqdn)  # still cached: the flood went to the negative part
-        assert sample(app, "sd_dns_cache_hits_total") == hits + 1
+        assert sample(app.metrics, "sd_dns_cache_hits_total") == hits + 1
 
 
 async def test_benchmark_mode_misses_every_query(app: App, unique_name: str) -> None:
@@ -606,11 +590,11 @@ async def test_benchmark_mode_misses_every_query(app: App, unique_name: str) -> 
     assert app.dns is not None
     app.dns.invalidate_every_query = True
     try:
-        misses = sample(app, "sd_dns_cache_misses_total")
+        misses = sample(app.metrics, "sd_dns_cache_misses_total")
         for _ in range(5):
             r = await ask(app.dns_port, f"{unique_name}.{ZONE}")
             assert [rr.to_text() for rr in r.answer[0]] == ["10.30.0.1"]
-        assert sample(app, "sd_dns_cache_misses_total") == misses + 5
+        assert sample(app.metrics, "sd_dns_cache_misses_total") == misses + 5
     finally:
         app.dns.invalidate_every_query = False
 

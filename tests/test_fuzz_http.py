@@ -11,10 +11,7 @@ daemon is stopped by its PID.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import Daemon
 
 CHECKS = ",".join(
     (
@@ -36,56 +34,13 @@ CHECKS = ",".join(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def daemon(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """(base URL, log file) of a daemon whose blocking queries wait 0.5 s at most, so a fuzzed
     `?index=<future>` returns quickly instead of holding a request for the default 5 minutes."""
-    http = _free_port()
-    log = tmp_path / "daemon.log"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "BIND_ADDRESS": "127.0.0.1",
-        "HTTP_PORT": str(http),
-        "DNS_PORT": str(_free_port()),
-        "GRPC_PORT": str(_free_port()),
-        "SHUTDOWN_DRAIN_SECONDS": "0",
-        "SD_WATCH_MAX_WAIT_SECONDS": "0.5",
-    }
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service_discovery", "serve"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{http}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                with urllib.request.urlopen(base + "/ready", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "daemon not ready"
-            time.sleep(0.05)
-        yield base, log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    env = {"DATABASE_URL": database_url, "SD_WATCH_MAX_WAIT_SECONDS": "0.5"}
+    with Daemon(tmp_path / "daemon.log", env) as running:
+        yield running.base, running.log
 
 
 def _fuzz(base: str, log: Path, tmp_path: Path, max_examples: int, seed: int) -> None:

@@ -8,9 +8,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,9 +24,13 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from helpers import Daemon, eventually, sample
 
 from service_discovery.app import App, run_app
 from service_discovery.config import Config
+
+# every error kind, by name: test_registry_errors_map_in_one_table spells out their codes (the
+# same list as grpc_api.py's import, which `duplicates` reports as a pair; deliberate)
 from service_discovery.errors import (
     AlreadyExists,
     Conflict,
@@ -377,8 +379,8 @@ def test_unexpected_exception_is_internal_logged_and_counted(
         _ = {}["missing key"]  # a bug in a handler
     assert call.code == Code.INTERNAL and "server log" in call.message
     assert "Traceback" in caplog.text and "KeyError" in caplog.text
-    assert metrics.internal_errors.labels("grpc")._value.get() == 1
-    assert metrics.grpc_calls.labels("M", "INTERNAL")._value.get() == 1
+    assert sample(metrics, "sd_internal_errors_total", frontend="grpc") == 1
+    assert sample(metrics, "sd_grpc_calls_total", method="M", code="INTERNAL") == 1
 
 
 async def test_unavailable_and_not_serving_before_the_registry_loads(
@@ -485,10 +487,10 @@ async def test_health_follows_ready_and_drain(make_config: Callable[..., Config]
                     for name in ("", "sd.DiscoveryService")
                 ]
 
-            deadline = time.monotonic() + 5
-            while await statuses() != [health_pb2.HealthCheckResponse.SERVING] * 2:
-                assert time.monotonic() < deadline, "never SERVING"
-                await asyncio.sleep(0.02)
+            async def serving() -> bool:
+                return await statuses() == [health_pb2.HealthCheckResponse.SERVING] * 2
+
+            await eventually(serving, 5, "SERVING")
             drain = asyncio.create_task(app.drain())
             await asyncio.sleep(0.1)
             assert await statuses() == [health_pb2.HealthCheckResponse.NOT_SERVING] * 2
@@ -538,7 +540,7 @@ async def test_watch_sees_changes_made_over_http(
     assert first.kind == pb.SNAPSHOT and [s.name for s in first.services] == [unique_name]
     snap = await read(every)
     assert snap.kind == pb.SNAPSHOT and unique_name in [s.name for s in snap.services]
-    assert app.metrics.grpc_watches._value.get() == 2
+    assert sample(app.metrics, "sd_grpc_watch_streams") == 2
 
     resp = await http.put(
         f"/service/{unique_name}/register", json={"ip": "10.2.0.1", "tags": ["t"]}
@@ -556,10 +558,11 @@ async def test_watch_sees_changes_made_over_http(
         assert (msg.kind, msg.service_name, len(msg.services)) == (pb.DELETED, unique_name, 0)
     one.cancel()
     every.cancel()
-    deadline = time.monotonic() + 5
-    while app.metrics.grpc_watches._value.get() != 0:
-        assert time.monotonic() < deadline, "cancelled watches were not released"
-        await asyncio.sleep(0.02)
+    await eventually(
+        lambda: sample(app.metrics, "sd_grpc_watch_streams") == 0,
+        5,
+        "cancelled watches released",
+    )
 
 
 async def test_watch_of_a_service_not_created_yet(
@@ -646,14 +649,16 @@ async def test_watch_limit_per_client_address(
             code, details = await code_of(_first(stub.Watch(pb.WatchRequest())))
             assert code == Code.RESOURCE_EXHAUSTED and "at most 2" in details
             calls[0].cancel()
-            deadline = time.monotonic() + 5
-            while True:  # the slot frees once the server has seen the cancellation
+
+            async def admitted() -> bool:
                 code, _ = await code_of(_first(stub.Watch(pb.WatchRequest())))
-                if code == Code.OK:
-                    break
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
-            count = app.metrics.grpc_calls.labels("Watch", "RESOURCE_EXHAUSTED")._value.get()
+                return code == Code.OK
+
+            # the slot frees once the server has seen the cancellation
+            await eventually(admitted, 5, "a watch admitted again")
+            count = sample(
+                app.metrics, "sd_grpc_calls_total", method="Watch", code="RESOURCE_EXHAUSTED"
+            )
             assert count >= 1
 
 
@@ -679,50 +684,35 @@ async def test_watch_coalesces_when_the_client_falls_behind(
 
 
 # ---- shutdown -------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_sigterm_ends_watch_streams_cleanly(database_url: str) -> None:
+def test_sigterm_ends_watch_streams_cleanly(database_url: str, tmp_path: Path) -> None:
     """1. run the daemon; 2. open a Watch and read its snapshot; 3. SIGTERM: health turns
     NOT_SERVING during the drain while the stream stays open; 4. the stream ends with
     UNAVAILABLE "server draining"; 5. the process exits 0 without a traceback."""
-    grpc_port = _free_port()
-    env = {
-        "DATABASE_URL": database_url,
-        "BIND_ADDRESS": "127.0.0.1",
-        "HTTP_PORT": str(_free_port()),
-        "DNS_PORT": str(_free_port()),
-        "GRPC_PORT": str(grpc_port),
-        "SHUTDOWN_DRAIN_SECONDS": "1",
-        "SHUTDOWN_TIMEOUT_SECONDS": "3",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service_discovery", "serve"],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
-    try:
+    env = {"DATABASE_URL": database_url, "SHUTDOWN_DRAIN_SECONDS": "1",
+           "SHUTDOWN_TIMEOUT_SECONDS": "3"}  # fmt: skip
+    with (
+        Daemon(tmp_path / "daemon.log", env) as daemon,
+        grpc.insecure_channel(f"127.0.0.1:{daemon.grpc_port}") as channel,
+    ):
+        assert daemon.proc is not None
         health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-            except grpc.RpcError:
-                status = None
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, "never SERVING"
-            time.sleep(0.05)
+
+        def status_after(previous: int | None) -> int:
+            """The health status once it is no longer `previous`."""
+            while (now := health.Check(health_pb2.HealthCheckRequest(), timeout=1).status) == (
+                previous
+            ):
+                time.sleep(0.02)
+            return now
+
+        # /ready is 200: health follows within a turn of the loop
+        assert status_after(health_pb2.HealthCheckResponse.NOT_SERVING) == (
+            health_pb2.HealthCheckResponse.SERVING
+        )
         stream = pb_grpc.DiscoveryServiceStub(channel).Watch(pb.WatchRequest(), timeout=30)
         assert next(stream).kind == pb.SNAPSHOT
 
-        proc.send_signal(signal.SIGTERM)
+        daemon.kill(signal.SIGTERM)
         t0 = time.monotonic()
         time.sleep(0.3)
         status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
@@ -732,14 +722,9 @@ def test_sigterm_ends_watch_streams_cleanly(database_url: str) -> None:
                 pass
         assert (ended.value.code(), ended.value.details()) == (Code.UNAVAILABLE, "server draining")
         assert 0.9 <= time.monotonic() - t0 < 1 + 3
-        assert proc.wait(timeout=10) == 0
-        out = proc.stdout.read() if proc.stdout else ""
+        assert daemon.proc.wait(timeout=10) == 0
+        out = daemon.log.read_text()
         assert "Traceback" not in out and "stopped" in out
-    finally:
-        channel.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 async def test_stop_lets_in_flight_calls_finish(
@@ -765,11 +750,12 @@ async def test_stop_lets_in_flight_calls_finish(
                 stub.RegisterEndpoint(reg_request(unique_name, f"10.4.0.{i}")) for i in range(5)
             ]
             results = asyncio.gather(*(code_of(c) for c in calls))
-            deadline = time.monotonic() + 5
-            # counted from another connection: pg_stat_activity is frozen inside a transaction
-            while await asyncpg_fetchval(database_url, _WAITING_ON_LOCKS) < 5:
-                assert time.monotonic() < deadline, "the writes never reached the database"
-                await asyncio.sleep(0.02)
+
+            async def all_waiting() -> bool:
+                # counted from another connection: pg_stat_activity is frozen in a transaction
+                return await asyncpg_fetchval(database_url, _WAITING_ON_LOCKS) >= 5
+
+            await eventually(all_waiting, 5, "the writes reached the database")
             stop = asyncio.create_task(app.stop())
             await asyncio.sleep(0.3)
             assert not stop.done()

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 
 import aiohttp
 import pytest
+from helpers import eventually, put
 
 from service_discovery.app import App
 
 pytestmark = pytest.mark.asyncio
-
-
-async def _put(http: aiohttp.ClientSession, path: str, body: object) -> aiohttp.ClientResponse:
-    # The design's clients use `curl -d`, i.e. form content type with a JSON body.
-    data = body if isinstance(body, bytes | str) else json.dumps(body)
-    return await http.put(path, data=data)
 
 
 async def _error(resp: aiohttp.ClientResponse, status: int, code: str) -> dict:
@@ -30,17 +23,17 @@ async def _error(resp: aiohttp.ClientResponse, status: int, code: str) -> dict:
 
 async def test_design_transcript(http: aiohttp.ClientSession, unique_name: str) -> None:
     """1. create, 2. register, 3. add a port (both spellings), 4. read everything back."""
-    resp = await _put(http, "/service", {"name": unique_name, "attributes": {"attr-1": "value-1"}})
+    resp = await put(http, "/service", {"name": unique_name, "attributes": {"attr-1": "value-1"}})
     assert resp.status == 201
     created = await resp.json()
     assert created["name"] == unique_name and len(created["id"]) == 36
-    resp = await _put(http, f"/service/{unique_name}/register", {"ip": "127.0.0.1", "tags": []})
+    resp = await put(http, f"/service/{unique_name}/register", {"ip": "127.0.0.1", "tags": []})
     assert resp.status == 200
-    resp = await _put(
+    resp = await put(
         http, f"/service/{unique_name}/port", {"http": {"protocol": "tcp", "port": 8000}}
     )
     assert resp.status == 200
-    resp = await _put(
+    resp = await put(
         http, f"/service/{unique_name}/ports", {"grpc": {"protocol": "tcp", "port": 9000}}
     )
     assert resp.status == 200
@@ -68,33 +61,33 @@ async def test_design_transcript(http: aiohttp.ClientSession, unique_name: str) 
 async def test_reregister_updates_tags_and_names_are_case_insensitive(
     http: aiohttp.ClientSession, unique_name: str
 ) -> None:
-    await _put(http, "/service", {"name": unique_name})
-    await _put(http, f"/service/{unique_name}/register", {"ip": "10.0.0.1", "tags": ["a"]})
-    resp = await _put(
+    await put(http, "/service", {"name": unique_name})
+    await put(http, f"/service/{unique_name}/register", {"ip": "10.0.0.1", "tags": ["a"]})
+    resp = await put(
         http, f"/service/{unique_name.upper()}/register", {"ip": "10.0.0.1", "tags": ["b"]}
     )
     assert resp.status == 200
     eps = await (await http.get(f"/service/{unique_name}/endpoints")).json()
     assert [e["tags"] for e in eps] == [["b"]]
-    await _error(await _put(http, "/service", {"name": unique_name.upper()}), 409, "already_exists")
+    await _error(await put(http, "/service", {"name": unique_name.upper()}), 409, "already_exists")
 
 
 async def test_ipv6_is_canonicalised(http: aiohttp.ClientSession, unique_name: str) -> None:
-    await _put(http, "/service", {"name": unique_name})
-    resp = await _put(http, f"/service/{unique_name}/register", {"ip": "2001:DB8:0:0::1"})
+    await put(http, "/service", {"name": unique_name})
+    resp = await put(http, f"/service/{unique_name}/register", {"ip": "2001:DB8:0:0::1"})
     assert (await resp.json())["ip"] == "2001:db8::1"
     resp = await http.delete(f"/service/{unique_name}/endpoints/2001:db8::1")
     assert resp.status == 204
 
 
 async def test_deregister_and_delete(http: aiohttp.ClientSession, unique_name: str) -> None:
-    await _put(
+    await put(
         http,
         "/service",
         {"name": unique_name, "named_ports": {"dns": {"protocol": "udp", "port": 53}}},
     )
-    await _put(http, f"/service/{unique_name}/register", {"ip": "10.0.0.1"})
-    await _put(http, f"/service/{unique_name}/register", {"ip": "10.0.0.2"})
+    await put(http, f"/service/{unique_name}/register", {"ip": "10.0.0.1"})
+    await put(http, f"/service/{unique_name}/register", {"ip": "10.0.0.2"})
     assert (await http.delete(f"/service/{unique_name}/endpoints/10.0.0.1")).status == 204
     eps = await (await http.get(f"/service/{unique_name}/endpoints")).json()
     assert [e["ip"] for e in eps] == ["10.0.0.2"]
@@ -106,7 +99,7 @@ async def test_deregister_and_delete(http: aiohttp.ClientSession, unique_name: s
     await _error(await http.get(f"/service/{unique_name}"), 404, "not_found")
     await _error(await http.delete(f"/service/{unique_name}"), 404, "not_found")
     # the name is free again, and nothing of the old service comes back
-    assert (await _put(http, "/service", {"name": unique_name})).status == 201
+    assert (await put(http, "/service", {"name": unique_name})).status == 201
     svc = await (await http.get(f"/service/{unique_name}")).json()
     assert svc["endpoints"] == [] and svc["named_ports"] == {}
 
@@ -158,7 +151,7 @@ async def test_deregister_and_delete(http: aiohttp.ClientSession, unique_name: s
 async def test_create_validation(
     http: aiohttp.ClientSession, body: object, status: int, code: str
 ) -> None:
-    await _error(await _put(http, "/service", body), status, code)
+    await _error(await put(http, "/service", body), status, code)
     # and nothing was written
     names = [s["name"] for s in await (await http.get("/services")).json()]
     assert "ok" not in names
@@ -173,8 +166,8 @@ async def test_create_validation(
 async def test_register_validation(
     http: aiohttp.ClientSession, unique_name: str, body: object
 ) -> None:
-    await _put(http, "/service", {"name": unique_name})
-    await _error(await _put(http, f"/service/{unique_name}/register", body), 400, "invalid_input")
+    await put(http, "/service", {"name": unique_name})
+    await _error(await put(http, f"/service/{unique_name}/register", body), 400, "invalid_input")
     assert await (await http.get(f"/service/{unique_name}/endpoints")).json() == []
 
 
@@ -182,10 +175,10 @@ async def test_unknown_service_writes_are_404(
     http: aiohttp.ClientSession, unique_name: str
 ) -> None:
     await _error(
-        await _put(http, f"/service/{unique_name}/register", {"ip": "10.0.0.1"}), 404, "not_found"
+        await put(http, f"/service/{unique_name}/register", {"ip": "10.0.0.1"}), 404, "not_found"
     )
     await _error(
-        await _put(http, f"/service/{unique_name}/ports", {"http": {"port": 1}}), 404, "not_found"
+        await put(http, f"/service/{unique_name}/ports", {"http": {"port": 1}}), 404, "not_found"
     )
     await _error(await http.get(f"/service/{unique_name}/endpoints"), 404, "not_found")
 
@@ -195,9 +188,9 @@ async def test_http_errors_are_json(http: aiohttp.ClientSession) -> None:
     resp = await http.post("/services")
     await _error(resp, 405, "method_not_allowed")
     assert "GET" in resp.headers["Allow"]
-    await _error(await _put(http, "/service", b"x" * (1024 * 1024 + 1)), 413, "too_large")
+    await _error(await put(http, "/service", b"x" * (1024 * 1024 + 1)), 413, "too_large")
     deep = b"[" * 100000 + b"]" * 100000
-    await _error(await _put(http, "/service", deep), 400, "invalid_input")
+    await _error(await put(http, "/service", deep), 400, "invalid_input")
 
 
 async def test_pretty_and_openapi(http: aiohttp.ClientSession) -> None:
@@ -215,7 +208,7 @@ async def test_pretty_and_openapi(http: aiohttp.ClientSession) -> None:
 async def test_probes_and_metrics(http: aiohttp.ClientSession, unique_name: str) -> None:
     assert (await http.get("/healthz")).status == 200
     assert (await http.get("/ready")).status == 200
-    await _put(http, "/service", {"name": unique_name})
+    await put(http, "/service", {"name": unique_name})
     text = await (await http.get("/metrics")).text()
     assert 'sd_http_requests_total{method="PUT",route="/service",status="201"}' in text
     assert "sd_http_request_duration_seconds_bucket" in text
@@ -226,11 +219,11 @@ async def test_probes_and_metrics(http: aiohttp.ClientSession, unique_name: str)
 async def test_read_your_writes_under_concurrency(
     http: aiohttp.ClientSession, unique_name: str
 ) -> None:
-    await _put(http, "/service", {"name": unique_name})
+    await put(http, "/service", {"name": unique_name})
 
     async def register_then_read(i: int) -> bool:
         ip = f"10.1.{i // 250}.{i % 250 + 1}"
-        resp = await _put(http, f"/service/{unique_name}/register", {"ip": ip})
+        resp = await put(http, f"/service/{unique_name}/register", {"ip": ip})
         assert resp.status == 200
         eps = await (await http.get(f"/service/{unique_name}/endpoints")).json()
         return ip in {e["ip"] for e in eps}
@@ -246,21 +239,20 @@ async def test_two_instances_converge(
 
     async with run_app(make_config()) as other:
         async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{other.http_port}") as b:
-            await _put(http, "/service", {"name": unique_name})
-            await _put(http, f"/service/{unique_name}/register", {"ip": "10.9.9.9"})
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                resp = await b.get(f"/service/{unique_name}/endpoints")
-                if resp.status == 200 and await resp.json():
-                    break
-                await asyncio.sleep(0.01)
-            assert [e["ip"] for e in await resp.json()] == ["10.9.9.9"]
+            await put(http, "/service", {"name": unique_name})
+            await put(http, f"/service/{unique_name}/register", {"ip": "10.9.9.9"})
+
+            async def registered() -> list[str]:
+                async with b.get(f"/service/{unique_name}/endpoints") as resp:
+                    return [e["ip"] for e in await resp.json()] if resp.status == 200 else []
+
+            await eventually(registered, what="the endpoint on the other instance")
+            assert await registered() == ["10.9.9.9"]
             # and the other way round, deletions included
             assert (await b.delete(f"/service/{unique_name}")).status == 204
-            deadline = time.monotonic() + 5
-            while (
-                time.monotonic() < deadline
-                and (await http.get(f"/service/{unique_name}")).status != 404
-            ):
-                await asyncio.sleep(0.01)
-            assert (await http.get(f"/service/{unique_name}")).status == 404
+
+            async def deleted() -> bool:
+                async with http.get(f"/service/{unique_name}") as resp:
+                    return resp.status == 404
+
+            await eventually(deleted, what="the deletion on the first instance")

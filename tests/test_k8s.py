@@ -14,19 +14,17 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import tomllib
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from helpers import Daemon, free_port, http_status
 
 from service_discovery.cli import build_parser
 from service_discovery.config import Config, env_names
@@ -478,31 +476,6 @@ def test_stage_overlay() -> None:
 # --- the dev Pod, run as the kubelet would -------------------------------------------------
 
 
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (DNS listens on both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-
-
-def http_status(url: str) -> int | None:
-    """The kubelet's httpGet probe: the status code, None when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return None
-
-
 def curl(*args: str) -> tuple[int, str]:
     result = subprocess.run(
         ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", *args],
@@ -581,23 +554,22 @@ def test_kubelet_runs_the_dev_pod(database_url: str, tmp_path: Path) -> None:
     env = environment(container)
     probe = container["readinessProbe"]["httpGet"]
     assert probe["port"] == "http"  # the named port, which is HTTP_PORT here
-    base = f"http://127.0.0.1:{env['HTTP_PORT']}"
-    log = (tmp_path / "main.log").open("w+")
-    process = subprocess.Popen(
-        local_argv(command_line(container)), env=env, cwd=REPO, stdout=log, stderr=log
+    daemon = Daemon(
+        tmp_path / "main.log",
+        env,
+        argv=local_argv(command_line(container)),
+        inherit=False,  # the container's environment, nothing of ours
+        cwd=REPO,
+        http_port=ports["HTTP_PORT"],
+        dns_port=ports["DNS_PORT"],
+        grpc_port=ports["GRPC_PORT"],
     )
-
-    def output() -> str:
-        log.flush()
-        return (tmp_path / "main.log").read_text()[-4000:]
-
+    base, output = daemon.base, daemon.output
     try:
+        daemon.start()
         time.sleep(container["readinessProbe"]["initialDelaySeconds"])
-        deadline = time.monotonic() + 30
-        while http_status(base + probe["path"]) != 200:
-            assert process.poll() is None, f"exited {process.returncode}:\n{output()}"
-            assert time.monotonic() < deadline, f"never ready:\n{output()}"
-            time.sleep(0.2)  # the manifest's periodSeconds is 10; shortened for the test
+        # the manifest's periodSeconds is 10; shortened for the test
+        daemon.wait_ready_sync(timeout=30, path=probe["path"], interval=0.2)
 
         # 5. curl, as in the design; writes need the token from the mounted Secret
         token = Path(env["SD_API_TOKENS_FILE"]).read_text().split()[0]
@@ -631,19 +603,17 @@ def test_kubelet_runs_the_dev_pod(database_url: str, tmp_path: Path) -> None:
         # 7. SIGTERM, as the kubelet sends it
         grace = pod["terminationGracePeriodSeconds"]
         started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
+        assert daemon.proc is not None
+        daemon.kill(signal.SIGTERM)
         while http_status(base + "/ready") != 503:
             assert time.monotonic() - started < 2, f"/ready still 200 while draining:\n{output()}"
             time.sleep(0.05)
         try:
-            code = process.wait(timeout=grace)
+            code = daemon.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             pytest.fail(f"still running {grace}s after SIGTERM (the kubelet would SIGKILL)")
         assert code == 0, f"exit code {code}:\n{output()}"
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        log.close()
+        daemon.stop()
     if not dig:
         pytest.skip("dig is not installed: the DNS part was not checked (CI installs dnsutils)")

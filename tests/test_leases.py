@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import json
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -24,7 +21,8 @@ import dns.rdatatype
 import grpc
 import psycopg2
 import pytest
-from pgproxy import open_upstream, through
+from helpers import eventually, put, sample, scrape
+from pgproxy import TcpProxy
 
 from service_discovery.app import App, run_app
 from service_discovery.config import Config
@@ -63,27 +61,6 @@ async def client(app: App) -> AsyncIterator[aiohttp.ClientSession]:
     base = f"http://127.0.0.1:{app.http_port}"
     async with aiohttp.ClientSession(base_url=base, connector=connector) as session:
         yield session
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Poll `check` (plain or async) every 20 ms until it holds; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-async def put(
-    http: aiohttp.ClientSession, path: str, body: object = None
-) -> aiohttp.ClientResponse:
-    resp = await http.put(path, data=None if body is None else json.dumps(body))
-    await resp.read()
-    return resp
 
 
 async def create(http: aiohttp.ClientSession, name: str) -> None:
@@ -139,17 +116,6 @@ async def everywhere(app: App, http: aiohttp.ClientSession, name: str) -> dict[s
     }
 
 
-def metric(text: str, name: str) -> float:
-    m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
-    assert m, f"{name} not in /metrics"
-    return float(m.group(1))
-
-
-async def metrics(http: aiohttp.ClientSession) -> str:
-    async with http.get("/metrics") as resp:
-        return await resp.text()
-
-
 async def rows(url: str, name: str) -> dict[str, float | None]:
     """The endpoint rows of a service in PostgreSQL: ip -> expires_at (unix time)."""
     conn = await asyncpg.connect(url)
@@ -186,8 +152,8 @@ async def test_heartbeat_answers_and_batching(
         warm = await asyncio.gather(*(http.get("/healthz") for _ in range(120)))
         for resp in warm:
             await resp.read()
-        flushes = app.metrics.lease_flushes._value.get()
-        renewed = app.metrics.lease_heartbeats._value.get()
+        flushes = sample(app.metrics, "sd_lease_flushes_total")
+        renewed = sample(app.metrics, "sd_lease_heartbeats_total")
 
         started = time.time()
         answers = await asyncio.gather(*(heartbeat(http, unique_name, ip) for ip in ips * 3))
@@ -197,8 +163,8 @@ async def test_heartbeat_answers_and_batching(
         for body in bodies:
             by_ip.setdefault(body["ip"], set()).add(body["expires_at"])
         assert all(len(expiries) == 1 for expiries in by_ip.values()), by_ip
-        assert app.metrics.lease_flushes._value.get() - flushes == 1
-        assert app.metrics.lease_heartbeats._value.get() - renewed == 40
+        assert sample(app.metrics, "sd_lease_flushes_total") - flushes == 1
+        assert sample(app.metrics, "sd_lease_heartbeats_total") - renewed == 40
         expiry = bodies[0]["expires_at"]
         assert started + 30 - 0.1 <= expiry <= time.time() + 30 + 0.1
         assert (await rows(lease_db, unique_name))["10.2.0.1"] == pytest.approx(expiry, abs=1e-3)
@@ -330,7 +296,8 @@ async def test_reaper_one_replica_per_round_and_idempotent(
         results = await asyncio.gather(a.leases.reap_once(), b.leases.reap_once())
         removed = [r.removed for r in results if r is not None]
         assert sum(removed) == 6 and sorted(removed)[-1] == 6, results
-        assert a.metrics.lease_expired._value.get() + b.metrics.lease_expired._value.get() == 6
+        expired = [sample(app.metrics, "sd_lease_expired_total") for app in (a, b)]
+        assert sum(expired) == 6
         again = [await a.leases.reap_once(), await b.leases.reap_once()]
         assert [r.removed for r in again if r is not None] == [0, 0]
 
@@ -359,16 +326,36 @@ async def test_background_reapers_delete_each_lease_once(
 
         await eventually(reaped, timeout=5)
         await asyncio.sleep(0.3)  # a few more rounds on both replicas: nothing more happens
-        total = metric(await metrics(ha), "sd_lease_expired_total") + metric(
-            await metrics(hb), "sd_lease_expired_total"
+        total = await scrape(ha, "sd_lease_expired_total") + await scrape(
+            hb, "sd_lease_expired_total"
         )
         assert total == 8
         for http in (ha, hb):
             assert await http_ips(http, unique_name) == {"10.4.1.1"}
-            assert metric(await metrics(http), "sd_lease_mass_expiry_total") == 0
+            assert await scrape(http, "sd_lease_mass_expiry_total") == 0
 
 
 # ---- the mass-expiry guard ---------------------------------------------------------------------
+# sweeps five times a second; more than half of at least ten leases lapsing at once is "mass"
+GUARD = {
+    "lease_reap_interval_seconds": 0.2,
+    "lease_mass_expiry_share": 0.5,
+    "lease_mass_expiry_min": 10,
+}
+
+
+async def lease_all(
+    http: aiohttp.ClientSession, name: str, ips: list[str]
+) -> list[aiohttp.ClientResponse]:
+    """Create `name` with a 1 s lease on each of `ips`, all registered at once (so none lapses
+    before the renewal even on a slow machine), then renewed together; the renewals' answers."""
+    await create(http, name)
+    await asyncio.gather(*(register(http, name, ip, 1) for ip in ips))
+    answers = await asyncio.gather(*(heartbeat(http, name, ip) for ip in ips))
+    assert [r.status for r in answers] == [200] * len(ips)
+    return answers
+
+
 async def test_mass_expiry_keeps_endpoints_then_reaps_the_few_dead(
     make_config: Callable[..., Config], lease_db: str, unique_name: str
 ) -> None:
@@ -376,20 +363,11 @@ async def test_mass_expiry_keeps_endpoints_then_reaps_the_few_dead(
     ttls every one stays in HTTP and DNS answers and in PostgreSQL: each sweep refuses to
     delete, renews them for one more ttl, and counts sd_lease_mass_expiry_total; 3. heartbeats
     resume for 15: the 5 silent ones lapse as a minority and are reaped normally."""
-    config = make_config(
-        database_url=lease_db,
-        lease_reap_interval_seconds=0.2,
-        lease_flush_interval_seconds=0.5,  # the 20 renewals below land in one batch
-        lease_mass_expiry_share=0.5,
-        lease_mass_expiry_min=10,
-    )
+    # the 20 renewals below land in one batch
+    config = make_config(database_url=lease_db, lease_flush_interval_seconds=0.5, **GUARD)
     ips = [f"10.5.0.{i}" for i in range(1, 21)]
     async with run_app(config) as app, client(app) as http:
-        await create(http, unique_name)
-        # all at once, so none lapses before the renewal below even on a slow machine
-        await asyncio.gather(*(register(http, unique_name, ip, 1) for ip in ips))
-        answers = await asyncio.gather(*(heartbeat(http, unique_name, ip) for ip in ips))
-        assert [r.status for r in answers] == [200] * len(ips)
+        answers = await lease_all(http, unique_name, ips)
         assert len({(await r.json())["expires_at"] for r in answers}) == 1
 
         watch_until = time.time() + 3.2
@@ -397,9 +375,8 @@ async def test_mass_expiry_keeps_endpoints_then_reaps_the_few_dead(
             assert len(await http_ips(http, unique_name)) == 20
             assert len(await dns_ips(app, unique_name)) == 20
             await asyncio.sleep(0.05)
-        text = await metrics(http)
-        assert metric(text, "sd_lease_mass_expiry_total") >= 2  # one sweep per lapse, per ttl
-        assert metric(text, "sd_lease_expired_total") == 0
+        assert await scrape(http, "sd_lease_mass_expiry_total") >= 2  # a sweep per lapse, per ttl
+        assert await scrape(http, "sd_lease_expired_total") == 0
         stored = await rows(lease_db, unique_name)
         assert len(stored) == 20
         assert min(stored.values()) > time.time() - 1.0  # renewed by the guard, not left lapsed
@@ -420,48 +397,11 @@ async def test_mass_expiry_keeps_endpoints_then_reaps_the_few_dead(
 
             await eventually(silent_reaped, timeout=4)
             assert await http_ips(http, unique_name) == set(alive)
-            assert metric(await metrics(http), "sd_lease_expired_total") == len(silent)
+            assert await scrape(http, "sd_lease_expired_total") == len(silent)
         finally:
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
-
-
-class CuttableProxy:
-    """A TCP proxy to PostgreSQL that a test can cut (open connections dropped, new ones
-    refused, as when the database host goes away) and restore on the same port."""
-
-    def __init__(self, upstream_url: str) -> None:
-        self._upstream = upstream_url
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await open_upstream(self._upstream)
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
 
 
 async def test_database_outage_keeps_leases_and_the_guard_renews_them(
@@ -472,50 +412,43 @@ async def test_database_outage_keeps_leases_and_the_guard_renews_them(
     DNS answers (a copy that cannot hear renewals lets nothing lapse); 3. the database comes back
     with every lease lapsed: the first sweep refuses to delete, renews them all and counts
     sd_lease_mass_expiry_total; nothing disappears at any point; 4. heartbeats work again."""
-    proxy = CuttableProxy(lease_db)
+    proxy = TcpProxy(lease_db)
     await proxy.start()
-    via_proxy = through(lease_db, proxy.port)
-    config = make_config(
-        database_url=via_proxy,
-        lease_reap_interval_seconds=0.2,
-        lease_mass_expiry_share=0.5,
-        lease_mass_expiry_min=10,
-        db_timeout_seconds=1.0,
-    )
-    ips = [f"10.6.0.{i}" for i in range(1, 21)]
-    async with run_app(config) as app, client(app) as http:
-        await create(http, unique_name)
-        await asyncio.gather(*(register(http, unique_name, ip, 1) for ip in ips))
-        renewed = await asyncio.gather(*(heartbeat(http, unique_name, ip) for ip in ips))
-        assert [r.status for r in renewed] == [200] * len(ips)
+    try:
+        via_proxy = proxy.url(lease_db)
+        config = make_config(database_url=via_proxy, db_timeout_seconds=1.0, **GUARD)
+        ips = [f"10.6.0.{i}" for i in range(1, 21)]
+        async with run_app(config) as app, client(app) as http:
+            await lease_all(http, unique_name, ips)
 
-        async def all_visible() -> None:
-            assert len(await http_ips(http, unique_name)) == 20
-            assert len(await dns_ips(app, unique_name)) == 20
+            async def all_visible() -> None:
+                assert len(await http_ips(http, unique_name)) == 20
+                assert len(await dns_ips(app, unique_name)) == 20
 
-        await proxy.cut()
-        cut_until = time.time() + 2.5
-        refused = 0
-        while time.time() < cut_until:
-            await all_visible()
-            resp = await heartbeat(http, unique_name, ips[0])
-            refused += resp.status == 503
-            assert resp.status in (200, 503), await resp.text()  # 200: renewed before the cut
-            await asyncio.sleep(0.1)
-        assert refused > 0
-        await proxy.start()  # the same port again
+            await proxy.refuse()
+            cut_until = time.time() + 2.5
+            refused = 0
+            while time.time() < cut_until:
+                await all_visible()
+                resp = await heartbeat(http, unique_name, ips[0])
+                refused += resp.status == 503
+                assert resp.status in (200, 503), await resp.text()  # 200: renewed before the cut
+                await asyncio.sleep(0.1)
+            assert refused > 0
+            await proxy.restore()  # the same port again
 
-        async def guarded() -> bool:
-            await all_visible()
-            return app.metrics.lease_mass_expiry._value.get() >= 1
+            async def guarded() -> bool:
+                await all_visible()
+                return sample(app.metrics, "sd_lease_mass_expiry_total") >= 1
 
-        await eventually(guarded, timeout=10)
-        assert app.metrics.lease_expired._value.get() == 0
+            await eventually(guarded, timeout=10)
+            assert sample(app.metrics, "sd_lease_expired_total") == 0
 
-        async def renewable() -> bool:
-            await all_visible()
-            return (await heartbeat(http, unique_name, ips[0])).status == 200
+            async def renewable() -> bool:
+                await all_visible()
+                return (await heartbeat(http, unique_name, ips[0])).status == 200
 
-        await eventually(renewable, timeout=10)
-        assert len(await rows(lease_db, unique_name)) == 20
-    await proxy.cut()
+            await eventually(renewable, timeout=10)
+            assert len(await rows(lease_db, unique_name)) == 20
+    finally:
+        await proxy.close()

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import Daemon, free_port, http_status
 
 
 def cli(
@@ -32,16 +27,6 @@ def cli(
         text=True,
         timeout=timeout,
     )
-
-
-def status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
 
 
 @pytest.fixture
@@ -117,114 +102,60 @@ def test_secret_not_echoed_in_errors() -> None:
     assert "s3cret" not in res.stderr + res.stdout
 
 
-def test_sigterm_drains_then_exits_zero(database_url: str) -> None:
+def test_sigterm_drains_then_exits_zero(database_url: str, tmp_path: Path) -> None:
     """1. start the daemon; 2. /ready turns 200; 3. SIGTERM: /ready is 503 at once while
     /healthz still answers during the drain; 4. the process exits 0 within drain + timeout."""
-    http = free_port()
-    env = {
-        "DATABASE_URL": database_url,
-        "BIND_ADDRESS": "127.0.0.1",
-        "HTTP_PORT": str(http),
-        "DNS_PORT": str(free_port()),
-        "GRPC_PORT": str(free_port()),
-        "SHUTDOWN_DRAIN_SECONDS": "2",
-        "SHUTDOWN_TIMEOUT_SECONDS": "3",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service_discovery", "serve"],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{http}"
-        deadline = time.monotonic() + 30
-        while status(base + "/ready") != 200:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "never became ready"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+    env = {"DATABASE_URL": database_url, "SHUTDOWN_DRAIN_SECONDS": "2",
+           "SHUTDOWN_TIMEOUT_SECONDS": "3"}  # fmt: skip
+    with Daemon(tmp_path / "daemon.log", env) as daemon:
+        assert daemon.proc is not None
+        daemon.kill(signal.SIGTERM)
         t0 = time.monotonic()
         time.sleep(0.2)
-        assert status(base + "/ready") == 503
-        assert status(base + "/healthz") == 200
-        code = proc.wait(timeout=2 + 3 + 5)
+        assert http_status(daemon.base + "/ready") == 503
+        assert http_status(daemon.base + "/healthz") == 200
+        code = daemon.proc.wait(timeout=2 + 3 + 5)
         elapsed = time.monotonic() - t0
         assert code == 0
         assert 1.8 <= elapsed < 2 + 3 + 2
-        out = proc.stdout.read() if proc.stdout else ""
+        out = daemon.log.read_text()
         assert "draining" in out and "stopped" in out
         assert "Traceback" not in out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
-def test_second_signal_exits_at_once(database_url: str) -> None:
-    http = free_port()
-    env = {"DATABASE_URL": database_url, "BIND_ADDRESS": "127.0.0.1", "HTTP_PORT": str(http),
-           "DNS_PORT": str(free_port()), "GRPC_PORT": str(free_port()),
-           "SHUTDOWN_DRAIN_SECONDS": "30"}  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service_discovery", "serve"],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while status(f"http://127.0.0.1:{http}/ready") != 200:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+def test_second_signal_exits_at_once(database_url: str, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": database_url, "SHUTDOWN_DRAIN_SECONDS": "30"}
+    with Daemon(tmp_path / "daemon.log", env) as daemon:
+        assert daemon.proc is not None
+        daemon.kill(signal.SIGTERM)
         time.sleep(0.3)
-        assert proc.poll() is None  # draining for 30 s
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=3) != 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert daemon.proc.poll() is None  # draining for 30 s
+        daemon.kill(signal.SIGINT)
+        assert daemon.proc.wait(timeout=3) != 0
 
 
-def test_embedded_database_survives_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_embedded_database_survives_restart(tmp_path: Path) -> None:
     """1. serve with no DATABASE_URL (embedded PostgreSQL in SD_DATA_DIR); 2. create a service;
     3. stop; 4. serve again: the service is still there."""
-    http = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update({"SD_DATA_DIR": str(tmp_path / "pg"), "BIND_ADDRESS": "127.0.0.1",
-                "HTTP_PORT": str(http), "DNS_PORT": str(free_port()),
-                "GRPC_PORT": str(free_port()), "SHUTDOWN_DRAIN_SECONDS": "0"})  # fmt: skip
-    base = f"http://127.0.0.1:{http}"
-
-    log = tmp_path / "daemon.log"
-
-    def start() -> subprocess.Popen:
-        with open(log, "a") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "service_discovery", "serve"],
-                                    env=env, stdout=out, stderr=out)  # fmt: skip
-        deadline = time.monotonic() + 60
-        while status(base + "/ready") != 200:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        return proc
-
-    proc = start()
+    env = {"DATABASE_URL": None, "SD_DATA_DIR": str(tmp_path / "pg")}
+    daemon = Daemon(tmp_path / "daemon.log", env)
     try:
-        req = urllib.request.Request(base + "/service", data=b'{"name": "kept"}', method="PUT")
+        daemon.start()
+        daemon.wait_ready_sync(timeout=60, interval=0.1)
+        req = urllib.request.Request(
+            daemon.base + "/service", data=b'{"name": "kept"}', method="PUT"
+        )
         with urllib.request.urlopen(req, timeout=5) as resp:
             assert resp.status == 201
+        daemon.kill(signal.SIGTERM)
+        assert daemon.proc is not None and daemon.proc.wait(timeout=30) == 0
+        daemon.start()
+        daemon.wait_ready_sync(timeout=60, interval=0.1)
+        assert http_status(daemon.base + "/service/kept") == 200
+        daemon.kill(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=30) == 0
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    proc = start()
-    try:
-        assert status(base + "/service/kept") == 200
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        daemon.stop()
 
 
 def test_missing_embedded_extra_names_both_options() -> None:

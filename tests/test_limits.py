@@ -6,12 +6,12 @@ gRPC applies the same rules with the same messages."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import grpc
 import pytest
+from helpers import eventually, put, sample
 
 from service_discovery.app import App, run_app
 from service_discovery.config import Config
@@ -41,15 +41,11 @@ async def http(limited: App) -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def put(http: aiohttp.ClientSession, path: str, body: object) -> tuple[int, dict]:
-    async with http.put(path, data=json.dumps(body)) as resp:
-        return resp.status, await resp.json()
-
-
-def refused(answer: tuple[int, dict], status: int, code: str, *words: str) -> str:
+async def refused(resp: aiohttp.ClientResponse, status: int, code: str, *words: str) -> str:
     """Assert the error and that its message names the rule; returns the message."""
-    got, body = answer
-    assert (got, body.get("error")) == (status, code), answer
+    body = await resp.json()
+    answer = (resp.status, body)
+    assert (resp.status, body.get("error")) == (status, code), answer
     for word in words:
         assert word in body["message"], (word, body["message"])
     return body["message"]
@@ -60,16 +56,15 @@ async def test_endpoints_per_service(http: aiohttp.ClientSession, unique_name: s
     a deregistration there is room again."""
     await put(http, "/service", {"name": unique_name})
     for i in range(1, 4):
-        assert (await put(http, f"/service/{unique_name}/register", {"ip": f"10.9.0.{i}"}))[
-            0
-        ] == 200
+        ip = {"ip": f"10.9.0.{i}"}
+        assert (await put(http, f"/service/{unique_name}/register", ip)).status == 200
     answer = await put(http, f"/service/{unique_name}/register", {"ip": "10.9.0.4"})
-    refused(answer, 422, "limit_exceeded", "3 endpoints", "limit")
+    await refused(answer, 422, "limit_exceeded", "3 endpoints", "limit")
     again = {"ip": "10.9.0.1", "tags": ["x"]}
-    assert (await put(http, f"/service/{unique_name}/register", again))[0] == 200
+    assert (await put(http, f"/service/{unique_name}/register", again)).status == 200
     async with http.delete(f"/service/{unique_name}/endpoints/10.9.0.2") as resp:
         assert resp.status == 204
-    assert (await put(http, f"/service/{unique_name}/register", {"ip": "10.9.0.4"}))[0] == 200
+    assert (await put(http, f"/service/{unique_name}/register", {"ip": "10.9.0.4"})).status == 200
     async with http.get(f"/service/{unique_name}/endpoints") as resp:
         assert len(await resp.json()) == 3
 
@@ -77,34 +72,36 @@ async def test_endpoints_per_service(http: aiohttp.ClientSession, unique_name: s
 async def test_tags_attributes_and_lengths(http: aiohttp.ClientSession, unique_name: str) -> None:
     path = f"/service/{unique_name}/register"
     three = {"a": "1", "b": "2", "c": "3"}
-    refused(
+    await refused(
         await put(http, "/service", {"name": unique_name, "attributes": three}),
         422, "limit_exceeded", "at most 2 attributes",
     )  # fmt: skip
-    refused(
+    await refused(
         await put(http, "/service", {"name": unique_name, "attributes": {"a": "123456789"}}),
         422, "limit_exceeded", "longer than 8",
     )  # fmt: skip
-    refused(
+    await refused(
         await put(http, "/service", {"name": unique_name, "attributes": {"123456789": "a"}}),
         422, "limit_exceeded", "attribute name", "longer than 8",
     )  # fmt: skip
-    refused(await put(http, "/service", {"name": "n" * 64}), 400, "invalid_input", "DNS label")
+    await refused(
+        await put(http, "/service", {"name": "n" * 64}), 400, "invalid_input", "DNS label"
+    )
     ok = {"name": unique_name, "attributes": {"a": "12345678", "b": ""}}
-    assert (await put(http, "/service", ok))[0] == 201
+    assert (await put(http, "/service", ok)).status == 201
 
-    refused(
+    await refused(
         await put(http, path, {"ip": "10.9.1.1", "tags": ["a", "b", "c"]}),
         422, "limit_exceeded", "at most 2 tags",
     )  # fmt: skip
-    refused(
+    await refused(
         await put(http, path, {"ip": "10.9.1.1", "tags": ["123456789"]}),
         422, "limit_exceeded", "tag", "longer than 8",
     )  # fmt: skip
     # duplicates count once
-    assert (await put(http, path, {"ip": "10.9.1.1", "tags": ["a", "a", "b"]}))[0] == 200
+    assert (await put(http, path, {"ip": "10.9.1.1", "tags": ["a", "a", "b"]})).status == 200
     long_port = {"a-very-long-port": {"port": 80}}
-    refused(
+    await refused(
         await put(http, f"/service/{unique_name}/ports", long_port), 400, "invalid_input", "1-15"
     )
     async with http.get(f"/service/{unique_name}") as resp:
@@ -114,7 +111,7 @@ async def test_tags_attributes_and_lengths(http: aiohttp.ClientSession, unique_n
 
 async def test_body_size(http: aiohttp.ClientSession, unique_name: str) -> None:
     big = {"name": unique_name, "attributes": {"a": "x" * 2000}}
-    refused(await put(http, "/service", big), 413, "too_large")
+    await refused(await put(http, "/service", big), 413, "too_large")
 
 
 async def test_open_watches_per_client_address(
@@ -132,10 +129,9 @@ async def test_open_watches_per_client_address(
             return resp.status
 
     held = [asyncio.create_task(watch()) for _ in range(3)]
-    while limited.metrics.http_watches._value.get() < 3:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: sample(limited.metrics, "sd_http_blocking_queries") >= 3)
     async with http.get(path) as resp:
-        refused((resp.status, await resp.json()), 429, "too_many_requests", "3 open watches")
+        await refused(resp, 429, "too_many_requests", "3 open watches")
     async with http.get(f"/service/{unique_name}") as resp:
         assert resp.status == 200
     await put(http, f"/service/{unique_name}/register", {"ip": "10.9.2.1"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import aiohttp
+from helpers import prometheus
 from prometheus_client.parser import text_string_to_metric_families
 
 from service_discovery.metrics import Metrics
@@ -14,7 +15,7 @@ _UNITS = ("_seconds", "_bytes", "_total")
 
 
 def test_metric_names_follow_conventions() -> None:
-    families = list(Metrics().collector_registry.collect())
+    families = list(prometheus(Metrics()).collect())
     assert len(families) > 20
     for family in families:
         name, kind = family.name, family.type

@@ -98,6 +98,9 @@ SOA42 = SOA_LINE.format("svc.cluster.local.", 42)
 V6_ZONE = "0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa."  # the /64 of fd00::1
 REV4_SOA = SOA_LINE.format("0.0.127.in-addr.arpa.", 42)
 REV6_SOA = SOA_LINE.format(V6_ZONE, 42)
+# One row per question, CoreDNS-style. Rows look alike on purpose (the forward and the reverse
+# zone ask the same kinds of question, which `duplicates` reports as a pair): each row is read
+# on its own, and a loop that generated them would hide the answers it checks.
 CASES = [
     # The design's README answers, exactly.
     Case("webapp.svc.cluster.local.", "A", answer=["webapp.svc.cluster.local. 5 IN A 127.0.0.1"]),

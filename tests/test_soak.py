@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
-from test_faults import Daemon, dns_a
+from helpers import Daemon, dns_a
 
 from service_discovery.proto import discovery_pb2 as pb
 from service_discovery.proto import discovery_pb2_grpc as pb_grpc
@@ -40,7 +40,7 @@ async def _soak(database_url: str, tmp_path: Path, seconds: float) -> None:
     tenth of the run; 3. no request failed; 4. after the first fifth (warm-up: caches and
     pools fill), RSS grows by at most 20% + 8 MiB and fds by at most 16; 5. no error in the
     log."""
-    daemon = Daemon(database_url, tmp_path / "soak.log", env={"LOGGER_LEVEL": "info"})
+    daemon = Daemon(tmp_path / "soak.log", {"DATABASE_URL": database_url, "LOGGER_LEVEL": "info"})
     prefix = f"soak{random.randrange(10**6)}"
     failures: list[str] = []
     done = {"http": 0, "dns": 0, "grpc": 0, "churn": 0}

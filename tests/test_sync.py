@@ -3,25 +3,17 @@ connection is killed (notifications sent while it was down are lost, so it must 
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 
 import asyncpg
 import pytest
+from helpers import eventually, sample
 
 from service_discovery.app import App, run_app
 from service_discovery.config import Config
 from service_discovery.model import EndpointSpec, ServiceSpec
 
 pytestmark = pytest.mark.asyncio
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_write_on_one_replica_reaches_the_other(
@@ -42,7 +34,7 @@ async def test_killed_listen_connection_reconnects_and_reloads(
     """1. kill the LISTEN backend; 2. write while it is down (that NOTIFY is lost to it);
     3. the replica reconnects, reloads, and has the write; 4. later changes still arrive."""
     async with run_app(make_config()) as victim:
-        reconnects = victim.metrics.sync_reconnects._value.get()
+        reconnects = sample(victim.metrics, "sd_sync_listen_reconnects_total")
         pid = victim.sync.listen_pid()
         admin = await asyncpg.connect(database_url)
         try:
@@ -51,7 +43,9 @@ async def test_killed_listen_connection_reconnects_and_reloads(
         finally:
             await admin.close()
         await eventually(lambda: victim.registry.get(unique_name) is not None, timeout=10)
-        await eventually(lambda: victim.metrics.sync_reconnects._value.get() > reconnects)
+        await eventually(
+            lambda: sample(victim.metrics, "sd_sync_listen_reconnects_total") > reconnects
+        )
         assert victim.sync.listen_pid() != pid
         await app.catalog.register(unique_name, EndpointSpec("10.0.0.8"))
         await eventually(lambda: victim.registry.is_live(unique_name, "10.0.0.8"))

@@ -5,22 +5,17 @@ service moves only when that service changes; thousands of watchers cost memory,
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 
 import aiohttp
 import pytest
+from helpers import eventually, put_ok, sample
 
 from service_discovery.app import run_app
 from service_discovery.config import Config
 
 pytestmark = pytest.mark.asyncio
-
-
-async def put(http: aiohttp.ClientSession, path: str, body: object) -> None:
-    async with http.put(path, data=json.dumps(body)) as resp:
-        assert resp.status in (200, 201), await resp.text()
 
 
 async def index_of(http: aiohttp.ClientSession, path: str) -> int:
@@ -47,13 +42,13 @@ async def test_blocking_read_returns_on_change(
 ) -> None:
     """1. read the service and its X-Index; 2. a blocking read at that index waits; 3. a
     registration releases it at once, with the new endpoint and a larger X-Index."""
-    await put(http, "/service", {"name": unique_name})
+    await put_ok(http, "/service", {"name": unique_name})
     index = await index_of(http, f"/service/{unique_name}")
     path = f"/service/{unique_name}?index={index}&wait=10s"
     blocked = asyncio.create_task(timed_get(http, path))
     assert await still_waiting(blocked, 0.3)
     changed = time.monotonic()
-    await put(http, f"/service/{unique_name}/register", {"ip": "10.7.0.1"})
+    await put_ok(http, f"/service/{unique_name}/register", {"ip": "10.7.0.1"})
     status, new_index, body, _ = await asyncio.wait_for(blocked, 2)
     assert time.monotonic() - changed < 0.5
     assert status == 200 and new_index > index
@@ -64,7 +59,7 @@ async def test_blocking_read_returns_on_change(
 async def test_blocking_read_times_out_with_the_same_index(
     http: aiohttp.ClientSession, unique_name: str
 ) -> None:
-    await put(http, "/service", {"name": unique_name})
+    await put_ok(http, "/service", {"name": unique_name})
     index = await index_of(http, f"/service/{unique_name}")
     status, same, _, took = await timed_get(
         http, f"/service/{unique_name}?index={index}&wait=300ms"
@@ -74,7 +69,7 @@ async def test_blocking_read_times_out_with_the_same_index(
 
 
 async def test_past_index_returns_at_once(http: aiohttp.ClientSession, unique_name: str) -> None:
-    await put(http, "/service", {"name": unique_name})
+    await put_ok(http, "/service", {"name": unique_name})
     index = await index_of(http, f"/service/{unique_name}")
     for path in (
         f"/service/{unique_name}?index={index - 1}&wait=10s",
@@ -91,18 +86,18 @@ async def test_service_index_moves_only_when_that_service_changes(
     stays; 3. the registry listing's index moves with every change; 4. a change to A releases
     the read on A."""
     a, b = unique_name, unique_name + "-b"
-    await put(http, "/service", {"name": a})
-    await put(http, "/service", {"name": b})
+    await put_ok(http, "/service", {"name": a})
+    await put_ok(http, "/service", {"name": b})
     index_a = await index_of(http, f"/service/{a}")
     listing = await index_of(http, "/services")
     blocked = asyncio.create_task(timed_get(http, f"/service/{a}?index={index_a}&wait=10s"))
-    await put(http, f"/service/{b}/register", {"ip": "10.7.1.1"})
-    await put(http, f"/service/{b}/ports", {"http": {"port": 80}})
+    await put_ok(http, f"/service/{b}/register", {"ip": "10.7.1.1"})
+    await put_ok(http, f"/service/{b}/ports", {"http": {"port": 80}})
     assert await still_waiting(blocked, 0.3)
     assert await index_of(http, f"/service/{a}") == index_a
     assert await index_of(http, "/services") >= listing + 2
     assert await index_of(http, f"/service/{b}") > index_a
-    await put(http, f"/service/{a}/register", {"ip": "10.7.1.2"})
+    await put_ok(http, f"/service/{a}/register", {"ip": "10.7.1.2"})
     status, new_a, _, _ = await asyncio.wait_for(blocked, 2)
     assert status == 200 and new_a > index_a
 
@@ -111,14 +106,14 @@ async def test_listing_blocks_on_registry_changes_only(
     http: aiohttp.ClientSession, unique_name: str
 ) -> None:
     """A blocking listing returns when a service is created, not when a lease is renewed."""
-    await put(http, "/service", {"name": unique_name})
-    await put(http, f"/service/{unique_name}/register", {"ip": "10.7.2.1", "ttl_seconds": 30})
+    await put_ok(http, "/service", {"name": unique_name})
+    await put_ok(http, f"/service/{unique_name}/register", {"ip": "10.7.2.1", "ttl_seconds": 30})
     version = await index_of(http, "/services")
     blocked = asyncio.create_task(timed_get(http, f"/services?index={version}&wait=10s"))
     async with http.put(f"/service/{unique_name}/endpoints/10.7.2.1/heartbeat") as resp:
         assert resp.status == 200
     assert await still_waiting(blocked, 0.3)
-    await put(http, "/service", {"name": unique_name + "-new"})
+    await put_ok(http, "/service", {"name": unique_name + "-new"})
     status, new_version, body, _ = await asyncio.wait_for(blocked, 2)
     assert status == 200 and new_version > version
     assert unique_name + "-new" in {s["name"] for s in body}
@@ -131,11 +126,11 @@ async def test_lapse_and_heartbeats(make_config: Callable[..., Config], unique_n
     async with run_app(make_config(lease_reap_interval_seconds=3600)) as app:
         base = f"http://127.0.0.1:{app.http_port}"
         async with aiohttp.ClientSession(base_url=base) as http:
-            await put(http, "/service", {"name": unique_name})
-            await put(
+            await put_ok(http, "/service", {"name": unique_name})
+            await put_ok(
                 http, f"/service/{unique_name}/register", {"ip": "10.7.3.1", "ttl_seconds": 1}
             )
-            await put(http, f"/service/{unique_name}/register", {"ip": "10.7.3.2"})
+            await put_ok(http, f"/service/{unique_name}/register", {"ip": "10.7.3.2"})
             index = await index_of(http, f"/service/{unique_name}")
 
             path = f"/service/{unique_name}?index={index}&wait=800ms"
@@ -167,7 +162,7 @@ async def test_deleted_service_reports_its_index(
 ) -> None:
     """A deletion releases a blocking read with 404 and an X-Index, and a blocking read at that
     index then waits instead of spinning."""
-    await put(http, "/service", {"name": unique_name})
+    await put_ok(http, "/service", {"name": unique_name})
     index = await index_of(http, f"/service/{unique_name}")
     blocked = asyncio.create_task(timed_get(http, f"/service/{unique_name}?index={index}&wait=10s"))
     assert await still_waiting(blocked, 0.2)
@@ -201,7 +196,7 @@ async def test_wait_is_capped_and_jittered(
         async with aiohttp.ClientSession(
             base_url=base, connector=aiohttp.TCPConnector(limit=0)
         ) as http:
-            await put(http, "/service", {"name": unique_name})
+            await put_ok(http, "/service", {"name": unique_name})
             index = await index_of(http, f"/service/{unique_name}")
             path = f"/service/{unique_name}?index={index}&wait=10m"
             results = await asyncio.gather(*(timed_get(http, path) for _ in range(20)))
@@ -225,14 +220,15 @@ async def test_thousand_watchers_released_by_one_change(
         async with aiohttp.ClientSession(
             base_url=base, connector=connector, timeout=timeout
         ) as http:
-            await put(http, "/service", {"name": unique_name})
+            await put_ok(http, "/service", {"name": unique_name})
             index = await index_of(http, f"/service/{unique_name}")
             path = f"/service/{unique_name}?index={index}&wait=30s"
             watchers = [asyncio.create_task(timed_get(http, path)) for _ in range(count)]
-            deadline = time.monotonic() + 20
-            while app.metrics.http_watches._value.get() < count:
-                assert time.monotonic() < deadline, app.metrics.http_watches._value.get()
-                await asyncio.sleep(0.05)
+
+            def held() -> float:
+                return sample(app.metrics, "sd_http_blocking_queries")
+
+            await eventually(lambda: held() >= count, 20, f"{count} watchers held")
             await asyncio.sleep(0.2)
 
             cpu = time.process_time()
@@ -241,13 +237,13 @@ async def test_thousand_watchers_released_by_one_change(
             assert idle_cpu < 0.15, f"{idle_cpu:.3f} s of CPU while 1,000 watchers waited"
 
             changed = time.monotonic()
-            await put(http, f"/service/{unique_name}/register", {"ip": "10.7.4.1"})
+            await put_ok(http, f"/service/{unique_name}/register", {"ip": "10.7.4.1"})
             results = await asyncio.wait_for(asyncio.gather(*watchers), 20)
             released_in = time.monotonic() - changed
             assert all(r[0] == 200 and r[1] > index for r in results)
             assert all(r[2]["endpoints"][0]["ip"] == "10.7.4.1" for r in results)
             assert released_in < 10, released_in
-            assert app.metrics.http_watches._value.get() == 0
+            assert held() == 0
 
 
 async def test_shutdown_answers_blocked_reads(
@@ -257,7 +253,7 @@ async def test_shutdown_answers_blocked_reads(
     async with aiohttp.ClientSession() as http:
         async with run_app(make_config()) as app:
             base = f"http://127.0.0.1:{app.http_port}"
-            await put(http, base + "/service", {"name": unique_name})
+            await put_ok(http, base + "/service", {"name": unique_name})
             index = await index_of(http, f"{base}/service/{unique_name}")
             blocked = asyncio.create_task(
                 timed_get(http, f"{base}/service/{unique_name}?index={index}&wait=30s")
@@ -277,14 +273,15 @@ async def test_a_client_that_goes_away_frees_its_watch(
     async with run_app(make_config(max_watches_per_client=1)) as app:
         base = f"http://127.0.0.1:{app.http_port}"
         async with aiohttp.ClientSession(base_url=base) as http:
-            await put(http, "/service", {"name": unique_name})
+            await put_ok(http, "/service", {"name": unique_name})
             index = await index_of(http, f"/service/{unique_name}")
             path = f"/service/{unique_name}?index={index}&wait=30s"
             with pytest.raises(asyncio.TimeoutError):
                 await http.get(path, timeout=aiohttp.ClientTimeout(total=0.3))
-            deadline = time.monotonic() + 2
-            while app.metrics.http_watches._value.get() > 0:
-                assert time.monotonic() < deadline, "the abandoned watch is still held"
-                await asyncio.sleep(0.02)
+            await eventually(
+                lambda: sample(app.metrics, "sd_http_blocking_queries") == 0,
+                2,
+                "the abandoned watch released",
+            )
             status, *_ = await timed_get(http, path.replace("30s", "100ms"))
             assert status == 200  # not 429: the slot is free again
