@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format system-deps bench bench-http bench-dns bench-grpc bench-leases bench-scale slow clean
+.PHONY: run test lint format system-deps bench bench-http bench-dns bench-grpc bench-leases bench-watches bench-scale slow clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ lint: $(VENV)/.installed-dev
 test: system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The long runs: soak, 100k scale, the full fuzz.
+# The long runs: soak, 100k scale, the full fuzz, and the scenarios with wall-clock budgets.
 slow: system-deps $(VENV)/.installed-dev
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 
@@ -40,7 +40,7 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-http bench-dns bench-grpc bench-leases bench-scale
+bench: bench-http bench-dns bench-grpc bench-leases bench-watches bench-scale
 
 bench-http: $(VENV)/.installed-dev
 	$(BIN)/python bench/http_bench.py
@@ -53,6 +53,9 @@ bench-grpc: $(VENV)/.installed-dev
 
 bench-leases: $(VENV)/.installed-dev
 	$(BIN)/python bench/leases.py
+
+bench-watches: $(VENV)/.installed-dev
+	$(BIN)/python bench/watches.py
 
 bench-scale: $(VENV)/.installed-dev
 	$(BIN)/python bench/scale.py

@@ -25,7 +25,7 @@ import aiohttp
 import asyncpg
 import grpc
 import pytest
-from helpers import Daemon, dns_a, eventually, put, scrape
+from helpers import Daemon, dns_a, eventually, put, scrape, with_budgets
 from pgproxy import TcpProxy
 
 from service_discovery.app import run_app
@@ -60,6 +60,7 @@ def ports_body(n: int) -> dict[str, dict[str, object]]:
 
 # ---- 1. database outage ----------------------------------------------------------------------
 @pytest.mark.parametrize("blackhole", [False, True], ids=["refused", "blackholed"])
+@with_budgets
 async def test_database_outage_reads_serve_writes_503_then_recover(
     make_config: Callable[..., Config],
     database_url: str,
@@ -67,12 +68,13 @@ async def test_database_outage_reads_serve_writes_503_then_recover(
     unique_name: str,
     caplog: pytest.LogCaptureFixture,
     blackhole: bool,
+    budgets: bool,
 ) -> None:
     """1. writes acknowledged; 2. the database goes away: the proxy closes (connection refused,
     all cut), or it blackholes (accepts and never forwards, also on connections open before:
     only timeouts can notice, and they must); 3. metric 0 and a warning; 4. HTTP, DNS and gRPC
-    reads and /ready keep answering; 5. writes answer 503 and UNAVAILABLE within 2 x
-    DB_TIMEOUT_SECONDS + 1 s; 6. another replica writes; 7. the proxy reopens: reconnect,
+    reads and /ready keep answering; 5. writes answer 503 and UNAVAILABLE (budget: within 2 x
+    DB_TIMEOUT_SECONDS + 1 s); 6. another replica writes; 7. the proxy reopens: reconnect,
     reload (the other replica's write appears), writes work; 8. every acknowledged write is in
     the database."""
     db_timeout = 1.0
@@ -132,16 +134,18 @@ async def test_database_outage_reads_serve_writes_503_then_recover(
             status, took = await timed_put(
                 http, f"/service/{unique_name}/register", {"ip": f"10.9.1.{i}"}
             )
-            assert status == 503 and took < limit, (status, took)
+            assert status == 503, (status, took)
+            assert not budgets or took < limit, (status, took)
             status, took = await timed_put(http, "/service", {"name": f"{unique_name}-x{i}"})
-            assert status == 503 and took < limit, (status, took)
+            assert status == 503, (status, took)
+            assert not budgets or took < limit, (status, took)
         started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.CreateService(
                 pb.CreateServiceRequest(service=pb.Service(name=f"{unique_name}-g")), timeout=10
             )
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert time.monotonic() - started < limit
+        assert not budgets or time.monotonic() - started < limit
         assert await scrape(http, "sd_store_unavailable_total") >= before + 7
 
         # Step 6: meanwhile another replica writes (its notifications cannot reach us).
@@ -191,13 +195,14 @@ async def test_database_outage_reads_serve_writes_503_then_recover(
     ]
 
 
+@with_budgets
 async def test_listen_backend_terminated_reloads(
-    make_config: Callable[..., Config], database_url: str, unique_name: str
+    make_config: Callable[..., Config], database_url: str, unique_name: str, budgets: bool
 ) -> None:
     """1. a replica is ready; 2. pg_terminate_backend on its LISTEN connection (this run's own
     database only); 3. the replica reconnects and reloads: a write made through another replica
     in between shows up; 4. the pool's connections are terminated too: the next write may get
-    503 but never hangs, and a retry succeeds."""
+    503 but never hangs (budget: 3.5 s), and a retry succeeds."""
     async with (
         run_app(make_config(db_timeout_seconds=1.0)) as app,
         aiohttp.ClientSession(base_url=f"http://127.0.0.1:{app.http_port}") as http,
@@ -242,7 +247,7 @@ async def test_listen_backend_terminated_reloads(
             status, took = await timed_put(
                 http, f"/service/{unique_name}/register", {"ip": "10.8.0.2"}
             )
-            assert took < 3.5, took
+            assert not budgets or took < 3.5, took
             if status == 200:
                 break
             assert status == 503
@@ -553,16 +558,17 @@ async def _closed_by_server(reader: asyncio.StreamReader, timeout: float) -> boo
         return False
 
 
+@with_budgets
 async def test_slow_and_hostile_clients_do_not_stop_service(
-    make_config: Callable[..., Config], unique_name: str
+    make_config: Callable[..., Config], unique_name: str, budgets: bool
 ) -> None:
     """1. a daemon with 1 s HTTP idle and body timeouts and DNS TCP capped at 200 connections
     idle for 1 s at most; 2. 300 slowloris connections trickle header lines and 50 trickle a
     body, while 1,000 idle DNS TCP connections are opened; 3. ordinary HTTP, DNS UDP and gRPC
-    clients are answered promptly throughout; 4. the server closes the slow HTTP connections
-    (the slow bodies get 408) and the idle DNS ones within their timeouts, and a new DNS TCP
-    client is answered again; 5. an oversized body, deep JSON, 1,000 headers and a 100 kB
-    header line each get a 4xx within a second."""
+    clients are answered throughout (budget: 0.5 s each); 4. the server closes the slow HTTP
+    connections (the slow bodies get 408) and the idle DNS ones (budget: 8 s for all), and a new
+    DNS TCP client is answered again; 5. an oversized body, deep JSON, 1,000 headers and a
+    100 kB header line each get a 4xx (budget: 1 s each)."""
     config = make_config(
         http_idle_timeout_seconds=1.0,
         http_body_timeout_seconds=1.0,
@@ -619,7 +625,7 @@ async def test_slow_and_hostile_clients_do_not_stop_service(
             assert got.service.name == unique_name
             worst = max(worst, time.monotonic() - started)
             await asyncio.sleep(0.05)
-        assert worst < 0.5, worst
+        assert not budgets or worst < 0.5, worst
 
         # Step 4: the server sheds them within the timeouts (1 s, plus timer slack).
         closed = await asyncio.gather(*(_closed_by_server(r, 4.0) for r, _ in slow))
@@ -632,7 +638,7 @@ async def test_slow_and_hostile_clients_do_not_stop_service(
         )
         dns_closed = await asyncio.gather(*(_closed_by_server(r, 4.0) for r, _ in idle_dns))
         assert all(dns_closed), f"{dns_closed.count(False)} idle DNS connections still open"
-        assert time.monotonic() - opened < 8
+        assert not budgets or time.monotonic() - opened < 8
         trickler.cancel()
         for _, w in [*slow, *bodies, *idle_dns]:
             w.transport.abort()
@@ -649,22 +655,22 @@ async def test_slow_and_hostile_clients_do_not_stop_service(
         status, took = await _raw_http(
             port, f"PUT /service HTTP/1.1\r\nHost: x\r\nContent-Length: {big}\r\n\r\n".encode()
         )
-        assert status == 413 and took < 1, (status, took)
+        assert status == 413 and (not budgets or took < 1), (status, took)
         deep = b"[" * 100_000 + b"]" * 100_000
         status, took = await _raw_http(
             port,
             b"PUT /service HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(deep), deep),
         )
-        assert status == 400 and took < 1, (status, took)
+        assert status == 400 and (not budgets or took < 1), (status, took)
         many = b"".join(b"X-H%d: v\r\n" % i for i in range(1000))
         status, took = await _raw_http(
             port, b"GET /services HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n"
         )
-        assert 400 <= status < 500 and took < 1, (status, took)
+        assert 400 <= status < 500 and (not budgets or took < 1), (status, took)
         status, took = await _raw_http(
             port, b"GET /services HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
         )
-        assert 400 <= status < 500 and took < 1, (status, took)
+        assert 400 <= status < 500 and (not budgets or took < 1), (status, took)
         async with http.get("/healthz") as resp:
             assert resp.status == 200
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Daemon, free_port, http_status
+from helpers import Daemon, free_port, http_status, with_budgets
 
 
 def cli(
@@ -102,22 +102,27 @@ def test_secret_not_echoed_in_errors() -> None:
     assert "s3cret" not in res.stderr + res.stdout
 
 
-def test_sigterm_drains_then_exits_zero(database_url: str, tmp_path: Path) -> None:
-    """1. start the daemon; 2. /ready turns 200; 3. SIGTERM: /ready is 503 at once while
-    /healthz still answers during the drain; 4. the process exits 0 within drain + timeout."""
+@with_budgets
+def test_sigterm_drains_then_exits_zero(database_url: str, tmp_path: Path, budgets: bool) -> None:
+    """1. start the daemon; 2. /ready turns 200; 3. SIGTERM: /ready turns 503 while /healthz
+    still answers during the drain; 4. the process exits 0 after the drain (budget: within
+    drain + timeout + 2 s)."""
     env = {"DATABASE_URL": database_url, "SHUTDOWN_DRAIN_SECONDS": "2",
            "SHUTDOWN_TIMEOUT_SECONDS": "3"}  # fmt: skip
     with Daemon(tmp_path / "daemon.log", env) as daemon:
         assert daemon.proc is not None
         daemon.kill(signal.SIGTERM)
         t0 = time.monotonic()
-        time.sleep(0.2)
-        assert http_status(daemon.base + "/ready") == 503
+        # polled until the signal is handled (the drain lasts 2 s; 10 s is a guard)
+        while (ready := http_status(daemon.base + "/ready")) == 200 and time.monotonic() < t0 + 10:
+            time.sleep(0.02)
+        assert ready == 503
         assert http_status(daemon.base + "/healthz") == 200
         code = daemon.proc.wait(timeout=2 + 3 + 5)
         elapsed = time.monotonic() - t0
         assert code == 0
-        assert 1.8 <= elapsed < 2 + 3 + 2
+        assert 1.8 <= elapsed
+        assert not budgets or elapsed < 2 + 3 + 2
         out = daemon.log.read_text()
         assert "draining" in out and "stopped" in out
         assert "Traceback" not in out
