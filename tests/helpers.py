@@ -78,6 +78,7 @@ async def put_ok(http: aiohttp.ClientSession, path: str, body: object = None) ->
     return await resp.json()
 
 
+# ---- DNS -------------------------------------------------------------------------------------
 ZONE = "svc.cluster.local"
 
 
