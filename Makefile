@@ -11,8 +11,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+# the client distribution (clients/python) too: its tests run against the daemon
+$(VENV)/.installed-dev: pyproject.toml clients/python/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]' -e './clients/python[async]'
 	touch $@
 
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
@@ -28,6 +29,7 @@ system-deps:
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict clients/python/src
 
 test: system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
