@@ -125,7 +125,11 @@ def test_services_ports_endpoints_round_trip(sd: Client, daemon: Replica, name: 
     assert status == 200 and svc.raw == api
     assert svc.index == api["index"] and svc.id == api["id"]
     assert sorted(e.ip for e in svc.endpoints) == ["10.1.0.1", "10.1.0.2"]
-    listed = {s.name: s for s in sd.services()}
+    listing = sd.services()
+    status, api_listing = http_json(f"{daemon.base}/services")
+    assert [s.raw for s in listing] == api_listing and not listing.stale
+    assert listing.registry_index >= svc.index
+    listed = {s.name: s for s in listing}
     assert listed[name].endpoints == () and listed[name].named_ports == svc.named_ports
     assert sorted(e.ip for e in sd.endpoints(name)) == ["10.1.0.1", "10.1.0.2"]
     assert sorted(sd.resolve(name, "grpc")) == [("10.1.0.1", 9000), ("10.1.0.2", 9000)]
@@ -338,7 +342,8 @@ def test_two_replicas_failover_then_stale_then_fresh(
         assert stale.stale and sorted(e.ip for e in stale.endpoints) == ["10.5.0.1", "10.5.0.2"]
         resolved = sd.resolve(name, "http")
         assert resolved.stale and sorted(resolved) == [("10.5.0.1", 80), ("10.5.0.2", 80)]
-        assert all(s.stale for s in sd.services())
+        listing = sd.services()
+        assert listing.stale and all(s.stale for s in listing) and listing.registry_index > 0
         assert "serving the last good answer (stale)" in caplog.text
         with pytest.raises(Unavailable):
             sd.register(name, "10.5.0.3")

@@ -23,6 +23,7 @@ from service_discovery_client.models import (
     NamedPort,
     Renewal,
     Service,
+    Services,
 )
 
 __version__ = "0.1.0"
@@ -44,6 +45,7 @@ __all__ = [
     "Renewal",
     "Service",
     "ServiceDiscoveryError",
+    "Services",
     "TooManyRequests",
     "Unauthorized",
     "Unavailable",

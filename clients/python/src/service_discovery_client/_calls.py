@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlencode
 
 from service_discovery_client import models
-from service_discovery_client.models import Endpoint, NamedPort, Renewal, Service
+from service_discovery_client.models import Endpoint, NamedPort, Renewal, Service, Services
 
 T = TypeVar("T")
 
@@ -77,8 +77,10 @@ def _stale_service(svc: Service) -> Service:
     return replace(svc, stale=True)
 
 
-def _stale_services(items: list[Service]) -> list[Service]:
-    return [replace(s, stale=True) for s in items]
+def _stale_services(items: Services) -> Services:
+    return Services(
+        (replace(s, stale=True) for s in items), registry_index=items.registry_index, stale=True
+    )
 
 
 def service(name: str) -> Call[Service]:
@@ -91,7 +93,7 @@ def service(name: str) -> Call[Service]:
     )
 
 
-def services() -> Call[list[Service]]:
+def services() -> Call[Services]:
     return Call(
         "GET",
         "/services",
@@ -205,7 +207,7 @@ def watch_service(name: str, index: int | None, wait: float) -> Call[tuple[int, 
     )
 
 
-def watch_services(index: int | None, wait: float) -> Call[tuple[int, list[Service]]]:
+def watch_services(index: int | None, wait: float) -> Call[tuple[int, Services]]:
     query = () if index is None else (("index", str(index)), ("wait", _wait_param(wait)))
     return Call(
         "GET",

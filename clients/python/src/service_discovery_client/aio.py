@@ -26,7 +26,14 @@ from service_discovery_client._base import (
 from service_discovery_client._calls import Call, Response
 from service_discovery_client.errors import Conflict, NotFound, ServiceDiscoveryError, Unavailable
 from service_discovery_client.lease import RETRY_SECONDS, LeaseState
-from service_discovery_client.models import Addresses, Endpoint, NamedPort, Renewal, Service
+from service_discovery_client.models import (
+    Addresses,
+    Endpoint,
+    NamedPort,
+    Renewal,
+    Service,
+    Services,
+)
 
 if TYPE_CHECKING:
     import aiohttp
@@ -85,7 +92,7 @@ class AsyncClient:
         await self.close()
 
     # ---- services ------------------------------------------------------------------------------
-    async def services(self) -> list[Service]:
+    async def services(self) -> Services:
         return await self._run(_calls.services())
 
     async def service(self, name: str) -> Service:
@@ -138,9 +145,7 @@ class AsyncClient:
         return resolve(await self.service(name), port_name)
 
     @overload
-    def watch(
-        self, name: None = None, *, wait: float = WATCH_WAIT
-    ) -> AsyncIterator[list[Service]]: ...
+    def watch(self, name: None = None, *, wait: float = WATCH_WAIT) -> AsyncIterator[Services]: ...
     @overload
     def watch(self, name: str, *, wait: float = WATCH_WAIT) -> AsyncIterator[Service | None]: ...
     async def watch(

@@ -27,7 +27,7 @@ from service_discovery_client.errors import (
     Unauthorized,
     Unavailable,
 )
-from service_discovery_client.models import Endpoint, NamedPort, Service
+from service_discovery_client.models import Endpoint, NamedPort, Service, Services
 
 # Exit codes, one per error class; written here once and shown in `sdctl --help`.
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -286,11 +286,16 @@ def cmd_services(sd: Client, args: argparse.Namespace, out: Output) -> int:
         out.raw([s.raw for s in services])
     else:
         rows = [
-            [s.name, _ports_text(s.named_ports), _attrs_text(s.attributes), str(s.index)]
+            [
+                s.name,
+                _ports_text(s.named_ports) or "-",
+                _attrs_text(s.attributes) or "-",
+                str(s.index),
+            ]
             for s in sorted(services, key=lambda s: s.name)
         ]
         out.print(table(["NAME", "PORTS", "ATTRIBUTES", "INDEX"], rows))
-    out.stale(any(s.stale for s in services))
+    out.stale(services.stale)
     return EXIT_OK
 
 
@@ -421,10 +426,10 @@ def _service_changes(before: Service | None, after: Service | None, first: bool)
     return lines or ["updated"]
 
 
-def _list_changes(before: list[Service] | None, after: list[Service]) -> list[str]:
+def _list_changes(before: Services | None, after: Services) -> list[str]:
     if before is None:
         names = ", ".join(sorted(s.name for s in after)) or "none"
-        return [f"{len(after)} services: {names}"]
+        return [f"{len(after)} service{'' if len(after) == 1 else 's'}: {names}"]
     was = {s.name: s for s in before}
     now = {s.name: s for s in after}
     lines = [f"created {n}" for n in sorted(now) if n not in was]
@@ -438,14 +443,13 @@ def cmd_watch(sd: Client, args: argparse.Namespace, out: Output) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if args.name is None:
-            before: list[Service] | None = None
+            before: Services | None = None
             for services in sd.watch():
                 if out.json:
                     out.raw([s.raw for s in services], line=True)
                 else:
-                    index = max((s.index for s in services), default=0)
                     for line in _list_changes(before, services):
-                        out.print(f"{_now()}  index {index}  {line}")
+                        out.print(f"{_now()}  index {services.registry_index}  {line}")
                 before = services
         else:
             last: Service | None = None

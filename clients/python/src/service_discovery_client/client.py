@@ -28,7 +28,14 @@ from service_discovery_client._base import (
 from service_discovery_client._calls import Call, Response
 from service_discovery_client.errors import Conflict, Unavailable
 from service_discovery_client.lease import Lease
-from service_discovery_client.models import Addresses, Endpoint, NamedPort, Renewal, Service
+from service_discovery_client.models import (
+    Addresses,
+    Endpoint,
+    NamedPort,
+    Renewal,
+    Service,
+    Services,
+)
 
 T = TypeVar("T")
 
@@ -121,8 +128,8 @@ class Client:
         self.close()
 
     # ---- services ------------------------------------------------------------------------------
-    def services(self) -> list[Service]:
-        """Every service, without endpoints."""
+    def services(self) -> Services:
+        """Every service, without endpoints (`.registry_index`: the registry's)."""
         return self._run(_calls.services())
 
     def service(self, name: str) -> Service:
@@ -192,7 +199,7 @@ class Client:
         return resolve(self.service(name), port_name)
 
     @overload
-    def watch(self, name: None = None, *, wait: float = WATCH_WAIT) -> Iterator[list[Service]]: ...
+    def watch(self, name: None = None, *, wait: float = WATCH_WAIT) -> Iterator[Services]: ...
     @overload
     def watch(self, name: str, *, wait: float = WATCH_WAIT) -> Iterator[Service | None]: ...
     def watch(self, name: str | None = None, *, wait: float = WATCH_WAIT) -> Iterator[Any]:

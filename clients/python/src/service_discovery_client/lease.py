@@ -68,9 +68,7 @@ class LeaseState:
             self.renewals += 1
         else:
             if self.registrations:
-                log.info(
-                    "registered %s in %s again (lease of %d s)", self.ip, self.name, self.ttl
-                )
+                log.info("registered %s in %s again (lease of %d s)", self.ip, self.name, self.ttl)
             self.registrations += 1
             self.registered = True
         self.expires_at = result.expires_at

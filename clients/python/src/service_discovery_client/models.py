@@ -71,6 +71,19 @@ class Renewal:
     raw: Any = field(default=None, compare=False, repr=False)
 
 
+class Services(list[Service]):
+    """`services()`'s answer: a list of `Service` (without endpoints); `registry_index` is the
+    registry's index (X-Index of /services; each service's own is its `index`), `stale` when
+    served from the last good answer."""
+
+    def __init__(
+        self, items: Iterable[Service] = (), *, registry_index: int = 0, stale: bool = False
+    ) -> None:
+        super().__init__(items)
+        self.registry_index = registry_index
+        self.stale = stale
+
+
 class Address(NamedTuple):
     """One target of `resolve()`: compares equal to the tuple `(ip, port)`."""
 
@@ -142,10 +155,10 @@ def service(data: Any, index: int) -> Service:
         raise BadResponse(f"malformed service: {exc!r}") from None
 
 
-def services(data: Any, index: int) -> list[Service]:
+def services(data: Any, index: int) -> Services:
     if not isinstance(data, list):
         raise BadResponse("expected a JSON list of services")
-    return [service(s, index) for s in data]
+    return Services((service(s, index) for s in data), registry_index=index)
 
 
 def renewal(data: Any) -> Renewal:
