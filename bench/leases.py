@@ -16,9 +16,18 @@ from a change to 1,000 blocked HTTP watchers all being answered.
 4. Watches: WATCHERS blocking queries `GET /service/{name}?index=N&wait=60s` from two processes;
    once /metrics shows all of them blocked, register one endpoint and record, per watcher, the
    time from sending that write to receiving the answer. ROUNDS rounds; print p50/p99/max.
+5. Leased clients: CLIENTS leases held by the client library (clients/python) in one process
+   (pinned to core 1), for each of CLIENT_MODES: `async` (one asyncio loop, one AsyncClient,
+   `async with sd.lease(...)` each) and `threads` (one sync Client, a `Lease` thread each);
+   ttl CLIENT_TTL s, so each renews every ttl/3. Once all are registered, measure over
+   CLIENT_WINDOW s: renewals/s (the daemon's sd_lease_heartbeats_total), daemon CPU per
+   renewal (minus the idle daemon's CPU rate, measured first), the client process's CPU per
+   renewal, and failed renewals. Then every lease is deregistered on exit.
 
 Run: .venv/bin/python bench/leases.py   (env ENDPOINTS=10000 DURATION=10 CONCURRENCY=1024
-     RATES=1000,2000 WATCHERS=1000 ROUNDS=5); about 3 minutes.
+     RATES=1000,2000 WATCHERS=1000 ROUNDS=5 CLIENTS=1000 CLIENT_TTL=9 CLIENT_WINDOW=15
+     CLIENT_MODES=async,threads); about 4 minutes. Only the clients:
+     PHASES=clients ENDPOINTS=0 .venv/bin/python bench/leases.py
 Loopback only; the daemon and every worker are stopped by PID; the database is dropped.
 """
 
@@ -46,7 +55,11 @@ CONCURRENCY = int(os.environ.get("CONCURRENCY", "1024"))
 WATCHERS = int(os.environ.get("WATCHERS", "1000"))
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 RATES = [float(r) for r in os.environ.get("RATES", "1000,2000").split(",") if r]
-PHASES = os.environ.get("PHASES", "flat,rates,reference,reaper,watch").split(",")
+PHASES = os.environ.get("PHASES", "flat,rates,reference,reaper,watch,clients").split(",")
+CLIENTS = int(os.environ.get("CLIENTS", "1000"))
+CLIENT_TTL = int(os.environ.get("CLIENT_TTL", "9"))
+CLIENT_WINDOW = float(os.environ.get("CLIENT_WINDOW", "15"))
+CLIENT_MODES = os.environ.get("CLIENT_MODES", "async,threads").split(",")
 STATS_SETTLE = 11.0  # PostgreSQL's PGSTAT_IDLE_INTERVAL (10 s) and a margin
 PER_SERVICE = 100
 TTL = 300
@@ -142,6 +155,115 @@ def _watch_worker(
                 out.put(await asyncio.gather(*(watch(index) for _ in range(count))))
 
     uvloop.run(run())
+
+
+def _lease_client_worker(
+    base: str, service: str, count: int, mode: str, ttl: int, ctl: mp.Queue, out: mp.Queue
+) -> None:
+    """Hold `count` leases with the client library until told to stop; report
+    ("ready", registered) once all are held, then ("done", renewals, failures, registrations)
+    after deregistering them all."""
+    import logging
+    import threading
+
+    from service_discovery_client import AsyncClient, Client
+
+    pin(CLIENT_CORE)
+    logging.basicConfig(level=logging.ERROR)  # a failed renewal is counted, not printed
+    ips = [f"10.200.{i // 256}.{i % 256}" for i in range(count)]
+
+    def totals(leases: list) -> tuple[int, int, int]:
+        return (
+            sum(x.state.renewals for x in leases),
+            sum(x.state.failures for x in leases),
+            sum(x.state.registrations for x in leases),
+        )
+
+    if mode == "threads":
+        sd = Client(base, pool_size=count)
+        leases = [sd.lease(service, ip, ttl=ttl) for ip in ips]
+        starters = [threading.Thread(target=x.start) for x in leases]
+        for i in range(0, count, 50):  # 50 registrations in flight at a time
+            for t in starters[i : i + 50]:
+                t.start()
+            for t in starters[i : i + 50]:
+                t.join()
+        out.put(("ready", sum(x.held for x in leases)))
+        ctl.get()
+        counts = totals(leases)
+        for x in leases:
+            x.stop()
+        out.put(("done", *counts))
+        return
+
+    async def run() -> None:
+        async with AsyncClient(base, limit=200) as sd:
+            leases = [sd.lease(service, ip, ttl=ttl) for ip in ips]
+            gate = asyncio.Semaphore(50)
+
+            async def start(lease: object) -> None:
+                async with gate:
+                    await lease.start()  # type: ignore[attr-defined]
+
+            await asyncio.gather(*(start(x) for x in leases))
+            out.put(("ready", sum(x.held for x in leases)))
+            await asyncio.to_thread(ctl.get)
+            counts = totals(leases)
+            await asyncio.gather(*(x.stop() for x in leases))
+            out.put(("done", *counts))
+
+    asyncio.run(run())
+
+
+def bench_clients(daemon: Daemon) -> None:
+    """Heartbeat cost of CLIENTS leased clients of the client library (see step 5)."""
+    service = "lease-clients"
+    _put(daemon.base, "/service", {"name": service})
+    cpu0, t0 = _cpu_seconds(daemon.proc.pid), time.time()
+    time.sleep(5)
+    idle = (_cpu_seconds(daemon.proc.pid) - cpu0) / (time.time() - t0)
+    print(f"leased clients: {CLIENTS} leases (ttl {CLIENT_TTL} s, renewed every "
+          f"{CLIENT_TTL / 3:g} s) held by the client library; idle daemon CPU "
+          f"{idle:.1%} of a core")  # fmt: skip
+    ctx = mp.get_context("spawn")
+    for mode in CLIENT_MODES:
+        ctl: mp.Queue = ctx.Queue()
+        out: mp.Queue = ctx.Queue()
+        args = (daemon.base, service, CLIENTS, mode, CLIENT_TTL, ctl, out)
+        proc = ctx.Process(target=_lease_client_worker, args=args)
+        started = time.time()
+        proc.start()
+        try:
+            kind, held = out.get(timeout=300)
+            assert kind == "ready"
+            ramp = time.time() - started
+            time.sleep(CLIENT_TTL / 3)  # one renewal round, so every lease is renewing
+            beats0 = _metric(daemon.base, "sd_lease_heartbeats_total")
+            cpu0, worker0 = _cpu_seconds(daemon.proc.pid), _cpu_seconds(proc.pid)
+            t0 = time.time()
+            time.sleep(CLIENT_WINDOW)
+            elapsed = time.time() - t0
+            cpu = _cpu_seconds(daemon.proc.pid) - cpu0
+            worker = _cpu_seconds(proc.pid) - worker0
+            beats = _metric(daemon.base, "sd_lease_heartbeats_total") - beats0
+            ctl.put("stop")
+            kind, renewals, failures, registrations = out.get(timeout=300)
+        finally:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+        rate = beats / elapsed
+        net = max(cpu - idle * elapsed, 0.0)
+        label = "one asyncio loop, AsyncClient" if mode == "async" else "a thread each, Client"
+        print(f"  {mode:7} ({label}): {held}/{CLIENTS} held after {ramp:.1f} s; "
+              f"{rate:,.0f} renewals/s (expected {CLIENTS * 3 / CLIENT_TTL:,.0f})")  # fmt: skip
+        print(f"          daemon CPU {cpu / elapsed:.1%} of a core: "
+              f"{cpu / max(beats, 1) * 1e6:.0f} us per renewal "
+              f"({net / max(beats, 1) * 1e6:.0f} us without the idle rate); "
+              f"client process {worker / max(beats, 1) * 1e6:.0f} us per renewal "
+              f"({worker / elapsed:.1%} of a core)")  # fmt: skip
+        print(f"          whole run: {renewals} renewals, {failures} failed, "
+              f"{registrations - held} registered again")  # fmt: skip
 
 
 # ---- coordinator --------------------------------------------------------------------------------
@@ -396,6 +518,8 @@ def main() -> None:
                 bench_reaper(url)
             if "watch" in PHASES:
                 bench_watchers(daemon, services[0])
+            if "clients" in PHASES:
+                bench_clients(daemon)
             print(f"daemon peak RSS {daemon.peak_rss_mib():.0f} MiB")
         finally:
             daemon.stop()
