@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -524,6 +525,37 @@ def test_watch_rides_out_a_replica_restart(client_database: str, tmp_path: Path,
         watcher.close()
     finally:
         replica.stop()
+
+
+# ---- the client's README -------------------------------------------------------------------------
+def test_readme_examples_run(
+    daemon: Replica, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Python blocks of clients/python/README.md, in order, in one namespace, against the
+    daemon (SD_ADDR, SD_TOKEN); the watch block ends when the service it watches is deleted,
+    which a timer does once it has started."""
+    readme = (ROOT / "clients/python/README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 6
+    monkeypatch.setenv("SD_ADDR", daemon.base)
+    monkeypatch.setenv("SD_TOKEN", TOKEN)
+    namespace: dict[str, Any] = {}
+    for block in blocks:
+        timer = None
+        if "sd.watch(" in block and "async" not in block:
+            timer = threading.Timer(
+                1.0, Client(daemon.base, token=TOKEN).delete_service, ["webapp"]
+            )
+            timer.start()
+        try:
+            exec(compile(block, "README.md", "exec"), namespace)
+        finally:
+            if timer is not None:
+                timer.join()
+    out = capsys.readouterr().out
+    assert "already_exists 409 service 'webapp' already exists" in out
+    assert "webapp is gone" in out and "True ['10.0.1.1']" in out
+    assert http_json(f"{daemon.base}/service/webapp")[0] == 404
 
 
 # ---- helpers -------------------------------------------------------------------------------------
