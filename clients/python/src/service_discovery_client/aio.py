@@ -46,7 +46,8 @@ T = TypeVar("T")
 class AsyncClient:
     """`Client`'s asyncio twin (same arguments, methods and results, awaited). Use it as
     `async with AsyncClient(...) as sd:` or call `await sd.close()`; the aiohttp session is
-    made on first use, in the running loop. `limit`: open connections at most."""
+    made on first use, in the running loop. `limit`: open connections at most; waiting for a
+    free one counts in a call's timeout, so a client holding many leases needs a larger one."""
 
     def __init__(
         self,

@@ -1,14 +1,16 @@
 """Lease keepers: hold a leased registration for as long as a block of code runs.
 
-`LeaseState` decides (no I/O): renew every ttl/3; after a failure try again within a second
-(never later than ttl/3); a 404 or 409 on a renewal means the lease is gone (it lapsed, or the
-endpoint was removed or registered without a lease), so register again at once. `Lease` runs it
-in a background thread for the sync client; `aio.AsyncLease` in a task.
+`LeaseState` decides (no I/O): renew every ttl/3 (up to 15 % earlier, at random); after a
+failure try again within a second (never later than ttl/3); a 404 or 409 on a renewal means the
+lease is gone (it lapsed, or the endpoint was removed or registered without a lease), so
+register again at once. `Lease` runs it in a background thread for the sync client;
+`aio.AsyncLease` in a task.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Sequence
@@ -73,7 +75,10 @@ class LeaseState:
             self.registered = True
         self.expires_at = result.expires_at
         self.held_until = started + self.ttl
-        return max(0.0, started + self.interval - time.monotonic())
+        # a little early, by a random amount: leases started together (a fleet restarting)
+        # drift apart instead of renewing in one burst every ttl/3
+        next_at = started + self.interval * random.uniform(0.85, 1.0)
+        return max(0.0, next_at - time.monotonic())
 
     def failed(self, started: float, error: ServiceDiscoveryError) -> float:
         """Record a failed call begun at `started`; seconds until the next try."""
