@@ -177,6 +177,7 @@ class Base:
                 if isinstance(outcome, Failure):
                     self._demote(target)
                     reasons.append(f"{target.url}: {outcome.reason}")
+                    log.info("%s %s at %s: %s", call.method, call.path, target.url, outcome.reason)
                     if outcome.sent:
                         maybe_done = True
                         if not call.idempotent:
@@ -197,6 +198,7 @@ class Base:
                 if isinstance(error, Unavailable) and retry:
                     self._demote(target)
                     reasons.append(f"{target.url}: {error.code} ({error.status})")
+                    log.info("%s %s at %s: %s", call.method, call.path, target.url, error)
                     last = error
                     continue
                 if isinstance(error, NotFound) and call.cache_key:

@@ -94,7 +94,7 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         "--verbose",
         action="store_true",
         default=argparse.SUPPRESS if suppress else False,
-        help="log retries and lease renewals",
+        help="log each failed attempt, failover and lease event",
     )
 
 
