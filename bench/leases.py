@@ -46,7 +46,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Daemon, metric, percentile, pin, scratch_database
+from common import Daemon, cpu_seconds, metric, percentile, pin, scratch_database
 
 ENDPOINTS = int(os.environ.get("ENDPOINTS", "10000"))
 DURATION = float(os.environ.get("DURATION", "10"))
@@ -222,9 +222,9 @@ def bench_clients(daemon: Daemon) -> None:
     """Heartbeat cost of CLIENTS leased clients of the client library (see step 5)."""
     service = "lease-clients"
     _put(daemon.base, "/service", {"name": service})
-    cpu0, t0 = _cpu_seconds(daemon.proc.pid), time.time()
+    cpu0, t0 = daemon.cpu_seconds(), time.time()
     time.sleep(5)
-    idle = (_cpu_seconds(daemon.proc.pid) - cpu0) / (time.time() - t0)
+    idle = (daemon.cpu_seconds() - cpu0) / (time.time() - t0)
     print(f"leased clients: {CLIENTS} leases (ttl {CLIENT_TTL} s, renewed every "
           f"{CLIENT_TTL / 3:g} s) held by the client library; idle daemon CPU "
           f"{idle:.1%} of a core")  # fmt: skip
@@ -241,14 +241,14 @@ def bench_clients(daemon: Daemon) -> None:
             assert kind == "ready"
             ramp = time.time() - started
             time.sleep(CLIENT_TTL / 3)  # one renewal round, so every lease is renewing
-            beats0 = _metric(daemon.base, "sd_lease_heartbeats_total")
-            cpu0, worker0 = _cpu_seconds(daemon.proc.pid), _cpu_seconds(proc.pid)
+            beats0 = metric(daemon.base, "sd_lease_heartbeats_total")
+            cpu0, worker0 = daemon.cpu_seconds(), cpu_seconds(proc.pid)
             t0 = time.time()
             time.sleep(CLIENT_WINDOW)
             elapsed = time.time() - t0
-            cpu = _cpu_seconds(daemon.proc.pid) - cpu0
-            worker = _cpu_seconds(proc.pid) - worker0
-            beats = _metric(daemon.base, "sd_lease_heartbeats_total") - beats0
+            cpu = daemon.cpu_seconds() - cpu0
+            worker = cpu_seconds(proc.pid) - worker0
+            beats = metric(daemon.base, "sd_lease_heartbeats_total") - beats0
             ctl.put("stop")
             kind, renewals, failures, registrations = out.get(timeout=300)
         finally:
