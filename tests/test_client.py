@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from replicas import Replica, closed_address, http_json, running
+from helpers import Daemon, eventually
+from replicas import closed_address, http_json, replica, stopped
 from service_discovery_client import (
     Address,
     AsyncClient,
@@ -51,15 +52,15 @@ def client_database(new_database: Callable[..., Any]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def daemon(client_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
+def daemon(client_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One replica for the module, writes protected by a token."""
     log = tmp_path_factory.mktemp("client") / "daemon.log"
-    with running(client_database, log, SD_API_TOKENS=TOKEN) as replica:
-        yield replica
+    with replica(client_database, log, SD_API_TOKENS=TOKEN) as d:
+        yield d
 
 
 @pytest.fixture
-def sd(daemon: Replica) -> Iterator[Client]:
+def sd(daemon: Daemon) -> Iterator[Client]:
     with Client(daemon.base, token=TOKEN, timeout=5) as client:
         yield client
 
@@ -89,7 +90,7 @@ def test_distribution_needs_no_daemon_dependency() -> None:
 
 
 # ---- every method --------------------------------------------------------------------------------
-def test_services_ports_endpoints_round_trip(sd: Client, daemon: Replica, name: str) -> None:
+def test_services_ports_endpoints_round_trip(sd: Client, daemon: Daemon, name: str) -> None:
     """1. create with attributes and a port; 2. Conflict on a second create, exist_ok returns
     the existing one; 3. set_ports adds a port; 4. register two endpoints (tags, lease);
     5. service, services, endpoints, resolve, heartbeat agree with what the API returns;
@@ -195,7 +196,7 @@ def test_srv_order_follows_weights() -> None:
 
 # ---- errors --------------------------------------------------------------------------------------
 def test_errors_are_typed_with_the_daemons_code_and_message(
-    sd: Client, daemon: Replica, name: str
+    sd: Client, daemon: Daemon, name: str
 ) -> None:
     """400 -> InvalidInput, 401 -> Unauthorized, 404 -> NotFound, 409 -> Conflict,
     422 -> LimitExceeded, refused -> Unavailable; each carries code, message, status."""
@@ -238,7 +239,7 @@ def test_errors_are_typed_with_the_daemons_code_and_message(
 
 
 def test_env_defaults_addr_and_token(
-    daemon: Replica, name: str, monkeypatch: pytest.MonkeyPatch
+    daemon: Daemon, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SD_ADDR (a comma-separated list) and SD_TOKEN are the defaults; the repr hides the
     token."""
@@ -258,15 +259,13 @@ def test_every_call_has_a_timeout(name: str) -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         addr = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        started = time.monotonic()
         with pytest.raises(Unavailable) as err:
             Client(addr, timeout=0.3, retries=1).services()
     assert "no answer within 0.3 s" in err.value.message
-    assert time.monotonic() - started < 5  # two attempts of 0.3 s, not a hang
 
 
 # ---- sync and async agree ------------------------------------------------------------------------
-async def test_async_and_sync_clients_give_equal_results(daemon: Replica, name: str) -> None:
+async def test_async_and_sync_clients_give_equal_results(daemon: Daemon, name: str) -> None:
     """The same calls through both clients: equal typed results (and JSON), equal errors."""
     sync = Client(daemon.base, token=TOKEN)
     ports = {"http": {"protocol": "tcp", "port": 8080}}
@@ -322,23 +321,25 @@ def test_two_replicas_failover_then_stale_then_fresh(
     the second; 3. both stop: reads of what was read before are served stale (resolve too),
     writes and never-read services are Unavailable; 4. a replica is back: fresh answers."""
     caplog.set_level(logging.INFO, logger="service_discovery_client")
-    first = Replica(client_database, tmp_path / "a.log", env={"SD_API_TOKENS": TOKEN}).start()
-    second = Replica(client_database, tmp_path / "b.log", env={"SD_API_TOKENS": TOKEN}).start()
+    first = replica(client_database, tmp_path / "a.log", SD_API_TOKENS=TOKEN)
+    second = replica(client_database, tmp_path / "b.log", SD_API_TOKENS=TOKEN)
     try:
-        first.wait_ready()
-        second.wait_ready()
+        first.start()
+        second.start()
+        first.wait_ready_sync()
+        second.wait_ready_sync()
         sd = Client([first.base, second.base], token=TOKEN, timeout=2)
         sd.create_service(name, named_ports={"http": {"protocol": "tcp", "port": 80}})
         sd.register(name, "10.5.0.1")
         before = sd.service(name)
 
-        assert first.stop() == 0
+        assert stopped(first) == 0
         sd.register(name, "10.5.0.2")  # a write, through the second
         assert sorted(e.ip for e in sd.service(name).endpoints) == ["10.5.0.1", "10.5.0.2"]
         assert sorted(sd.resolve(name, "http")) == [("10.5.0.1", 80), ("10.5.0.2", 80)]
         assert any(s.name == name for s in sd.services())
 
-        assert second.stop() == 0
+        assert stopped(second) == 0
         stale = sd.service(name)
         assert stale.stale and sorted(e.ip for e in stale.endpoints) == ["10.5.0.1", "10.5.0.2"]
         resolved = sd.resolve(name, "http")
@@ -353,7 +354,8 @@ def test_two_replicas_failover_then_stale_then_fresh(
         with pytest.raises(Unavailable):
             sd.endpoints(name)  # not a cached read
 
-        first.start().wait_ready()
+        first.start()
+        first.wait_ready_sync()
         fresh = sd.service(name)
         assert not fresh.stale and fresh.index > before.index
         assert "a replica answers again" in caplog.text
@@ -405,25 +407,27 @@ def test_lease_through_an_unreachable_registry(
     turns false once a ttl has passed without one; 3. the replica is back: the lease is held
     again without anyone re-entering it."""
     caplog.set_level(logging.WARNING, logger="service_discovery_client")
-    replica = Replica(client_database, tmp_path / "r.log", env={"SD_API_TOKENS": TOKEN}).start()
+    only = replica(client_database, tmp_path / "r.log", SD_API_TOKENS=TOKEN)
     try:
-        replica.wait_ready()
-        sd = Client(replica.base, token=TOKEN, timeout=1)
+        only.start()
+        only.wait_ready_sync()
+        sd = Client(only.base, token=TOKEN, timeout=1)
         sd.create_service(name)
         with sd.lease(name, "10.6.2.1", ttl=2) as lease:
             assert lease.held
-            assert replica.stop() == 0
+            assert stopped(only) == 0
             wait_for(lambda: not lease.held, 10, "the lease no longer held")
             assert "renewing the lease of 10.6.2.1" in caplog.text
-            replica.start().wait_ready()
+            only.start()
+            only.wait_ready_sync()
             wait_for(lambda: lease.held, 10, "held again")
             assert [e.ip for e in sd.endpoints(name)] == ["10.6.2.1"]
         assert sd.endpoints(name) == []
     finally:
-        replica.stop()
+        only.stop()
 
 
-async def test_async_lease(daemon: Replica, name: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_async_lease(daemon: Daemon, name: str, caplog: pytest.LogCaptureFixture) -> None:
     """`async with sd.lease(...)`: held, renewed, registered again after a removal, deregistered
     on exit."""
     caplog.set_level(logging.INFO, logger="service_discovery_client")
@@ -431,9 +435,9 @@ async def test_async_lease(daemon: Replica, name: str, caplog: pytest.LogCapture
         await sd.create_service(name)
         async with sd.lease(name, "10.6.3.1", ttl=3) as lease:
             assert lease.held
-            await async_wait_for(lambda: lease.state.renewals >= 1, 10, "a renewal")
+            await eventually(lambda: lease.state.renewals >= 1, 10, "a renewal")
             await sd.deregister(name, "10.6.3.1")
-            await async_wait_for(lambda: lease.state.registrations >= 2, 10, "registered again")
+            await eventually(lambda: lease.state.registrations >= 2, 10, "registered again")
             assert [e.ip for e in await sd.endpoints(name)] == ["10.6.3.1"]
             assert "registering again" in caplog.text
         assert not lease.held
@@ -467,7 +471,7 @@ def test_watch_sees_create_register_lapse_delete(sd: Client, name: str) -> None:
     assert seen == ["absent", "created", "registered", "lapsed", "deleted"]
 
 
-async def test_async_watch_sees_the_same(daemon: Replica, name: str) -> None:
+async def test_async_watch_sees_the_same(daemon: Daemon, name: str) -> None:
     async with AsyncClient(daemon.base, token=TOKEN) as sd:
         actions = [
             lambda: sd.create_service(name),
@@ -507,15 +511,17 @@ def test_watch_of_the_listing(sd: Client, name: str) -> None:
 
 def test_watch_rides_out_a_replica_restart(client_database: str, tmp_path: Path, name: str) -> None:
     """A watch whose only replica restarts keeps going, and reports a change made meanwhile."""
-    replica = Replica(client_database, tmp_path / "w.log", env={"SD_API_TOKENS": TOKEN}).start()
+    only = replica(client_database, tmp_path / "w.log", SD_API_TOKENS=TOKEN)
     try:
-        replica.wait_ready()
-        sd = Client(replica.base, token=TOKEN, timeout=2)
+        only.start()
+        only.wait_ready_sync()
+        sd = Client(only.base, token=TOKEN, timeout=2)
         sd.create_service(name)
         watcher = sd.watch(name, wait=2)
         assert next(watcher) is not None
-        assert replica.stop() == 0
-        replica.start().wait_ready()
+        assert stopped(only) == 0
+        only.start()
+        only.wait_ready_sync()
         sd.register(name, "10.7.1.1")
         deadline = time.monotonic() + 30
         for svc in watcher:  # ends at the registration (one yield), bounded by the deadline
@@ -524,12 +530,12 @@ def test_watch_rides_out_a_replica_restart(client_database: str, tmp_path: Path,
                 break
         watcher.close()
     finally:
-        replica.stop()
+        only.stop()
 
 
 # ---- the client's README -------------------------------------------------------------------------
 def test_readme_examples_run(
-    daemon: Replica, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The Python blocks of clients/python/README.md, in order, in one namespace, against the
     daemon (SD_ADDR, SD_TOKEN); the watch block ends when the service it watches is deleted,
@@ -593,10 +599,3 @@ def wait_for(probe: Callable[[], bool], timeout: float, what: str) -> None:
     while not probe():
         assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
         time.sleep(0.05)
-
-
-async def async_wait_for(probe: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        await asyncio.sleep(0.05)

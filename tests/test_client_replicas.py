@@ -21,12 +21,12 @@ import dns.exception
 import dns.message
 import dns.rcode
 import pytest
-from replicas import Replica
+from helpers import ZONE, eventually
+from pgproxy import TcpProxy
+from replicas import replica, stopped
 from service_discovery_client import AsyncClient, Client
-from test_faults import TcpProxy
 
 TOKEN = "replica-test-token"
-ZONE = "svc.cluster.local"
 TTL = 12  # renewed every 4 s; more than the outage plus a renewal's retry
 OUTAGE = 5.0
 
@@ -102,13 +102,6 @@ class Holder:
         await self.aio.close()
 
 
-async def until(probe: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.parametrize("flavour", ["sync", "async"])
 async def test_lease_survives_a_replica_restart_and_a_database_outage(
     flavour: str,
@@ -127,8 +120,8 @@ async def test_lease_survives_a_replica_restart_and_a_database_outage(
     caplog.set_level(logging.WARNING, logger="service_discovery_client")
     name, ip = f"lease-{uuid.uuid4().hex[:8]}", "10.77.0.1"
     env = {"SD_API_TOKENS": TOKEN, "LOGGER_LEVEL": "warning"}
-    a = Replica(proxy.url(lease_database), tmp_path / "a.log", env=env)
-    b = Replica(proxy.url(lease_database), tmp_path / "b.log", env=env)
+    a = replica(proxy.url(lease_database), tmp_path / "a.log", **env)
+    b = replica(proxy.url(lease_database), tmp_path / "b.log", **env)
     holder = Holder(flavour, [a.base, b.base], name, ip)
     watch = DnsWatch(b.dns_port, name)
     held_samples: list[bool] = []
@@ -137,12 +130,12 @@ async def test_lease_survives_a_replica_restart_and_a_database_outage(
         for r in (a, b):
             r.start()
         for r in (a, b):
-            await asyncio.to_thread(r.wait_ready)
+            await r.wait_ready()
         # Step 1
         await holder.start()
         state = holder.lease.state
         watch.start()
-        await until(lambda: any(ip in ips for _, ips in watch.answers), 5, "the endpoint in DNS")
+        await eventually(lambda: any(ip in ips for _, ips in watch.answers), 5, "the ip in DNS")
 
         async def sample_held() -> None:
             for _ in range(100_000):  # bounded; cancelled at the end
@@ -153,12 +146,12 @@ async def test_lease_survives_a_replica_restart_and_a_database_outage(
 
         # Step 2: A restarts; the renewals in between go through B.
         renewals = state.renewals
-        assert await asyncio.to_thread(a.stop) == 0
-        await until(lambda: state.renewals > renewals, TTL, "a renewal while A is down")
+        assert await asyncio.to_thread(stopped, a) == 0
+        await eventually(lambda: state.renewals > renewals, TTL, "a renewal while A is down")
         a.start()
-        await asyncio.to_thread(a.wait_ready)
+        await a.wait_ready()
         renewals = state.renewals
-        await until(lambda: state.renewals > renewals, TTL, "a renewal after A is back")
+        await eventually(lambda: state.renewals > renewals, TTL, "a renewal after A is back")
 
         # Step 3: the database goes away for OUTAGE seconds.
         failures = state.failures
@@ -171,10 +164,10 @@ async def test_lease_survives_a_replica_restart_and_a_database_outage(
         before_expiry = state.expires_at
         await proxy.restore()
         renewals = state.renewals
-        await until(lambda: state.renewals > renewals, TTL, "a renewal after the outage")
+        await eventually(lambda: state.renewals > renewals, TTL, "a renewal after the outage")
         assert before_expiry is not None and state.expires_at is not None
         assert state.expires_at > before_expiry
-        await until(lambda: time.time() > before_expiry + 1.5, TTL + 5, "the old expiry passed")
+        await eventually(lambda: time.time() > before_expiry + 1.5, TTL + 5, "old expiry passed")
         assert holder.lease.held
 
         # Step 5

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from replicas import SDCTL, Replica, closed_address, http_json, running
+from helpers import Daemon
+from replicas import SDCTL, closed_address, http_json, replica
 from service_discovery_client import Client
 from service_discovery_client.cli import EXIT_CODES, table
 
@@ -32,10 +33,10 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 @pytest.fixture(scope="module")
 def daemon(
     new_database: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Replica]:
+) -> Iterator[Daemon]:
     log = tmp_path_factory.mktemp("sdctl") / "daemon.log"
-    with new_database("sd_sdctl") as url, running(url, log, SD_API_TOKENS=TOKEN) as replica:
-        yield replica
+    with new_database("sd_sdctl") as url, replica(url, log, SD_API_TOKENS=TOKEN) as d:
+        yield d
 
 
 @pytest.fixture
@@ -44,11 +45,11 @@ def name() -> str:
 
 
 @pytest.fixture
-def sd(daemon: Replica) -> Client:
+def sd(daemon: Daemon) -> Client:
     return Client(daemon.base, token=TOKEN)
 
 
-def environment(daemon: Replica, **extra: str | None) -> dict[str, str]:
+def environment(daemon: Daemon, **extra: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("SD_ADDR", "SD_TOKEN")}
     env.update({"SD_ADDR": daemon.base, "SD_TOKEN": TOKEN})
     for key, value in extra.items():
@@ -59,13 +60,13 @@ def environment(daemon: Replica, **extra: str | None) -> dict[str, str]:
     return env
 
 
-def run(daemon: Replica, *args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
+def run(daemon: Daemon, *args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [SDCTL, *args], capture_output=True, text=True, env=environment(daemon, **env), timeout=60
     )
 
 
-def ok(daemon: Replica, *args: str) -> str:
+def ok(daemon: Daemon, *args: str) -> str:
     done = run(daemon, *args)
     assert done.returncode == 0, (args, done.returncode, done.stderr)
     return done.stdout
@@ -76,7 +77,7 @@ def rows(text: str) -> list[list[str]]:
 
 
 # ---- help and exit codes -------------------------------------------------------------------------
-def test_help_lists_commands_and_exit_codes(daemon: Replica) -> None:
+def test_help_lists_commands_and_exit_codes(daemon: Daemon) -> None:
     out = ok(daemon, "--help")
     for usage in [
         "services",
@@ -105,7 +106,7 @@ def test_help_lists_commands_and_exit_codes(daemon: Replica) -> None:
     assert {code for _, code, _ in EXIT_CODES} == {2, 3, 4, 5, 6}
 
 
-def test_exit_code_per_error_class(daemon: Replica, name: str, tmp_path: Path) -> None:
+def test_exit_code_per_error_class(daemon: Daemon, name: str, tmp_path: Path) -> None:
     """usage 2 (the command line, or input the daemon refuses), not found 3, conflict 4,
     auth 5, unavailable 6; the error goes to stderr with the daemon's code and message."""
     assert ok(daemon, "create", name).startswith(f"created service {name}")
@@ -134,7 +135,7 @@ def test_exit_code_per_error_class(daemon: Replica, name: str, tmp_path: Path) -
         assert message in done.stderr, (args, done.stderr)
 
 
-def test_addr_token_and_token_file(daemon: Replica, name: str, tmp_path: Path) -> None:
+def test_addr_token_and_token_file(daemon: Daemon, name: str, tmp_path: Path) -> None:
     """--addr beats SD_ADDR (and may be repeated for replicas); --token beats SD_TOKEN;
     --token-file reads the first non-blank line; the options go before or after the command."""
     token_file = tmp_path / "token"
@@ -160,7 +161,7 @@ def test_addr_token_and_token_file(daemon: Replica, name: str, tmp_path: Path) -
 
 
 # ---- every command, table and JSON ---------------------------------------------------------------
-def test_commands_in_tables_and_json(daemon: Replica, name: str) -> None:
+def test_commands_in_tables_and_json(daemon: Daemon, name: str) -> None:
     """create, ports, register, services, service, resolve, deregister, delete: the table says
     it in plain words, `-o json` prints exactly what the API returned."""
     created = json.loads(ok(daemon, "-o", "json", "create", name, "--attr", "team=a"))
@@ -222,7 +223,7 @@ def test_commands_in_tables_and_json(daemon: Replica, name: str) -> None:
     assert http_json(f"{daemon.base}/service/{name}")[0] == 404
 
 
-def test_tables_fit_in_80_columns(daemon: Replica, sd: Client, name: str) -> None:
+def test_tables_fit_in_80_columns(daemon: Daemon, sd: Client, name: str) -> None:
     """Long attributes, many ports, a leased endpoint with many tags: every line of every
     table is at most 80 characters, columns aligned, cut cells end in '...'."""
     attributes = {f"attribute-{i}": "x" * 40 for i in range(5)}
@@ -258,7 +259,7 @@ def test_table_layout(
 # ---- the sidecar ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_register_ttl_sidecar_renews_then_deregisters_on_signal(
-    daemon: Replica, sd: Client, name: str, sig: signal.Signals
+    daemon: Daemon, sd: Client, name: str, sig: signal.Signals
 ) -> None:
     """1. `sdctl register NAME IP --ttl 2 --tag side` stays in the foreground; 2. the endpoint
     is registered with the lease and outlives several ttls (renewed); 3. on the signal it
@@ -296,7 +297,7 @@ def test_register_ttl_sidecar_renews_then_deregisters_on_signal(
 
 
 # ---- watch ---------------------------------------------------------------------------------------
-def test_watch_prints_create_register_lapse_delete(daemon: Replica, sd: Client, name: str) -> None:
+def test_watch_prints_create_register_lapse_delete(daemon: Daemon, sd: Client, name: str) -> None:
     """1. `sdctl watch NAME` before the service exists; 2. create; 3. register a 1 s lease
     nobody renews; 4. it lapses; 5. delete; each is printed as one line, in order; SIGTERM
     ends the watch with 0."""
@@ -312,7 +313,7 @@ def test_watch_prints_create_register_lapse_delete(daemon: Replica, sd: Client, 
     assert all(re.match(rf"\d\d:\d\d:\d\d  index (\d+|-)  {name}  ", ln) for ln in lines), lines
 
 
-def test_watch_json_and_the_listing(daemon: Replica, sd: Client, name: str) -> None:
+def test_watch_json_and_the_listing(daemon: Daemon, sd: Client, name: str) -> None:
     """`-o json watch NAME` prints one API answer per line (null while it does not exist);
     `watch` without a name follows the listing."""
     steps: list[tuple[str, Callable[[], object]]] = [
@@ -333,7 +334,7 @@ def test_watch_json_and_the_listing(daemon: Replica, sd: Client, name: str) -> N
 
 
 # ---- completion ----------------------------------------------------------------------------------
-def test_bash_completion(daemon: Replica, sd: Client, name: str) -> None:
+def test_bash_completion(daemon: Daemon, sd: Client, name: str) -> None:
     """The script from `sdctl completion bash` completes commands, options (global and the
     command's), option values, and service names asked of the daemon."""
     sd.create_service(name)
@@ -377,7 +378,7 @@ def test_bash_completion(daemon: Replica, sd: Client, name: str) -> None:
 
 
 # ---- the README ----------------------------------------------------------------------------------
-def test_readme_quick_start_sdctl_lines(daemon: Replica, sd: Client, name: str) -> None:
+def test_readme_quick_start_sdctl_lines(daemon: Daemon, sd: Client, name: str) -> None:
     """The quick start's sdctl block, against the daemon (the service renamed): every line
     exits 0, and the resolve line prints what the README shows beneath it."""
     section = README.read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
@@ -418,7 +419,7 @@ class LineReader:
 
 
 def watch_through(
-    daemon: Replica, args: list[str], steps: list[tuple[str, Callable[[], object]]]
+    daemon: Daemon, args: list[str], steps: list[tuple[str, Callable[[], object]]]
 ) -> list[str]:
     """Run `sdctl ARGS` (a watch); for each step wait for a line matching its pattern, then
     take its action; finally SIGTERM, which must end it with 0. Returns the lines seen."""
