@@ -25,10 +25,11 @@ from service_discovery.config import Config
 from service_discovery.dns import DnsServer
 from service_discovery.embedded import EmbeddedPostgres
 from service_discovery.errors import StoreUnavailable
-from service_discovery.grpc_api import GrpcServer
-from service_discovery.http_api import build_app
+from service_discovery.grpc_api import GrpcServer, GrpcSettings
+from service_discovery.http_api import HttpSettings, build_app
 from service_discovery.leases import Leases
 from service_discovery.metrics import Metrics
+from service_discovery.model import Limits
 from service_discovery.registry import Registry
 from service_discovery.store import Store
 from service_discovery.sync import Sync
@@ -108,12 +109,20 @@ class App:
         await self._prepare_database()
         self.store = Store(config, self.database_url)
         self.leases = Leases(config, self.store, self.registry, self.metrics)
-        self.catalog = Catalog(config, self.store, self.registry, self.leases, self.metrics)
+        self.catalog = Catalog(
+            Limits.from_config(config), self.store, self.registry, self.leases, self.metrics
+        )
         auth = Auth(config.tokens(), config.protect_reads)
         self.sync = Sync(config, self.database_url, self.registry, self.metrics)
 
         # Listeners come up first: probes and SERVFAIL/503 answers before the registry loads.
-        http_app = build_app(self.catalog, self.metrics, auth, self.is_ready)
+        http_settings = HttpSettings(
+            max_body_bytes=config.http_max_body_bytes,
+            body_timeout_seconds=config.http_body_timeout_seconds,
+            watch_max_wait_seconds=config.watch_max_wait_seconds,
+            max_watches_per_client=config.max_watches_per_client,
+        )
+        http_app = build_app(http_settings, self.catalog, self.metrics, auth, self.is_ready)
         self._runner = web.AppRunner(
             http_app,
             handle_signals=False,
@@ -135,7 +144,13 @@ class App:
         self.dns = DnsServer(config, self.catalog, self.metrics)
         await self.dns.start()
         self.metrics.before_render.append(self.dns.flush_metrics)
-        self.grpc = GrpcServer(config, self.catalog, auth, self.metrics, self.is_ready)
+        grpc_settings = GrpcSettings(
+            bind_address=config.bind_address,
+            port=config.grpc_port,
+            max_message_bytes=config.http_max_body_bytes,
+            max_watches_per_client=config.max_watches_per_client,
+        )
+        self.grpc = GrpcServer(grpc_settings, self.catalog, auth, self.metrics, self.is_ready)
         await self.grpc.start()
         log.info(
             "listening on %s: http %d, dns %d (udp+tcp), grpc %d",

@@ -1,15 +1,19 @@
-"""The operations clients ask for, shared by the HTTP and gRPC front-ends.
+"""The one thing a front-end talks to: reads, writes and change notification of the registry.
 
-Writes validate (model), commit (store), then apply the committed state to this replica's copy
-before returning, so a client reads its own writes here. Reads come from the copy only.
+HTTP, gRPC and DNS (and the front-ends to come) translate their wire formats into calls here and
+never reach the registry copy, the store or the leases themselves. Writes validate (model),
+commit (store), then apply the committed state to this replica's copy before returning, so a
+client reads its own writes here. Reads come from the copy only.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
-from service_discovery.config import Config
+from service_discovery.changes import ChangeFeed, Encoder
 from service_discovery.errors import Conflict, InvalidInput, NotFound, NotReady, StoreUnavailable
 from service_discovery.leases import Leases
 from service_discovery.metrics import Metrics
@@ -27,81 +31,129 @@ from service_discovery.store import Store
 
 _CATCH_UP_SECONDS = 0.5  # how long a write waits for earlier changes before reading it all
 
+T = TypeVar("T")
+M = TypeVar("M")
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """What a registration answers with, without building the service's whole view (that
+    costs O(endpoints)): the endpoint as stored, the service's name as it was created (lookups
+    ignore case) and the service's index after the write."""
+
+    service_name: str
+    endpoint: Endpoint
+    index: int
+
 
 class Catalog:
     def __init__(
         self,
-        config: Config,
+        limits: Limits,
         store: Store,
         registry: Registry,
         leases: Leases,
         metrics: Metrics,
     ) -> None:
-        self.config = config
-        self.limits = Limits.from_config(config)
-        self.registry = registry
+        self.limits = limits  # what writes accept: front-ends parse their input with it
+        self._registry = registry
         self._store = store
         self._leases = leases
         self._metrics = metrics
-        # ---- reads (shared by the front-ends) ----
-        # None for "absent", never an exception, and no readiness check: a front-end decides
-        # what "not loaded" means on its wire (DNS: SERVFAIL). These are the registry copy's
-        # own bound methods rather than methods calling them, so a DNS cache miss, which
-        # reads through them, pays no extra call.
-        self.find: Callable[[str], Service | None] = registry.get
-        self.services: Callable[[], list[Service]] = registry.services
-        self.names_for_ip: Callable[[str], tuple[str, ...]] = registry.names_for_ip
-        self.subscribe: Callable[[ChangeCallback], Callable[[], None]] = registry.subscribe
+        self.find = registry.get  # hot-path aliases: see the reads below
+        self.names_for_ip = registry.names_for_ip
+
+    # ---- reads (shared by the front-ends) ----
+    # `find` and `names_for_ip` are the copy's own bound methods, set in __init__: the DNS hot
+    # path calls them per query, and a wrapper would cost one more Python call each time.
+    find: Callable[[str], Service | None]
+    """A service's current view, or None (no such service, or the copy is not loaded yet:
+    check `loaded` first). Never raises."""
+    names_for_ip: Callable[[str], tuple[str, ...]]
+    """The keys of the services that have `ip` as a live endpoint, sorted (PTR answers)."""
 
     @property
     def loaded(self) -> bool:
-        """True once the copy holds a full load; before that, absence proves nothing."""
-        return self.registry.loaded
+        """Whether the copy is loaded: before that, nothing may be answered "not found"."""
+        return self._registry.loaded
 
     @property
     def version(self) -> int:
-        """The registry version: moves with every change applied to the copy."""
-        return self.registry.version
+        """The registry version this copy holds (the DNS serial, the listing's index)."""
+        return self._registry.version
 
-    # ---- end of the shared reads ----
-
-    # ---- reads ---------------------------------------------------------------------------
     def ensure_loaded(self) -> None:
         """Raise NotReady until the copy is loaded: never answer "not found" before that."""
-        self._loaded()
-
-    def _loaded(self) -> Registry:
-        if not self.registry.loaded:
+        if not self._registry.loaded:
             raise NotReady("the registry copy is not loaded yet")
-        return self.registry
+
+    def index(self, name: str | None = None) -> int:
+        """The Consul-style index: of one service (moves only when it changes; for a deleted
+        service, the version of the deletion; 0 for one never seen), or of the registry."""
+        return self._registry.index(name)
 
     def get(self, name: str) -> Service:
-        svc = self._loaded().get(name)
+        """A service's current view; NotReady before the load, NotFound if there is none."""
+        self.ensure_loaded()
+        svc = self._registry.get(name)
         if svc is None:
             raise NotFound(f"service {name!r} not found")
         return svc
 
+    def services(self) -> list[Service]:
+        """Every service, sorted by name (empty before the load: check `loaded`)."""
+        return self._registry.services()
+
+    def display_name(self, name: str) -> str | None:
+        """A service's name as it was created (lookups ignore case), without building its view."""
+        return self._registry.display_name(name)
+
+    def service_count(self) -> int:
+        return self._registry.service_count()
+
+    def subscribe(self, callback: ChangeCallback) -> Callable[[], None]:
+        """Call `callback(key, reason)` synchronously on every change of the copy (key None:
+        everything was reloaded); returns the function that unsubscribes it. Callbacks run
+        inside the update, so they must be quick; one that raises is logged and skipped."""
+        return self._registry.subscribe(callback)
+
+    # (last among the reads: below it, `list` in an annotation would mean this method)
     def list(self) -> list[Service]:
-        return self._loaded().services()
+        """Every service, sorted by name; NotReady before the load."""
+        self.ensure_loaded()
+        return self._registry.services()
+
+    async def wait_for_change(self, name: str | None, index: int, timeout: float) -> None:
+        """Wait at most `timeout` seconds for what a blocking query on `name` (None: the
+        listing) reports: its index passing `index`, or, for one service, its live endpoints
+        changing without the index moving (a lease lapsed, or came back). Returns at once when
+        the index is already past `index`, and on a reload or shutdown. One future per waiter,
+        woken by the change itself: nothing polls."""
+        await self._registry.wait_for_change(name, index, timeout)
+
+    def change_feed(self, encoder: Encoder[M], queue_size: int) -> ChangeFeed[M]:
+        """The change streams of one front-end (gRPC Watch), its messages built by `encoder`:
+        see `changes.ChangeFeed`. The caller starts and closes it."""
+        return ChangeFeed(self._registry, encoder, queue_size)
 
     # ---- writes --------------------------------------------------------------------------
-    async def _write(self, coro):  # type: ignore[no-untyped-def]
+    async def _write(self, pending: Awaitable[T]) -> T:
         try:
-            return await coro
+            return await pending
         except StoreUnavailable:
             self._metrics.store_errors.inc()
             raise
 
     def _applied(self, svc: Service) -> Service:
-        self.registry.apply(svc.version, svc.key, svc)
-        return self.registry.get(svc.name) or svc
+        self._registry.apply(svc.version, svc.key, svc)
+        return self._registry.get(svc.name) or svc
 
     async def create_service(self, spec: ServiceSpec) -> Service:
         return self._applied(await self._write(self._store.create_service(spec)))
 
     async def delete_service(self, name: str) -> None:
         version = await self._write(self._store.delete_service(name))
-        self.registry.apply(version, name, None)
+        self._registry.apply(version, name, None)
 
     async def add_named_ports(self, name: str, ports: dict[str, NamedPort]) -> Service:
         if not ports:
@@ -116,7 +168,7 @@ class Catalog:
         LISTEN) committed first. Those arrive within milliseconds and in order, so wait for
         them briefly; only a copy that stays behind is fixed by reading the whole service.
         """
-        registry = self.registry
+        registry = self._registry
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CATCH_UP_SECONDS
         while not registry.apply_endpoint(change):
@@ -130,12 +182,16 @@ class Catalog:
                 change.service, registry.index(change.service), remaining
             )
 
-    async def register(self, name: str, spec: EndpointSpec) -> Endpoint:
-        """Register (or update) an endpoint; returns it as stored."""
+    async def register(self, name: str, spec: EndpointSpec) -> Registered:
+        """Register (or update) an endpoint; returns it as stored, with the service's name and
+        index to answer with."""
         change = await self._write(self._store.register_endpoint(name, spec))
         await self._apply_change(change)
-        assert change.endpoint is not None
-        return change.endpoint
+        assert change.endpoint is not None  # a registration's change always carries it
+        registry = self._registry
+        return Registered(
+            registry.display_name(name) or name, change.endpoint, registry.index(name)
+        )
 
     async def deregister(self, name: str, ip: str) -> None:
         await self._apply_change(await self._write(self._store.deregister_endpoint(name, ip)))
@@ -143,7 +199,7 @@ class Catalog:
     async def heartbeat(self, name: str, ip: str) -> float:
         """Renew a lease; NotFound tells the client to register again. Returns the new expiry."""
         svc = self.get(name)
-        endpoint = self.registry.endpoint(name, ip)
+        endpoint = self._registry.endpoint(name, ip)
         if endpoint is None:
             raise NotFound(f"endpoint {ip} of service {svc.name!r} not found (register it again)")
         if endpoint.ttl_seconds is None:

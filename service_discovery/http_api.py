@@ -13,6 +13,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -54,10 +55,22 @@ _WAIT = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
 _OPEN_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/openapi.json"})
 
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """What the HTTP front-end is configured with (app.py builds it from Config)."""
+
+    max_body_bytes: int  # larger bodies are refused with 413
+    body_timeout_seconds: float  # a body must arrive within this, else 408
+    watch_max_wait_seconds: float  # the cap of a blocking query's ?wait=
+    max_watches_per_client: int
+
+
 CATALOG = web.AppKey("catalog", Catalog)
+SETTINGS = web.AppKey("settings", HttpSettings)
 METRICS = web.AppKey("metrics", Metrics)
 AUTH = web.AppKey("auth", Auth)
-IS_READY = web.AppKey("is_ready", Callable[[], bool])
+IS_READY = web.AppKey[Callable[[], bool]]("is_ready")
 WATCHERS = web.AppKey("watchers", Counter)
 X_INDEX = web.RequestKey("x_index", int)  # the index a read reports, errors included
 BODIES = web.AppKey("bodies", dict)
@@ -117,12 +130,12 @@ async def _read_bounded(request: web.Request) -> None:
     """Refuse a declared oversized body before reading it, and read any body within
     HTTP_BODY_TIMEOUT_SECONDS: a client trickling its body (slow POST) would otherwise hold
     a handler and its connection for ever. The body is kept for the handler's read()."""
-    config = request.app[CATALOG].config
-    max_body = config.http_max_body_bytes
+    settings = request.app[SETTINGS]
+    max_body = settings.max_body_bytes
     if request.content_length is not None and request.content_length > max_body:
-        raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=None)
+        raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=request.content_length)
     try:
-        async with asyncio.timeout(config.http_body_timeout_seconds):
+        async with asyncio.timeout(settings.body_timeout_seconds):
             await request.read()
     except TimeoutError:
         raise web.HTTPRequestTimeout(text="the request body did not arrive in time") from None
@@ -215,13 +228,13 @@ async def _block(request: web.Request, name: str | None) -> None:
     error answer (a 404 for a deleted service), so a watcher always has an index to wait on.
     """
     catalog = request.app[CATALOG]
-    registry = catalog.registry
-    blocking = _wait_seconds(request, catalog.config.watch_max_wait_seconds)
-    if blocking is not None and registry.index(name) <= blocking[0]:
+    settings = request.app[SETTINGS]
+    blocking = _wait_seconds(request, settings.watch_max_wait_seconds)
+    if blocking is not None and catalog.index(name) <= blocking[0]:
         index, wait = blocking
         peer = request.remote or "?"
         watchers = request.app[WATCHERS]
-        limit = catalog.config.max_watches_per_client
+        limit = settings.max_watches_per_client
         if watchers[peer] >= limit:
             raise TooManyRequests(
                 f"this client address already holds {limit} open watches (the limit); "
@@ -231,13 +244,13 @@ async def _block(request: web.Request, name: str | None) -> None:
         metrics = request.app[METRICS]
         metrics.http_watches.inc()
         try:
-            await registry.wait_for_change(name, index, wait)
+            await catalog.wait_for_change(name, index, wait)
         finally:
             metrics.http_watches.dec()
             watchers[peer] -= 1
             if not watchers[peer]:
                 del watchers[peer]
-    request[X_INDEX] = registry.index(name)
+    request[X_INDEX] = catalog.index(name)
 
 
 # ---- routes ------------------------------------------------------------------------------
@@ -246,7 +259,7 @@ async def list_services(request: web.Request) -> web.Response:
     catalog.ensure_loaded()
     await _block(request, None)
     services = [service_json(s, endpoints=False) for s in catalog.list()]
-    return _json(request, services, index=catalog.registry.index())
+    return _json(request, services, index=catalog.index())
 
 
 async def get_service(request: web.Request) -> web.Response:
@@ -263,7 +276,7 @@ async def get_service(request: web.Request) -> web.Response:
     cached = bodies.get(svc.key)
     if cached is None or cached[0] is not svc:
         cached = (svc, json.dumps(service_json(svc), ensure_ascii=False).encode())
-        if len(bodies) > 2 * catalog.registry.service_count() + 64:
+        if len(bodies) > 2 * catalog.service_count() + 64:
             bodies.clear()  # deleted services' bodies go too
         bodies[svc.key] = cached
     return web.Response(
@@ -295,11 +308,8 @@ async def register_endpoint(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     name = model.service_name(request.match_info["name"])
     spec = model.endpoint_spec(await _body(request), catalog.limits)
-    endpoint = await catalog.register(name, spec)
-    # name and index only: building the service's whole view here would cost O(endpoints)
-    registry = catalog.registry
-    stored = registry.display_name(name) or name
-    return _json(request, endpoint_json(stored, endpoint), index=registry.index(name))
+    done = await catalog.register(name, spec)
+    return _json(request, endpoint_json(done.service_name, done.endpoint), index=done.index)
 
 
 async def deregister_endpoint(request: web.Request) -> web.Response:
@@ -335,24 +345,26 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "not ready"}, status=503)
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def get_metrics(request: web.Request) -> web.Response:
     body = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
-async def openapi(request: web.Request) -> web.Response:
+async def get_openapi(request: web.Request) -> web.Response:
     return _json(request, openapi_spec())
 
 
 def build_app(
-    catalog: Catalog, metrics_: Metrics, auth: Auth, is_ready: Callable[[], bool]
+    settings: HttpSettings,
+    catalog: Catalog,
+    metrics: Metrics,
+    auth: Auth,
+    is_ready: Callable[[], bool],
 ) -> web.Application:
-    config = catalog.config
-    max_body = config.http_max_body_bytes
-
-    app = web.Application(middlewares=[_errors], client_max_size=max_body)
+    app = web.Application(middlewares=[_errors], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
     app[CATALOG] = catalog
-    app[METRICS] = metrics_
+    app[METRICS] = metrics
     app[AUTH] = auth
     app[IS_READY] = is_ready
     app[WATCHERS] = Counter()
@@ -369,6 +381,6 @@ def build_app(
     app.router.add_put("/service/{name}/port", add_ports)  # the design's README spells it so
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/openapi.json", get_openapi)
     return app
