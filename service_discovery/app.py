@@ -33,6 +33,7 @@ from service_discovery.model import Limits
 from service_discovery.registry import Registry
 from service_discovery.store import Store
 from service_discovery.sync import Sync
+from service_discovery.watch import AnswerCache, WatchLimiter
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +121,13 @@ class App:
             max_body_bytes=config.http_max_body_bytes,
             body_timeout_seconds=config.http_body_timeout_seconds,
             watch_max_wait_seconds=config.watch_max_wait_seconds,
-            max_watches_per_client=config.max_watches_per_client,
         )
-        http_app = build_app(http_settings, self.catalog, self.metrics, auth, self.is_ready)
+        # one watch limit per client address and one answer cache, whatever the front-end
+        watches = WatchLimiter(config.max_watches_per_client)
+        self._answers = answers = AnswerCache(self.catalog)
+        http_app = build_app(
+            http_settings, self.catalog, self.metrics, auth, self.is_ready, watches, answers
+        )
         self._runner = web.AppRunner(
             http_app,
             handle_signals=False,
@@ -148,9 +153,10 @@ class App:
             bind_address=config.bind_address,
             port=config.grpc_port,
             max_message_bytes=config.http_max_body_bytes,
-            max_watches_per_client=config.max_watches_per_client,
         )
-        self.grpc = GrpcServer(grpc_settings, self.catalog, auth, self.metrics, self.is_ready)
+        self.grpc = GrpcServer(
+            grpc_settings, self.catalog, auth, self.metrics, self.is_ready, watches, answers
+        )
         await self.grpc.start()
         log.info(
             "listening on %s: http %d, dns %d (udp+tcp), grpc %d",

@@ -13,7 +13,6 @@ import errno
 import functools
 import logging
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -52,6 +51,7 @@ from service_discovery.grpc_codec import (
 from service_discovery.metrics import Metrics
 from service_discovery.model import Service
 from service_discovery.proto import discovery_pb2 as pb
+from service_discovery.watch import AnswerCache, WatchLimiter
 
 log = logging.getLogger(__name__)
 
@@ -215,28 +215,29 @@ def _unary(*, write: bool) -> Callable[[Unary[Req, Resp]], Handler[Req, Resp]]:
     return decorate
 
 
+def _get_service_response(svc: Service) -> pb.GetServiceResponse:
+    return pb.GetServiceResponse(service=service_pb(svc))
+
+
 # ---- the service -------------------------------------------------------------------------
 class DiscoveryServicer:
     """sd.DiscoveryService: each method translates one request into one Catalog call."""
 
-    def __init__(self, catalog: Catalog, auth: Auth, metrics: Metrics, watch_limit: int) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        auth: Auth,
+        metrics: Metrics,
+        limiter: WatchLimiter,
+        answers: AnswerCache,
+    ) -> None:
         self.catalog = catalog
         self.auth = auth
         self.stats = _CallStats(metrics)
         self._metrics = metrics
         self.watches = catalog.change_feed(WatchMessages(), WATCH_QUEUE_SIZE)
-        self._watch_limit = watch_limit
-        self._per_peer: Counter[str] = Counter()
-        # GetService answers kept per registry view: views are immutable and replaced on every
-        # change, so identity says whether an answer is current (as HTTP does with its bodies)
-        self._answers: dict[str, tuple[Service, pb.GetServiceResponse]] = {}
-
-    def forget(self, key: str | None, reason: str) -> None:
-        """Registry subscriber: drop kept answers of changed services (all, on a reload)."""
-        if key is None:
-            self._answers.clear()
-        else:
-            self._answers.pop(key, None)
+        self._limiter = limiter
+        self._get_service = answers.format(_get_service_response)
 
     def authorize(self, context: grpc.aio.ServicerContext, *, write: bool) -> None:
         if not self.auth.required(write=write):  # skip reading metadata when no token is needed
@@ -252,10 +253,7 @@ class DiscoveryServicer:
     @_unary(write=False)
     async def GetService(self, request: pb.GetServiceRequest) -> pb.GetServiceResponse:
         svc = self.catalog.get(model.service_name(request.service_name))
-        kept = self._answers.get(svc.key)
-        if kept is None or kept[0] is not svc:
-            kept = self._answers[svc.key] = (svc, pb.GetServiceResponse(service=service_pb(svc)))
-        return kept[1]
+        return self._get_service(svc)  # kept per view, shared by every caller
 
     @_unary(write=False)
     async def ListServices(self, request: pb.ListServicesRequest) -> pb.ListServicesResponse:
@@ -337,19 +335,13 @@ class DiscoveryServicer:
             raise NotReady("server draining")
         name = model.service_name(request.service_name) if request.service_name else None
         self.catalog.ensure_loaded()  # UNAVAILABLE, not an empty snapshot, before the load
-        limit = self._watch_limit
-        if self._per_peer[peer] >= limit:
-            raise TooManyRequests(f"at most {limit} open watches per client address")
-        self._per_peer[peer] += 1
-        self._metrics.grpc_watches.inc()
-        try:
-            async for message in self.watches.stream(name):
-                yield message
-        finally:
-            self._metrics.grpc_watches.dec()
-            self._per_peer[peer] -= 1
-            if self._per_peer[peer] <= 0:
-                del self._per_peer[peer]
+        with self._limiter.hold(peer):
+            self._metrics.grpc_watches.inc()
+            try:
+                async for message in self.watches.stream(name):
+                    yield message
+            finally:
+                self._metrics.grpc_watches.dec()
 
 
 # ---- the server --------------------------------------------------------------------------
@@ -360,7 +352,6 @@ class GrpcSettings:
     bind_address: str
     port: int  # 0: an ephemeral port
     max_message_bytes: int  # the largest request accepted (HTTP_MAX_BODY_BYTES)
-    max_watches_per_client: int
 
 
 class GrpcServer:
@@ -373,12 +364,12 @@ class GrpcServer:
         auth: Auth,
         metrics: Metrics,
         is_ready: Callable[[], bool],
+        watches: WatchLimiter,
+        answers: AnswerCache,
     ) -> None:
         self._settings = settings
-        self._catalog = catalog
         self._is_ready = is_ready
-        self._unsubscribe: Callable[[], None] | None = None
-        self._servicer = DiscoveryServicer(catalog, auth, metrics, settings.max_watches_per_client)
+        self._servicer = DiscoveryServicer(catalog, auth, metrics, watches, answers)
         self._health = health.aio.HealthServicer()
         self._health_updates: set[asyncio.Task[None]] = set()
         self._server: grpc.aio.Server | None = None
@@ -404,7 +395,6 @@ class GrpcServer:
             self.port = server.add_insecure_port(address)
         except RuntimeError as exc:  # grpcio reports a failed bind this way
             raise OSError(errno.EADDRINUSE, f"gRPC cannot listen on {address}: {exc}") from None
-        self._unsubscribe = self._catalog.subscribe(self._servicer.forget)
         self._servicer.watches.start()
         await server.start()
         self._server = server
@@ -435,6 +425,3 @@ class GrpcServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None

@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
-import re
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +33,7 @@ from service_discovery.errors import (
 from service_discovery.metrics import Metrics
 from service_discovery.model import Endpoint, Service
 from service_discovery.openapi import spec as openapi_spec
+from service_discovery.watch import AnswerCache, Answers, WatchLimiter, blocking_query
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +49,6 @@ STATUS = {
     NotReady: 503,
 }
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
-_WAIT = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
 _OPEN_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/openapi.json"})
 
 
@@ -63,7 +59,6 @@ class HttpSettings:
     max_body_bytes: int  # larger bodies are refused with 413
     body_timeout_seconds: float  # a body must arrive within this, else 408
     watch_max_wait_seconds: float  # the cap of a blocking query's ?wait=
-    max_watches_per_client: int
 
 
 CATALOG = web.AppKey("catalog", Catalog)
@@ -71,9 +66,9 @@ SETTINGS = web.AppKey("settings", HttpSettings)
 METRICS = web.AppKey("metrics", Metrics)
 AUTH = web.AppKey("auth", Auth)
 IS_READY = web.AppKey[Callable[[], bool]]("is_ready")
-WATCHERS = web.AppKey("watchers", Counter)
+WATCHES = web.AppKey("watches", WatchLimiter)
 X_INDEX = web.RequestKey("x_index", int)  # the index a read reports, errors included
-BODIES = web.AppKey("bodies", dict)
+SERVICE_BODY = web.AppKey[Answers[bytes]]("service_body")
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -195,30 +190,6 @@ def service_json(s: Service, *, endpoints: bool = True) -> dict[str, Any]:
     return out
 
 
-def _wait_seconds(request: web.Request, cap: float) -> tuple[int, float] | None:
-    """Parse a blocking query's `?index=N&wait=30s` into (index, seconds to wait at most).
-
-    None when there is no `index` (an ordinary read). `wait` defaults to 5 minutes and is capped
-    at SD_WATCH_MAX_WAIT_SECONDS; up to 1/16 of it is added at random, as Consul does, so
-    watchers that started together do not all time out and come back in the same instant.
-    """
-    raw_index = request.query.get("index")
-    if raw_index is None:
-        return None
-    try:
-        index = int(raw_index)
-    except ValueError:
-        raise InvalidInput("index must be a non-negative integer (the X-Index of a read)") from None
-    if index < 0:
-        raise InvalidInput("index must be a non-negative integer (the X-Index of a read)")
-    raw_wait = request.query.get("wait", "5m").strip().lower()
-    m = _WAIT.match(raw_wait)
-    if not m:
-        raise InvalidInput("wait must be a duration such as 30s, 500ms or 5m")
-    wait = min(float(m.group(1)) * _UNIT[m.group(2)], cap)
-    return index, wait + random.uniform(0, wait / 16)
-
-
 async def _block(request: web.Request, name: str | None) -> None:
     """Hold a blocking query until the index of `name` (None: the registry) passes the client's,
     the service's live endpoints change (a lease lapsed), or the wait ends.
@@ -228,29 +199,24 @@ async def _block(request: web.Request, name: str | None) -> None:
     error answer (a 404 for a deleted service), so a watcher always has an index to wait on.
     """
     catalog = request.app[CATALOG]
-    settings = request.app[SETTINGS]
-    blocking = _wait_seconds(request, settings.watch_max_wait_seconds)
+    query = request.query
+    blocking = blocking_query(
+        query.get("index"), query.get("wait"), request.app[SETTINGS].watch_max_wait_seconds
+    )
     if blocking is not None and catalog.index(name) <= blocking[0]:
         index, wait = blocking
-        peer = request.remote or "?"
-        watchers = request.app[WATCHERS]
-        limit = settings.max_watches_per_client
-        if watchers[peer] >= limit:
-            raise TooManyRequests(
-                f"this client address already holds {limit} open watches (the limit); "
-                "close some or wait for them to return"
-            )
-        watchers[peer] += 1
         metrics = request.app[METRICS]
-        metrics.http_watches.inc()
-        try:
-            await catalog.wait_for_change(name, index, wait)
-        finally:
-            metrics.http_watches.dec()
-            watchers[peer] -= 1
-            if not watchers[peer]:
-                del watchers[peer]
+        with request.app[WATCHES].hold(request.remote or "?"):
+            metrics.http_watches.inc()
+            try:
+                await catalog.wait_for_change(name, index, wait)
+            finally:
+                metrics.http_watches.dec()
     request[X_INDEX] = catalog.index(name)
+
+
+def _service_body(svc: Service) -> bytes:
+    return json.dumps(service_json(svc), ensure_ascii=False).encode()
 
 
 # ---- routes ------------------------------------------------------------------------------
@@ -272,15 +238,8 @@ async def get_service(request: web.Request) -> web.Response:
     if _pretty(request):
         return _json(request, service_json(svc), index=svc.version)
     # The hot read: the encoded body is kept per view (views are rebuilt on every change).
-    bodies = request.app[BODIES]
-    cached = bodies.get(svc.key)
-    if cached is None or cached[0] is not svc:
-        cached = (svc, json.dumps(service_json(svc), ensure_ascii=False).encode())
-        if len(bodies) > 2 * catalog.service_count() + 64:
-            bodies.clear()  # deleted services' bodies go too
-        bodies[svc.key] = cached
     return web.Response(
-        body=cached[1],
+        body=request.app[SERVICE_BODY](svc),
         content_type="application/json",
         headers={"X-Index": str(svc.version)},
     )
@@ -360,6 +319,8 @@ def build_app(
     metrics: Metrics,
     auth: Auth,
     is_ready: Callable[[], bool],
+    watches: WatchLimiter,
+    answers: AnswerCache,
 ) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
@@ -367,8 +328,8 @@ def build_app(
     app[METRICS] = metrics
     app[AUTH] = auth
     app[IS_READY] = is_ready
-    app[WATCHERS] = Counter()
-    app[BODIES] = {}
+    app[WATCHES] = watches
+    app[SERVICE_BODY] = answers.format(_service_body)
     app.router.add_get("/services", list_services)
     app.router.add_put("/service", create_service)
     app.router.add_get("/service/{name}", get_service)

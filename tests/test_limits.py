@@ -151,3 +151,40 @@ async def test_grpc_applies_the_same_limits(limited: App, unique_name: str) -> N
             await stub.RegisterEndpoint(request, timeout=5)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "at most 2 tags" in (err.value.details() or "")
+
+
+async def test_watches_count_once_per_address_across_front_ends(
+    limited: App, http: aiohttp.ClientSession, unique_name: str
+) -> None:
+    """The watch limit is per client address, whatever the client speaks: 1. two gRPC Watch
+    streams and one HTTP blocking read from one address fill the 3 slots; 2. a further
+    blocking read is 429 and a further Watch RESOURCE_EXHAUSTED; 3. once the blocking read
+    returns, a Watch fits again."""
+    await put(http, "/service", {"name": unique_name})
+    async with http.get(f"/service/{unique_name}") as resp:
+        index = int(resp.headers["X-Index"])
+    path = f"/service/{unique_name}?index={index}&wait=10s"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{limited.grpc_port}") as channel:
+        stub = pb_grpc.DiscoveryServiceStub(channel)
+        streams = [stub.Watch(pb.WatchRequest(service_name=unique_name)) for _ in range(2)]
+        for stream in streams:
+            assert (await asyncio.wait_for(stream.read(), 5)).kind == pb.SNAPSHOT
+
+        async def watch() -> int:
+            async with http.get(path) as resp:
+                return resp.status
+
+        held = asyncio.create_task(watch())
+        await eventually(lambda: sample(limited.metrics, "sd_http_blocking_queries") >= 1)
+        async with http.get(path) as resp:
+            refused((resp.status, await resp.json()), 429, "too_many_requests", "3 open watches")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(stub.Watch(pb.WatchRequest()).read(), 5)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        await put(http, f"/service/{unique_name}/register", {"ip": "10.9.4.1"})
+        assert await asyncio.wait_for(held, 2) == 200
+        third = stub.Watch(pb.WatchRequest())
+        assert (await asyncio.wait_for(third.read(), 5)).kind == pb.SNAPSHOT
+        for call in (*streams, third):
+            call.cancel()
