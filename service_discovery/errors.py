@@ -1,7 +1,9 @@
-"""Typed registry errors: raised by the model and the store, mapped to wire errors once per
-front-end."""
+"""Typed registry errors, raised by the model, the store and the catalog, and the one table
+that says how each kind goes on the wire (HTTP status, gRPC code) for every front-end."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 
 class RegistryError(Exception):
@@ -50,3 +52,39 @@ class NotReady(RegistryError):
 
 class TooManyRequests(RegistryError):
     code = "too_many_requests"
+
+
+class Status(NamedTuple):
+    """How an error kind goes on the wire: its HTTP status and its gRPC status code's name (a
+    name, so that this module needs no grpc: grpc_api turns it into a grpc.StatusCode)."""
+
+    http: int
+    grpc: str
+
+
+# The one table of error kind -> HTTP status -> gRPC code, for every front-end. Looked up along
+# the class hierarchy (`wire_status`), so a subclass goes on the wire as its nearest listed base.
+# LimitExceeded (a valid request over a configured limit: too many tags, attributes or
+# endpoints, a value too long) is 422 / FAILED_PRECONDITION rather than 400 / INVALID_ARGUMENT,
+# so clients can tell "malformed" from "over this deployment's limits".
+STATUS: dict[type[RegistryError], Status] = {
+    InvalidInput: Status(400, "INVALID_ARGUMENT"),
+    Unauthenticated: Status(401, "UNAUTHENTICATED"),
+    NotFound: Status(404, "NOT_FOUND"),
+    AlreadyExists: Status(409, "ALREADY_EXISTS"),
+    Conflict: Status(409, "FAILED_PRECONDITION"),
+    LimitExceeded: Status(422, "FAILED_PRECONDITION"),
+    TooManyRequests: Status(429, "RESOURCE_EXHAUSTED"),
+    StoreUnavailable: Status(503, "UNAVAILABLE"),
+    NotReady: Status(503, "UNAVAILABLE"),
+}
+INTERNAL = Status(500, "INTERNAL")  # a RegistryError of no listed kind: a bug
+
+
+def wire_status(error: RegistryError) -> Status:
+    """The wire status of `error`: that of its class or of its nearest base in STATUS."""
+    for cls in type(error).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return INTERNAL

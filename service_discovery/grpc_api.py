@@ -25,18 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from service_discovery import model
 from service_discovery.auth import Auth
 from service_discovery.catalog import Catalog
-from service_discovery.errors import (
-    AlreadyExists,
-    Conflict,
-    InvalidInput,
-    LimitExceeded,
-    NotFound,
-    NotReady,
-    RegistryError,
-    StoreUnavailable,
-    TooManyRequests,
-    Unauthenticated,
-)
+from service_discovery.errors import InvalidInput, NotReady, RegistryError, wire_status
 from service_discovery.grpc_codec import (
     Malformed,
     WatchMessages,
@@ -57,22 +46,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DiscoveryService"].full_name  # "sd.DiscoveryService"
 
-# The one mapping from registry errors to gRPC status codes. LimitExceeded (a valid request over
-# a configured limit: too many tags, attributes or endpoints, a value too long) is
-# FAILED_PRECONDITION rather than INVALID_ARGUMENT, so clients can tell "malformed" from "over
-# this deployment's limits", as HTTP does with 400 and 422.
-STATUS: dict[type, grpc.StatusCode] = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    LimitExceeded: grpc.StatusCode.FAILED_PRECONDITION,
-    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    TooManyRequests: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
-    NotReady: grpc.StatusCode.UNAVAILABLE,
-}
-
 # Events a watch stream may hold before it is coalesced: a client that falls this far behind gets
 # one RELOADED message with the full current state instead, so a stalled reader costs a bounded
 # amount of memory and never loses a change.
@@ -91,11 +64,8 @@ _SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 
 
 def status_of(exc: RegistryError) -> grpc.StatusCode:
-    for cls in type(exc).__mro__:
-        code = STATUS.get(cls)
-        if code is not None:
-            return code
-    return grpc.StatusCode.INTERNAL
+    """The gRPC status code of a registry error (the table is errors.STATUS)."""
+    return grpc.StatusCode[wire_status(exc).grpc]
 
 
 def _add_servicer(servicer: DiscoveryServicer, server: grpc.aio.Server) -> None:

@@ -18,18 +18,7 @@ from aiohttp import web
 from service_discovery import model
 from service_discovery.auth import Auth
 from service_discovery.catalog import Catalog
-from service_discovery.errors import (
-    AlreadyExists,
-    Conflict,
-    InvalidInput,
-    LimitExceeded,
-    NotFound,
-    NotReady,
-    RegistryError,
-    StoreUnavailable,
-    TooManyRequests,
-    Unauthenticated,
-)
+from service_discovery.errors import InvalidInput, RegistryError, wire_status
 from service_discovery.metrics import Metrics
 from service_discovery.model import Endpoint, Service
 from service_discovery.openapi import spec as openapi_spec
@@ -37,17 +26,6 @@ from service_discovery.watch import AnswerCache, Answers, WatchLimiter, blocking
 
 log = logging.getLogger(__name__)
 
-STATUS = {
-    InvalidInput: 400,
-    Unauthenticated: 401,
-    NotFound: 404,
-    AlreadyExists: 409,
-    Conflict: 409,
-    LimitExceeded: 422,
-    TooManyRequests: 429,
-    StoreUnavailable: 503,
-    NotReady: 503,
-}
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 _OPEN_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/openapi.json"})
 
@@ -98,7 +76,7 @@ async def _errors(
             await _read_bounded(request)
         response = await handler(request)
     except RegistryError as exc:
-        status = STATUS.get(type(exc), 500)
+        status = wire_status(exc).http
         response = error_response(status, exc.code, exc.message)
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="service-discovery"'

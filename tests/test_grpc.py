@@ -32,6 +32,7 @@ from service_discovery.config import Config
 # every error kind, by name: test_registry_errors_map_in_one_table spells out their codes (the
 # same list as grpc_api.py's import, which `duplicates` reports as a pair; deliberate)
 from service_discovery.errors import (
+    STATUS,
     AlreadyExists,
     Conflict,
     InvalidInput,
@@ -43,7 +44,7 @@ from service_discovery.errors import (
     TooManyRequests,
     Unauthenticated,
 )
-from service_discovery.grpc_api import STATUS, _Call, _CallStats, status_of
+from service_discovery.grpc_api import _Call, _CallStats, status_of
 from service_discovery.metrics import Metrics
 from service_discovery.proto import discovery_pb2 as pb
 from service_discovery.proto import discovery_pb2_grpc as pb_grpc
