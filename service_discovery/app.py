@@ -15,8 +15,8 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-
-from aiohttp import web
+from dataclasses import dataclass
+from typing import Protocol
 
 from service_discovery import migrate
 from service_discovery.auth import Auth
@@ -26,7 +26,7 @@ from service_discovery.dns import DnsServer
 from service_discovery.embedded import EmbeddedPostgres
 from service_discovery.errors import StoreUnavailable
 from service_discovery.grpc_api import GrpcServer, GrpcSettings
-from service_discovery.http_api import HttpSettings, build_app
+from service_discovery.http_api import HttpServer, HttpSettings
 from service_discovery.leases import Leases
 from service_discovery.metrics import Metrics
 from service_discovery.model import Limits
@@ -42,25 +42,71 @@ class MigrationsPending(RuntimeError):
     """DATABASE_URL points at a database whose schema is behind this version."""
 
 
+class FrontEnd(Protocol):
+    """What App asks of a listener (HTTP, DNS, gRPC): start, stop (idempotent, and harmless
+    when `start` never ran or failed), and the port it bound (0 before `start`)."""
+
+    @property
+    def port(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """Everything that runs once the database is known, built together by `App.start` before
+    anything starts (constructors do no I/O), so no part is ever there without the others."""
+
+    store: Store
+    leases: Leases
+    catalog: Catalog
+    sync: Sync
+    answers: AnswerCache
+    http: HttpServer
+    dns: DnsServer
+    grpc: GrpcServer
+
+    @property
+    def front_ends(self) -> tuple[FrontEnd, ...]:
+        """The listeners in the order they start (and the reverse of the one they stop in)."""
+        return (self.http, self.dns, self.grpc)
+
+
+def http_settings(config: Config) -> HttpSettings:
+    return HttpSettings(
+        bind_address=config.bind_address,
+        port=config.http_port,
+        idle_timeout_seconds=config.http_idle_timeout_seconds,
+        shutdown_timeout_seconds=config.shutdown_timeout_seconds,
+        max_body_bytes=config.http_max_body_bytes,
+        body_timeout_seconds=config.http_body_timeout_seconds,
+        watch_max_wait_seconds=config.watch_max_wait_seconds,
+    )
+
+
+def grpc_settings(config: Config) -> GrpcSettings:
+    return GrpcSettings(
+        bind_address=config.bind_address,
+        port=config.grpc_port,
+        max_message_bytes=config.http_max_body_bytes,
+        shutdown_timeout_seconds=config.shutdown_timeout_seconds,
+    )
+
+
 class App:
     def __init__(self, config: Config, *, migrate_first: bool = False) -> None:
         self.config = config
         self.metrics = Metrics()
         self.registry = Registry(config)
         self.draining = False
+        self.database_url = config.database_url or ""
         self._migrate_first = migrate_first
         self._embedded: EmbeddedPostgres | None = None
-        self._runner: web.AppRunner | None = None
+        self._parts: Parts | None = None  # set by `start`
         self._pool_task: asyncio.Task[None] | None = None
         self._ready_task: asyncio.Task[None] | None = None
-        self.database_url = config.database_url or ""
-        self.store: Store | None = None
-        self.sync: Sync | None = None
-        self.leases: Leases | None = None
-        self.catalog: Catalog | None = None
-        self.dns: DnsServer | None = None
-        self.grpc: GrpcServer | None = None
-        self.http_port = 0
         self.metrics.bind_registry(
             self.registry.service_count,
             self.registry.endpoint_count,
@@ -69,16 +115,57 @@ class App:
         self.registry.on_guard = lambda on: self.metrics.lease_self_preservation.set(int(on))
 
     # ---- state ---------------------------------------------------------------------------
+    @property
+    def parts(self) -> Parts:
+        """The running parts; RuntimeError before `start` has built them."""
+        if self._parts is None:
+            raise RuntimeError("the app is not started")
+        return self._parts
+
+    # The parts by name, for tests and embedding.
+    @property
+    def store(self) -> Store:
+        return self.parts.store
+
+    @property
+    def leases(self) -> Leases:
+        return self.parts.leases
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.parts.catalog
+
+    @property
+    def sync(self) -> Sync:
+        return self.parts.sync
+
+    @property
+    def http(self) -> HttpServer:
+        return self.parts.http
+
+    @property
+    def dns(self) -> DnsServer:
+        return self.parts.dns
+
+    @property
+    def grpc(self) -> GrpcServer:
+        return self.parts.grpc
+
     def is_ready(self) -> bool:
-        return not self.draining and self.sync is not None and self.sync.synced.is_set()
+        parts = self._parts
+        return not self.draining and parts is not None and parts.sync.synced.is_set()
+
+    @property
+    def http_port(self) -> int:
+        return self._parts.http.port if self._parts is not None else 0
 
     @property
     def dns_port(self) -> int:
-        return self.dns.port if self.dns is not None else 0
+        return self._parts.dns.port if self._parts is not None else 0
 
     @property
     def grpc_port(self) -> int:
-        return self.grpc.port if self.grpc is not None else 0
+        return self._parts.grpc.port if self._parts is not None else 0
 
     # ---- start ---------------------------------------------------------------------------
     async def _prepare_database(self) -> None:
@@ -105,91 +192,63 @@ class App:
                 "'service-discovery migrate' first, or start with 'serve --migrate'"
             )
 
-    async def start(self) -> None:
-        config = self.config
-        await self._prepare_database()
-        self.store = Store(config, self.database_url)
-        self.leases = Leases(config, self.store, self.registry, self.metrics)
-        self.catalog = Catalog(
-            Limits.from_config(config), self.store, self.registry, self.leases, self.metrics
-        )
+    def _build(self) -> Parts:
+        config, registry, metrics = self.config, self.registry, self.metrics
+        store = Store(config, self.database_url)
+        leases = Leases(config, store, registry, metrics)
+        catalog = Catalog(Limits.from_config(config), store, registry, leases, metrics)
         auth = Auth(config.tokens(), config.protect_reads)
-        self.sync = Sync(config, self.database_url, self.registry, self.metrics)
-
-        # Listeners come up first: probes and SERVFAIL/503 answers before the registry loads.
-        http_settings = HttpSettings(
-            max_body_bytes=config.http_max_body_bytes,
-            body_timeout_seconds=config.http_body_timeout_seconds,
-            watch_max_wait_seconds=config.watch_max_wait_seconds,
-        )
         # one watch limit per client address and one answer cache, whatever the front-end
         watches = WatchLimiter(config.max_watches_per_client)
-        self._answers = answers = AnswerCache(self.catalog)
-        http_app = build_app(
-            http_settings, self.catalog, self.metrics, auth, self.is_ready, watches, answers
+        answers = AnswerCache(catalog)
+        ready = self.is_ready
+        return Parts(
+            store=store,
+            leases=leases,
+            catalog=catalog,
+            sync=Sync(config, self.database_url, registry, metrics),
+            answers=answers,
+            http=HttpServer(http_settings(config), catalog, metrics, auth, ready, watches, answers),
+            dns=DnsServer(config, catalog, metrics),
+            grpc=GrpcServer(grpc_settings(config), catalog, auth, metrics, ready, watches, answers),
         )
-        self._runner = web.AppRunner(
-            http_app,
-            handle_signals=False,
-            access_log=None,
-            shutdown_timeout=config.shutdown_timeout_seconds,
-            # A client that hangs up ends its request: a blocking query stops waiting (and
-            # frees its watch slot) instead of holding memory until its wait is over.
-            handler_cancellation=True,
-            # Armed when a connection opens and after each response: a client that sends no
-            # complete request head in this time (slowloris) or sits idle is closed, so slow
-            # clients cannot pin file descriptors. Request heads are bounded by aiohttp's
-            # parser limits (8190-byte lines, 128 headers: 400 beyond).
-            keepalive_timeout=config.http_idle_timeout_seconds,
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, config.bind_address, config.http_port, backlog=1024)
-        await site.start()
-        self.http_port = self._runner.addresses[0][1]
-        self.dns = DnsServer(config, self.catalog, self.metrics)
-        await self.dns.start()
-        self.metrics.before_render.append(self.dns.flush_metrics)
-        grpc_settings = GrpcSettings(
-            bind_address=config.bind_address,
-            port=config.grpc_port,
-            max_message_bytes=config.http_max_body_bytes,
-        )
-        self.grpc = GrpcServer(
-            grpc_settings, self.catalog, auth, self.metrics, self.is_ready, watches, answers
-        )
-        await self.grpc.start()
+
+    async def start(self) -> None:
+        await self._prepare_database()
+        self._parts = parts = self._build()
+        # Listeners come up first: probes and SERVFAIL/503 answers before the registry loads.
+        for server in parts.front_ends:
+            await server.start()
+        self.metrics.before_render.append(parts.dns.flush_metrics)
         log.info(
             "listening on %s: http %d, dns %d (udp+tcp), grpc %d",
-            config.bind_address,
+            self.config.bind_address,
             self.http_port,
             self.dns_port,
             self.grpc_port,
         )
 
-        self._pool_task = asyncio.create_task(self._open_pool(), name="sd-pool")
-        await self.sync.start()
-        self.leases.start()
-        self._ready_task = asyncio.create_task(self._mark_ready(), name="sd-ready")
+        self._pool_task = asyncio.create_task(self._open_pool(parts.store), name="sd-pool")
+        await parts.sync.start()
+        parts.leases.start()
+        self._ready_task = asyncio.create_task(self._mark_ready(parts), name="sd-ready")
 
-    async def _open_pool(self) -> None:
-        assert self.store is not None
+    async def _open_pool(self, store: Store) -> None:
         delay = 0.2
         while True:
             try:
-                await self.store.open()
+                await store.open()
                 return
             except StoreUnavailable as exc:
                 log.warning("database pool: %s; retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _mark_ready(self) -> None:
-        assert self.sync is not None
-        await self.sync.synced.wait()
+    async def _mark_ready(self, parts: Parts) -> None:
+        await parts.sync.synced.wait()
         if not self.draining:
             self.metrics.ready.set(1)
-            if self.grpc is not None:
-                self.grpc.set_serving(True)
+            parts.grpc.set_serving(True)
             # Everything built so far (modules, the registry copy) lives as long as the process:
             # move it out of the collector's view so full collections do not scan it again and
             # again while serving.
@@ -197,7 +256,6 @@ class App:
             log.info("ready")
 
     async def wait_ready(self, timeout: float) -> None:
-        assert self.sync is not None
         await asyncio.wait_for(self.sync.synced.wait(), timeout)
         if self._pool_task is not None:
             await asyncio.wait_for(asyncio.shield(self._pool_task), timeout)
@@ -207,32 +265,30 @@ class App:
         """Turn unready at once, then give load balancers the drain period to notice."""
         self.draining = True
         self.metrics.ready.set(0)
-        if self.grpc is not None:
-            self.grpc.set_serving(False)
+        if self._parts is not None:
+            self._parts.grpc.set_serving(False)
         log.info("draining for %.1fs", self.config.shutdown_drain_seconds)
         await asyncio.sleep(self.config.shutdown_drain_seconds)
 
     async def stop(self) -> None:
+        """Stop what `start` started, in the one fixed order; safe after a failed start."""
         self.draining = True
-        timeout = self.config.shutdown_timeout_seconds
         self.registry.close()  # blocking queries answer now with what they have
-        if self.grpc is not None:
-            await self.grpc.stop(timeout)
-        if self.dns is not None:
-            await self.dns.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()  # waits for in-flight requests up to the timeout
+        parts = self._parts
+        if parts is not None:
+            # in-flight requests get SHUTDOWN_TIMEOUT_SECONDS (each listener's own setting)
+            for server in reversed(parts.front_ends):
+                await server.stop()
         for task in (self._pool_task, self._ready_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self.leases is not None:
-            await self.leases.stop()
-        if self.sync is not None:
-            await self.sync.stop()
-        if self.store is not None:
-            await self.store.close(timeout)
+        if parts is not None:
+            parts.answers.close()
+            await parts.leases.stop()
+            await parts.sync.stop()
+            await parts.store.close(self.config.shutdown_timeout_seconds)
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
         leftover = [

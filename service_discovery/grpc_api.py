@@ -322,6 +322,7 @@ class GrpcSettings:
     bind_address: str
     port: int  # 0: an ephemeral port
     max_message_bytes: int  # the largest request accepted (HTTP_MAX_BODY_BYTES)
+    shutdown_timeout_seconds: float  # in-flight calls get this long at stop
 
 
 class GrpcServer:
@@ -385,13 +386,13 @@ class GrpcServer:
         self._health_updates.add(task)
         task.add_done_callback(self._health_updates.discard)
 
-    async def stop(self, grace: float) -> None:
+    async def stop(self) -> None:
         """Refuse new calls, end watch streams (UNAVAILABLE "server draining"), give in-flight
-        calls `grace` seconds, then cancel what is left."""
+        calls the shutdown timeout, then cancel what is left."""
         if self._health_updates:
             await asyncio.gather(*self._health_updates, return_exceptions=True)
         await self._health.enter_graceful_shutdown()
         self._servicer.watches.close()
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._server.stop(self._settings.shutdown_timeout_seconds)
             self._server = None

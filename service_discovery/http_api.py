@@ -34,6 +34,10 @@ _OPEN_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/openapi.json"})
 class HttpSettings:
     """What the HTTP front-end is configured with (app.py builds it from Config)."""
 
+    bind_address: str
+    port: int  # 0: an ephemeral port
+    idle_timeout_seconds: float  # see HttpServer.start
+    shutdown_timeout_seconds: float  # in-flight requests get this long at stop
     max_body_bytes: int  # larger bodies are refused with 413
     body_timeout_seconds: float  # a body must arrive within this, else 408
     watch_max_wait_seconds: float  # the cap of a blocking query's ?wait=
@@ -323,3 +327,50 @@ def build_app(
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/openapi.json", get_openapi)
     return app
+
+
+class HttpServer:
+    """The HTTP listener's lifecycle, driven by app.py: start, stop (as DnsServer, GrpcServer)."""
+
+    def __init__(
+        self,
+        settings: HttpSettings,
+        catalog: Catalog,
+        metrics: Metrics,
+        auth: Auth,
+        is_ready: Callable[[], bool],
+        watches: WatchLimiter,
+        answers: AnswerCache,
+    ) -> None:
+        self._settings = settings
+        self.app = build_app(settings, catalog, metrics, auth, is_ready, watches, answers)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        settings = self._settings
+        runner = web.AppRunner(
+            self.app,
+            handle_signals=False,  # the host process owns signals (app.serve)
+            access_log=None,
+            shutdown_timeout=settings.shutdown_timeout_seconds,
+            # A client that hangs up ends its request: a blocking query stops waiting (and
+            # frees its watch slot) instead of holding memory until its wait is over.
+            handler_cancellation=True,
+            # Armed when a connection opens and after each response: a client that sends no
+            # complete request head in this time (slowloris) or sits idle is closed, so slow
+            # clients cannot pin file descriptors. Request heads are bounded by aiohttp's
+            # parser limits (8190-byte lines, 128 headers: 400 beyond).
+            keepalive_timeout=settings.idle_timeout_seconds,
+        )
+        await runner.setup()
+        self._runner = runner  # from here on, stop() has something to clean up
+        site = web.TCPSite(runner, settings.bind_address, settings.port, backlog=1024)
+        await site.start()
+        self.port = runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        """Close the listener; in-flight requests get the shutdown timeout. Idempotent."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

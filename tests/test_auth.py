@@ -60,10 +60,9 @@ def _writes(name: str) -> list[tuple[str, str, object, int]]:
 
 
 def _write_routes(app: App) -> set[tuple[str, str]]:
-    assert app._runner is not None
     return {
         (route.method, route.resource.canonical)
-        for route in app._runner.app.router.routes()
+        for route in app.http.app.router.routes()
         if route.method not in ("GET", "HEAD") and route.resource is not None
     }
 
