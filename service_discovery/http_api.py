@@ -5,29 +5,22 @@ JSON errors in one middleware.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from service_discovery import model
+from service_discovery import http_middlewares, model
 from service_discovery.auth import Auth
 from service_discovery.catalog import Catalog
-from service_discovery.errors import InvalidInput, RegistryError, wire_status
+from service_discovery.errors import InvalidInput
+from service_discovery.http_middlewares import X_INDEX
 from service_discovery.metrics import Metrics
 from service_discovery.model import Endpoint, Service
 from service_discovery.openapi import spec as openapi_spec
 from service_discovery.watch import AnswerCache, Answers, WatchLimiter, blocking_query
-
-log = logging.getLogger(__name__)
-
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
-_OPEN_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/openapi.json"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,76 +39,9 @@ class HttpSettings:
 CATALOG = web.AppKey("catalog", Catalog)
 SETTINGS = web.AppKey("settings", HttpSettings)
 METRICS = web.AppKey("metrics", Metrics)
-AUTH = web.AppKey("auth", Auth)
 IS_READY = web.AppKey[Callable[[], bool]]("is_ready")
 WATCHES = web.AppKey("watches", WatchLimiter)
-X_INDEX = web.RequestKey("x_index", int)  # the index a read reports, errors included
 SERVICE_BODY = web.AppKey[Answers[bytes]]("service_body")
-
-
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
-
-
-def _route(request: web.Request) -> str:
-    info = request.match_info
-    route = getattr(info, "route", None)
-    resource = getattr(route, "resource", None)
-    return resource.canonical if resource is not None else "unmatched"
-
-
-@web.middleware
-async def _errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    metrics = request.app[METRICS]
-    route = _route(request)
-    started = time.perf_counter()
-    try:
-        if request.path not in _OPEN_PATHS:
-            request.app[AUTH].check(
-                request.headers.get("Authorization"), write=request.method not in ("GET", "HEAD")
-            )
-        if request.body_exists:
-            await _read_bounded(request)
-        response = await handler(request)
-    except RegistryError as exc:
-        status = wire_status(exc).http
-        response = error_response(status, exc.code, exc.message)
-        if status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="service-discovery"'
-    except web.HTTPRequestEntityTooLarge as exc:
-        response = error_response(413, "too_large", exc.text or "request body too large")
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = _HTTP_CODES.get(exc.status, "http_error")
-        response = error_response(exc.status, code, exc.reason)
-        if exc.status == 405:
-            response.headers["Allow"] = exc.headers.get("Allow", "")
-    except Exception:
-        log.exception("internal error on %s %s", request.method, route)
-        metrics.internal_errors.labels("http").inc()
-        response = error_response(500, "internal", "internal error; see the server log")
-    if X_INDEX in request and "X-Index" not in response.headers:
-        response.headers["X-Index"] = str(request[X_INDEX])
-    metrics.observe_http(route, request.method, response.status, time.perf_counter() - started)
-    return response
-
-
-async def _read_bounded(request: web.Request) -> None:
-    """Refuse a declared oversized body before reading it, and read any body within
-    HTTP_BODY_TIMEOUT_SECONDS: a client trickling its body (slow POST) would otherwise hold
-    a handler and its connection for ever. The body is kept for the handler's read()."""
-    settings = request.app[SETTINGS]
-    max_body = settings.max_body_bytes
-    if request.content_length is not None and request.content_length > max_body:
-        raise web.HTTPRequestEntityTooLarge(max_size=max_body, actual_size=request.content_length)
-    try:
-        async with asyncio.timeout(settings.body_timeout_seconds):
-            await request.read()
-    except TimeoutError:
-        raise web.HTTPRequestTimeout(text="the request body did not arrive in time") from None
 
 
 def _pretty(request: web.Request) -> bool:
@@ -304,11 +230,13 @@ def build_app(
     watches: WatchLimiter,
     answers: AnswerCache,
 ) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=settings.max_body_bytes)
+    middlewares = http_middlewares.chain(
+        metrics, auth, settings.max_body_bytes, settings.body_timeout_seconds
+    )
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[CATALOG] = catalog
     app[METRICS] = metrics
-    app[AUTH] = auth
     app[IS_READY] = is_ready
     app[WATCHES] = watches
     app[SERVICE_BODY] = answers.format(_service_body)
