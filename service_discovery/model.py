@@ -144,7 +144,7 @@ def service_name(value: Any) -> str:
     """A service name is one RFC 1123 DNS label (case-insensitive; case is kept for display)."""
     if not isinstance(value, str) or not value:
         raise InvalidInput("service name must be a non-empty string")
-    if not _LABEL.match(value.lower()):
+    if not _LABEL.fullmatch(value.lower()):
         raise InvalidInput(
             f"invalid service name {value[:80]!r}: must be a DNS label of 1-63 letters, "
             "digits and hyphens, starting and ending with a letter or digit"
@@ -157,7 +157,7 @@ def port_name(value: Any) -> str:
     if not isinstance(value, str):
         raise InvalidInput("port name must be a string")
     name = value.lower()
-    if not 1 <= len(name) <= 15 or not _PORT_NAME.match(name) or name.endswith("-"):
+    if not 1 <= len(name) <= 15 or not _PORT_NAME.fullmatch(name) or name.endswith("-"):
         raise InvalidInput(
             f"invalid port name {value[:80]!r}: must be 1-15 lowercase letters, digits and "
             "single hyphens, with at least one letter, not starting or ending with a hyphen"
