@@ -218,7 +218,7 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    return _json(request, openapi_spec())
+    return _json(request, openapi_spec(request.app[CATALOG].limits))
 
 
 def build_app(

@@ -19,10 +19,21 @@ from typing import Any
 from service_discovery.config import Config
 from service_discovery.errors import InvalidInput, LimitExceeded
 
+# The rules below are stated once, here; the OpenAPI document (openapi.py) is built from them.
 PROTOCOLS = ("tcp", "udp", "sctp")
 MAX_TTL_SECONDS = 7 * 24 * 3600
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_PORT_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9]|-(?!-))*$")
+PORT_RANGE = (1, 65535)  # a named port's port
+SRV_FIELD_RANGE = (0, 65535)  # a named port's priority and weight (SRV record fields)
+# Name patterns in the dialect Python and JSON Schema share (no lookaround), matched whole.
+# A service name is one RFC 1123 DNS label, any case (it is kept for display).
+SERVICE_NAME_MAX_LENGTH = 63
+SERVICE_NAME_PATTERN = f"^[A-Za-z0-9]([A-Za-z0-9-]{{0,{SERVICE_NAME_MAX_LENGTH - 2}}}[A-Za-z0-9])?$"
+# A port name follows RFC 6335 5.1: letters and digits in runs joined by single hyphens, at
+# least one letter, at most PORT_NAME_MAX_LENGTH characters; lowercase (input is lowered).
+PORT_NAME_PATTERN = "^([a-z0-9]+-)*[a-z0-9]*[a-z][a-z0-9]*(-[a-z0-9]+)*$"
+PORT_NAME_MAX_LENGTH = 15
+_LABEL = re.compile(SERVICE_NAME_PATTERN)
+_PORT_NAME = re.compile(PORT_NAME_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,21 +157,25 @@ def service_name(value: Any) -> str:
         raise InvalidInput("service name must be a non-empty string")
     if not _LABEL.fullmatch(value.lower()):
         raise InvalidInput(
-            f"invalid service name {value[:80]!r}: must be a DNS label of 1-63 letters, "
-            "digits and hyphens, starting and ending with a letter or digit"
+            f"invalid service name {value[:80]!r}: must be a DNS label of "
+            f"1-{SERVICE_NAME_MAX_LENGTH} letters, digits and hyphens, starting and ending with "
+            "a letter or digit"
         )
     return value
 
 
 def port_name(value: Any) -> str:
-    """IANA service-name rule (RFC 6335 5.1): 1-15 chars, letters, digits, single hyphens."""
+    """IANA service-name rule (RFC 6335 5.1): 1-15 chars, letters, digits, single hyphens;
+    returned in lowercase."""
     if not isinstance(value, str):
         raise InvalidInput("port name must be a string")
     name = value.lower()
-    if not 1 <= len(name) <= 15 or not _PORT_NAME.fullmatch(name) or name.endswith("-"):
+    # the length first: it also bounds the pattern's backtracking
+    if not 1 <= len(name) <= PORT_NAME_MAX_LENGTH or not _PORT_NAME.fullmatch(name):
         raise InvalidInput(
-            f"invalid port name {value[:80]!r}: must be 1-15 lowercase letters, digits and "
-            "single hyphens, with at least one letter, not starting or ending with a hyphen"
+            f"invalid port name {value[:80]!r}: must be 1-{PORT_NAME_MAX_LENGTH} lowercase "
+            "letters, digits and single hyphens, with at least one letter, not starting or "
+            "ending with a hyphen"
         )
     return name
 
@@ -209,15 +224,16 @@ def named_port(name: Any, body: Any) -> NamedPort:
         raise InvalidInput(f"named port {pname!r} must be an object with protocol and port")
     protocol = body.get("protocol", "tcp")
     if not isinstance(protocol, str) or protocol.lower() not in PROTOCOLS:
-        raise InvalidInput(f"named port {pname!r}: protocol must be one of tcp, udp, sctp")
+        allowed = ", ".join(PROTOCOLS)
+        raise InvalidInput(f"named port {pname!r}: protocol must be one of {allowed}")
     if "port" not in body:
         raise InvalidInput(f"named port {pname!r}: port is required")
     return NamedPort(
         name=pname,
         protocol=protocol.lower(),
-        port=_int(body["port"], f"named port {pname!r}: port", 1, 65535),
-        priority=_int(body.get("priority", 1), f"named port {pname!r}: priority", 0, 65535),
-        weight=_int(body.get("weight", 1), f"named port {pname!r}: weight", 0, 65535),
+        port=_int(body["port"], f"named port {pname!r}: port", *PORT_RANGE),
+        priority=_int(body.get("priority", 1), f"named port {pname!r}: priority", *SRV_FIELD_RANGE),
+        weight=_int(body.get("weight", 1), f"named port {pname!r}: weight", *SRV_FIELD_RANGE),
     )
 
 

@@ -1,34 +1,38 @@
-"""The OpenAPI 3.0 description of the HTTP API, served at /openapi.json."""
+"""The OpenAPI 3.1 description of the HTTP API, served at /openapi.json."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from service_discovery import __version__
+from service_discovery import __version__, model
+from service_discovery.model import Limits
+from service_discovery.watch import WAIT_PATTERN
 
-# Every input schema says exactly what the server accepts (the model's rules, at the default
+# Every input schema says exactly what the server accepts (the model's rules, at this server's
 # limits), so a schema-valid request is never refused with 400/422: checked by schemathesis in
-# tests/test_fuzz_http.py. OpenAPI 3.1 for JSON Schema's propertyNames (map keys).
+# tests/test_fuzz_http.py. The rules and limits come from model.py and Config, never written
+# out here. OpenAPI 3.1 for JSON Schema's propertyNames (map keys).
 _NAME = {
     "type": "string",
-    "maxLength": 63,
-    "pattern": "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
+    "maxLength": model.SERVICE_NAME_MAX_LENGTH,
+    "pattern": model.SERVICE_NAME_PATTERN,
 }
-# RFC 6335: 1-15 characters, letters and digits, single inner hyphens, at least one letter.
 _PORT_NAME = {
     "type": "string",
     "minLength": 1,
-    "maxLength": 15,
-    "pattern": "^([a-z0-9]+-)*[a-z0-9]*[a-z][a-z0-9]*(-[a-z0-9]+)*$",
+    "maxLength": model.PORT_NAME_MAX_LENGTH,
+    "pattern": model.PORT_NAME_PATTERN,
 }
 _IP = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
-_TEXT = {"type": "string", "maxLength": 1024, "pattern": "^[^\\u0000]*$"}  # SD_MAX_VALUE_LENGTH
-_ATTRIBUTES = {
-    "type": "object",
-    "maxProperties": 64,  # SD_MAX_ATTRIBUTES
-    "propertyNames": {**_TEXT, "minLength": 1},
-    "additionalProperties": _TEXT,
-}
+
+
+def _text(limits: Limits) -> dict[str, Any]:
+    """An attribute name or value, or a tag: bounded, without NUL (model._bounded_string)."""
+    return {"type": "string", "maxLength": limits.max_value_length, "pattern": "^[^\\u0000]*$"}
+
+
+def _range(lo_hi: tuple[int, int]) -> dict[str, Any]:
+    return {"type": "integer", "minimum": lo_hi[0], "maximum": lo_hi[1]}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -57,11 +61,7 @@ _NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": _NAME}
 _IP_PARAM = {"name": "ip", "in": "path", "required": True, "schema": _IP}
 _PRETTY = {"name": "pretty", "in": "query", "schema": {"type": "boolean"}}
 _INDEX = {"name": "index", "in": "query", "schema": {"type": "integer", "minimum": 0}}
-_WAIT = {
-    "name": "wait",
-    "in": "query",
-    "schema": {"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m)?$"},
-}
+_WAIT = {"name": "wait", "in": "query", "schema": {"type": "string", "pattern": WAIT_PATTERN}}
 _WRITE_ERRORS = (400, 401, 404, 413, 422, 503)
 
 
@@ -69,7 +69,15 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
-def spec() -> dict[str, Any]:
+def spec(limits: Limits) -> dict[str, Any]:
+    """The document for a server with these limits."""
+    text = _text(limits)
+    attributes = {
+        "type": "object",
+        "maxProperties": limits.max_attributes,
+        "propertyNames": {**text, "minLength": 1},
+        "additionalProperties": text,
+    }
     schemas = {
         "Error": {
             "type": "object",
@@ -80,10 +88,10 @@ def spec() -> dict[str, Any]:
             "type": "object",
             "required": ["port"],
             "properties": {
-                "protocol": {"type": "string", "enum": ["tcp", "udp", "sctp"]},
-                "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                "priority": {"type": "integer", "minimum": 0, "maximum": 65535},
-                "weight": {"type": "integer", "minimum": 0, "maximum": 65535},
+                "protocol": {"type": "string", "enum": list(model.PROTOCOLS)},
+                "port": _range(model.PORT_RANGE),
+                "priority": _range(model.SRV_FIELD_RANGE),
+                "weight": _range(model.SRV_FIELD_RANGE),
             },
         },
         "NamedPorts": {
@@ -119,7 +127,7 @@ def spec() -> dict[str, Any]:
             "required": ["name"],
             "properties": {
                 "name": _NAME,
-                "attributes": _ATTRIBUTES,
+                "attributes": attributes,
                 "named_ports": _ref("NamedPorts"),
             },
         },
@@ -128,8 +136,12 @@ def spec() -> dict[str, Any]:
             "required": ["ip"],
             "properties": {
                 "ip": _IP,
-                "tags": {"type": "array", "maxItems": 32, "items": {**_TEXT, "minLength": 1}},
-                "ttl_seconds": {"type": "integer", "minimum": 0, "maximum": 604800},
+                "tags": {
+                    "type": "array",
+                    "maxItems": limits.max_tags_per_endpoint,
+                    "items": {**text, "minLength": 1},
+                },
+                "ttl_seconds": _range((0, model.MAX_TTL_SECONDS)),  # 0: no lease
             },
         },
         "Lease": {
