@@ -2,7 +2,7 @@
 server reflection.
 
 Handlers only translate (grpc_codec.py: protobuf <-> model) into calls on the Catalog, and
-registry errors become status codes in one place (`_Call`, with the table in errors.py). Watch
+registry errors become status codes in one place (grpc_calls.py, with the table in errors.py). Watch
 streams come from the Catalog's change feed (changes.py): an idle watcher costs memory, never CPU.
 """
 
@@ -12,11 +12,9 @@ import asyncio
 import errno
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,7 +23,8 @@ from grpc_reflection.v1alpha import reflection
 from service_discovery import model
 from service_discovery.auth import Auth
 from service_discovery.catalog import Catalog
-from service_discovery.errors import InvalidInput, NotReady, RegistryError, wire_status
+from service_discovery.errors import InvalidInput, NotReady
+from service_discovery.grpc_calls import Call, CallStats
 from service_discovery.grpc_codec import (
     Malformed,
     WatchMessages,
@@ -63,11 +62,6 @@ _SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
-def status_of(exc: RegistryError) -> grpc.StatusCode:
-    """The gRPC status code of a registry error (the table is errors.STATUS)."""
-    return grpc.StatusCode[wire_status(exc).grpc]
-
-
 def _add_servicer(servicer: DiscoveryServicer, server: grpc.aio.Server) -> None:
     """Register every RPC of the service descriptor, like the generated helper, but with
     request parsers that let a malformed request reach the handler. (So the servicer needs no
@@ -89,73 +83,6 @@ def _add_servicer(servicer: DiscoveryServicer, server: grpc.aio.Server) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
-# ---- one call: errors -> status codes, metrics -------------------------------------------
-class _CallStats:
-    """sd_grpc_* metric children kept per (method, code): `labels()` takes a lock and hashes its
-    arguments on every call, which shows on the hot read path."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-        self._calls: dict[tuple[str, grpc.StatusCode], Any] = {}
-        self._latency: dict[str, Any] = {}
-
-    def done(self, method: str, code: grpc.StatusCode, seconds: float | None) -> None:
-        calls = self._calls.get((method, code))
-        if calls is None:
-            calls = self._calls[(method, code)] = self.metrics.grpc_calls.labels(method, code.name)
-        calls.inc()
-        if seconds is not None:
-            latency = self._latency.get(method)
-            if latency is None:
-                latency = self._latency[method] = self.metrics.grpc_latency.labels(method)
-            latency.observe(seconds)
-
-
-class _Call:
-    """Wraps one RPC body: the only place registry errors become status codes.
-
-    Exceptions are swallowed here and remembered as (code, message); the handler then aborts
-    with them. Anything that is not a RegistryError is a bug: logged with its traceback, counted
-    in sd_internal_errors_total{frontend="grpc"}, answered INTERNAL.
-    """
-
-    __slots__ = ("_latency", "_method", "_started", "_stats", "code", "message")
-
-    def __init__(self, stats: _CallStats, method: str, *, latency: bool = True) -> None:
-        self._stats = stats
-        self._method = method
-        self._latency = latency
-        self.code = grpc.StatusCode.OK
-        self.message = ""
-
-    def __enter__(self) -> _Call:
-        self._started = time.perf_counter()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
-        swallow = True
-        if exc is None:
-            swallow = False
-        elif isinstance(exc, RegistryError):
-            self.code, self.message = status_of(exc), exc.message
-        elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            # the client went away (or the server cancelled the call at the end of its grace)
-            self.code, swallow = grpc.StatusCode.CANCELLED, False
-        elif isinstance(exc, grpc.aio.AbortError):
-            self.code, swallow = grpc.StatusCode.UNKNOWN, False  # not raised by our handlers
-        elif isinstance(exc, Exception):
-            log.error("internal error in gRPC %s", self._method, exc_info=exc)
-            self._stats.metrics.internal_errors.labels("grpc").inc()
-            self.code, self.message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
-        else:
-            swallow = False
-        elapsed = time.perf_counter() - self._started if self._latency else None
-        self._stats.done(self._method, self.code, elapsed)
-        return swallow
-
-
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Unary = Callable[["DiscoveryServicer", Req], Awaitable[Resp]]
@@ -172,7 +99,7 @@ def _unary(*, write: bool) -> Callable[[Unary[Req, Resp]], Handler[Req, Resp]]:
         async def handler(
             self: DiscoveryServicer, request: Req, context: grpc.aio.ServicerContext
         ) -> Resp:
-            with _Call(self.stats, method) as call:
+            with Call(self.stats, method) as call:
                 self.authorize(context, write=write)
                 if isinstance(request, Malformed):
                     request.reject()
@@ -203,7 +130,7 @@ class DiscoveryServicer:
     ) -> None:
         self.catalog = catalog
         self.auth = auth
-        self.stats = _CallStats(metrics)
+        self.stats = CallStats(metrics)
         self._metrics = metrics
         self.watches = catalog.change_feed(WatchMessages(), WATCH_QUEUE_SIZE)
         self._limiter = limiter
@@ -291,7 +218,7 @@ class DiscoveryServicer:
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchResponse]:
         # latency is not recorded: a watch lasts as long as the client wants
-        with _Call(self.stats, "Watch", latency=False) as call:
+        with Call(self.stats, "Watch", latency=False) as call:
             self.authorize(context, write=False)
             if isinstance(request, Malformed):
                 request.reject()

@@ -7,7 +7,7 @@ import grpc
 
 from service_discovery import errors
 from service_discovery.errors import STATUS, NotFound, RegistryError, Status, wire_status
-from service_discovery.grpc_api import status_of
+from service_discovery.grpc_calls import status_of
 
 
 def test_every_error_kind_has_a_wire_status() -> None:

@@ -44,7 +44,9 @@ from service_discovery.errors import (
     TooManyRequests,
     Unauthenticated,
 )
-from service_discovery.grpc_api import _Call, _CallStats, status_of
+from service_discovery.grpc_calls import Call as _Call
+from service_discovery.grpc_calls import CallStats as _CallStats
+from service_discovery.grpc_calls import status_of
 from service_discovery.metrics import Metrics
 from service_discovery.proto import discovery_pb2 as pb
 from service_discovery.proto import discovery_pb2_grpc as pb_grpc
@@ -374,7 +376,7 @@ def test_unexpected_exception_is_internal_logged_and_counted(
 ) -> None:
     metrics = Metrics()
     with (
-        caplog.at_level(logging.ERROR, "service_discovery.grpc_api"),
+        caplog.at_level(logging.ERROR, "service_discovery.grpc_calls"),
         _Call(_CallStats(metrics), "M") as call,
     ):
         _ = {}["missing key"]  # a bug in a handler
