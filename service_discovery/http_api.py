@@ -1,6 +1,6 @@
 """The HTTP JSON API (aiohttp): the design's routes plus deregistration, leases, blocking
-queries, probes, metrics and /openapi.json. Handlers only translate; registry errors become
-JSON errors in one middleware.
+queries, probes, metrics and /openapi.json. Handlers only translate into calls on the Catalog;
+registry errors become JSON errors in one middleware (http_middlewares.py).
 """
 
 from __future__ import annotations
