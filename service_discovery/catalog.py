@@ -111,6 +111,11 @@ class Catalog:
     def service_count(self) -> int:
         return self._registry.service_count()
 
+    def instance(self, instance_id: str) -> tuple[str, str] | None:
+        """(service key, ip) of the endpoint registered with this instance ID (the Consul API's
+        ServiceID), whether its lease is live or lapsed; None if no endpoint has it."""
+        return self._registry.instance(instance_id)
+
     def subscribe(self, callback: ChangeCallback) -> Callable[[], None]:
         """Call `callback(key, reason)` synchronously on every change of the copy (key None:
         everything was reloaded); returns the function that unsubscribes it. Callbacks run

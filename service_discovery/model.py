@@ -21,6 +21,10 @@ from service_discovery.errors import InvalidInput, LimitExceeded
 
 # The rules below are stated once, here; the OpenAPI document (openapi.py) is built from them.
 PROTOCOLS = ("tcp", "udp", "sctp")
+# The port a service offers when one is asked for without a name (Consul's ServicePort, the
+# port of Consul-style SRV names): the one named "default" (what a Consul registration's Port
+# becomes), else the first by name.
+DEFAULT_PORT_NAME = "default"
 MAX_TTL_SECONDS = 7 * 24 * 3600
 PORT_RANGE = (1, 65535)  # a named port's port
 SRV_FIELD_RANGE = (0, 65535)  # a named port's priority and weight (SRV record fields)
@@ -34,6 +38,11 @@ PORT_NAME_PATTERN = "^([a-z0-9]+-)*[a-z0-9]*[a-z][a-z0-9]*(-[a-z0-9]+)*$"
 PORT_NAME_MAX_LENGTH = 15
 _LABEL = re.compile(SERVICE_NAME_PATTERN)
 _PORT_NAME = re.compile(PORT_NAME_PATTERN)
+# An instance ID (Consul's ServiceID) travels in URL paths (/v1/agent/service/deregister/<id>):
+# no slash, space or query characters. Colons and dots are in, for IDs like "web:10.0.0.7:8080".
+INSTANCE_ID_MAX_LENGTH = 128
+INSTANCE_ID_PATTERN = f"^[A-Za-z0-9][A-Za-z0-9._:@-]{{0,{INSTANCE_ID_MAX_LENGTH - 1}}}$"
+_INSTANCE_ID = re.compile(INSTANCE_ID_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,9 @@ class Endpoint:
     tags: tuple[str, ...] = ()
     ttl_seconds: int | None = None
     expires_at: float | None = None  # unix time; None = no lease
+    # The ID a client gave at registration (Consul's ServiceID), unique across the registry;
+    # None for endpoints registered natively, whose Consul ID is derived (consul_model).
+    instance_id: str | None = None
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -149,6 +161,18 @@ class EndpointSpec:
     ip: str
     tags: tuple[str, ...] = ()
     ttl_seconds: int | None = None
+    instance_id: str | None = None  # None keeps the ID already stored (if any)
+
+
+def default_port(svc: Service, wanted: str | None = None) -> NamedPort | None:
+    """The port named `wanted`, or without a name the service's default port (see
+    DEFAULT_PORT_NAME); None when there is no such port."""
+    if wanted is not None:
+        return svc.named_ports.get(wanted.lower())
+    port = svc.named_ports.get(DEFAULT_PORT_NAME)
+    if port is None and svc.named_ports:
+        port = svc.named_ports[min(svc.named_ports)]
+    return port
 
 
 def service_name(value: Any) -> str:
@@ -160,6 +184,18 @@ def service_name(value: Any) -> str:
             f"invalid service name {value[:80]!r}: must be a DNS label of "
             f"1-{SERVICE_NAME_MAX_LENGTH} letters, digits and hyphens, starting and ending with "
             "a letter or digit"
+        )
+    return value
+
+
+def instance_id(value: Any) -> str:
+    """An instance ID (Consul's ServiceID): 1-128 ASCII letters, digits and . _ : @ -,
+    starting with a letter or digit."""
+    if not isinstance(value, str) or not _INSTANCE_ID.fullmatch(value):
+        shown = value[:80] if isinstance(value, str) else value
+        raise InvalidInput(
+            f"invalid instance ID {shown!r}: must be 1-{INSTANCE_ID_MAX_LENGTH} ASCII letters, "
+            "digits and . _ : @ -, starting with a letter or digit"
         )
     return value
 

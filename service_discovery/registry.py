@@ -72,6 +72,7 @@ class Registry:
         self._entries: dict[str, _Stored] = {}
         self._tombstones: dict[str, int] = {}
         self._by_ip: dict[str, set[str]] = {}
+        self._by_instance: dict[str, tuple[str, str]] = {}  # instance ID -> (key, ip)
         self._leased: dict[tuple[str, str], float] = {}
         self._hidden_total = 0
         self._heap: list[tuple[float, str, str]] = []
@@ -120,6 +121,10 @@ class Registry:
         return tuple(
             sorted(k for k in self._by_ip.get(ip, ()) if self._visible(self._entries[k], ip))
         )
+
+    def instance(self, instance_id: str) -> tuple[str, str] | None:
+        """(service key, ip) of the endpoint registered with this instance ID, lapsed or not."""
+        return self._by_instance.get(instance_id)
 
     def endpoint_count(self) -> int:
         if self.self_preservation:
@@ -224,6 +229,7 @@ class Registry:
             self._bury(key, snapshot.version)
         self._entries = {}
         self._by_ip.clear()
+        self._by_instance.clear()
         self._leased.clear()
         self._heap.clear()
         self._hidden_total = 0
@@ -335,11 +341,14 @@ class Registry:
         self._entries[key] = entry
         for ip, e in entry.endpoints.items():
             self._by_ip.setdefault(ip, set()).add(key)
+            if e.instance_id is not None:
+                self._by_instance[e.instance_id] = (key, ip)
             self._track(key, entry, e, now)
 
     def _drop(self, key: str, entry: _Stored) -> None:
-        for ip in entry.endpoints:
+        for ip, e in entry.endpoints.items():
             self._untrack_ip(key, ip)
+            self._untrack_instance(key, ip, e)
             self._leased.pop((key, ip), None)
         self._hidden_total -= len(entry.hidden)
 
@@ -350,6 +359,11 @@ class Registry:
             if not names:
                 del self._by_ip[ip]
 
+    def _untrack_instance(self, key: str, ip: str, endpoint: Endpoint | None) -> None:
+        if endpoint is not None and endpoint.instance_id is not None:
+            if self._by_instance.get(endpoint.instance_id) == (key, ip):
+                del self._by_instance[endpoint.instance_id]
+
     def _set_endpoint(
         self, key: str, entry: _Stored, ip: str, endpoint: Endpoint | None, now: float
     ) -> None:
@@ -357,12 +371,15 @@ class Registry:
             entry.hidden.discard(ip)
             self._hidden_total -= 1
         self._leased.pop((key, ip), None)
+        self._untrack_instance(key, ip, entry.endpoints.get(ip))
         if endpoint is None:
             entry.endpoints.pop(ip, None)
             self._untrack_ip(key, ip)
             return
         entry.endpoints[ip] = endpoint
         self._by_ip.setdefault(ip, set()).add(key)
+        if endpoint.instance_id is not None:
+            self._by_instance[endpoint.instance_id] = (key, ip)
         self._track(key, entry, endpoint, now)
 
     def _track(self, key: str, entry: _Stored, e: Endpoint, now: float) -> None:

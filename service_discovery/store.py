@@ -91,7 +91,7 @@ FROM named_ports p {where}
 """
 _ENDPOINTS_SQL = """
 SELECT e.service_id, host(e.ip) AS ip, e.tags, e.ttl_seconds,
-       extract(epoch FROM e.expires_at)::float8 AS expires_at
+       extract(epoch FROM e.expires_at)::float8 AS expires_at, e.instance_id
 FROM endpoints e {where}
 ORDER BY e.service_id, e.ip
 """
@@ -114,7 +114,7 @@ async def _read_services(conn: asyncpg.Connection, ids: Sequence[Any] | None) ->
     endpoints: dict[Any, list[Endpoint]] = {}
     for r in erows:
         endpoints.setdefault(r["service_id"], []).append(
-            Endpoint(r["ip"], tuple(r["tags"]), r["ttl_seconds"], r["expires_at"])
+            Endpoint(r["ip"], tuple(r["tags"]), r["ttl_seconds"], r["expires_at"], r["instance_id"])
         )
     out: dict[str, Service] = {}
     for r in srows:
@@ -157,7 +157,7 @@ async def read_endpoints(
     """The current rows of some (lowercased service name, ip) endpoints; absent ones are gone."""
     rows = await conn.fetch(
         """SELECT lower(s.name) AS service, host(e.ip) AS ip, e.tags, e.ttl_seconds,
-                  extract(epoch FROM e.expires_at)::float8 AS expires_at
+                  extract(epoch FROM e.expires_at)::float8 AS expires_at, e.instance_id
            FROM unnest($1::text[], $2::inet[]) AS w(name, ip)
            JOIN services s ON lower(s.name) = w.name
            JOIN endpoints e ON e.service_id = s.id AND e.ip = w.ip""",
@@ -166,7 +166,7 @@ async def read_endpoints(
     )
     return {
         (r["service"], r["ip"]): Endpoint(
-            r["ip"], tuple(r["tags"]), r["ttl_seconds"], r["expires_at"]
+            r["ip"], tuple(r["tags"]), r["ttl_seconds"], r["expires_at"], r["instance_id"]
         )
         for r in rows
     }
@@ -312,14 +312,17 @@ class Store:
     async def register_endpoint(self, name: str, spec: EndpointSpec) -> EndpointChange:
         async with self._one() as conn:
             r = await conn.fetchrow(
-                "SELECT * FROM sd_register($1, $2::inet, $3, $4, $5)",
+                "SELECT * FROM sd_register($1, $2::inet, $3, $4, $5, $6)",
                 name,
                 spec.ip,
                 list(spec.tags),
                 spec.ttl_seconds,
                 self._config.max_endpoints_per_service,
+                spec.instance_id,
             )
-        endpoint = Endpoint(r["ip"], tuple(r["tags"]), r["ttl_seconds"], r["expires_at"])
+        endpoint = Endpoint(
+            r["ip"], tuple(r["tags"]), r["ttl_seconds"], r["expires_at"], r["instance_id"]
+        )
         return EndpointChange(r["service"], r["version"], r["prev_version"], r["ip"], endpoint)
 
     async def deregister_endpoint(self, name: str, ip: str) -> EndpointChange:
