@@ -22,6 +22,7 @@ from service_discovery import migrate
 from service_discovery.auth import Auth
 from service_discovery.catalog import Catalog
 from service_discovery.config import Config
+from service_discovery.consul_api import ConsulApi, ConsulSettings
 from service_discovery.dns import DnsServer
 from service_discovery.embedded import EmbeddedPostgres
 from service_discovery.errors import StoreUnavailable
@@ -65,6 +66,7 @@ class Parts:
     sync: Sync
     answers: AnswerCache
     http: HttpServer
+    consul: ConsulApi  # served by `http` under /v1/
     dns: DnsServer
     grpc: GrpcServer
 
@@ -202,13 +204,18 @@ class App:
         watches = WatchLimiter(config.max_watches_per_client)
         answers = AnswerCache(catalog)
         ready = self.is_ready
+        http = HttpServer(http_settings(config), catalog, metrics, auth, ready, watches, answers)
+        consul = ConsulApi(ConsulSettings.from_config(config), catalog, metrics, auth.enabled,
+                           watches, answers)  # fmt: skip
+        consul.attach(http.app)
         return Parts(
             store=store,
             leases=leases,
             catalog=catalog,
             sync=Sync(config, self.database_url, registry, metrics),
             answers=answers,
-            http=HttpServer(http_settings(config), catalog, metrics, auth, ready, watches, answers),
+            http=http,
+            consul=consul,
             dns=DnsServer(config, catalog, metrics),
             grpc=GrpcServer(grpc_settings(config), catalog, auth, metrics, ready, watches, answers),
         )
@@ -285,6 +292,7 @@ class App:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if parts is not None:
+            parts.consul.close()
             parts.answers.close()
             await parts.leases.stop()
             await parts.sync.stop()

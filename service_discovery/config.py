@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,16 @@ _domain = _Parser(_parse_domain, "a DNS name such as svc.cluster.local")
 
 # Free text (URLs, paths, tokens), taken as written.
 _verbatim = _Parser(str, "text")
+
+
+def _parse_datacenter(raw: str) -> str:
+    value = raw.strip().lower()
+    if not re.fullmatch(r"[a-z0-9_-]{1,64}", value):
+        raise ValueError
+    return value
+
+
+_datacenter = _Parser(_parse_datacenter, "1-64 letters, digits, _ and -, such as dc1")
 
 
 def _setting(env: str, default: Any, parse: _Parser, help: str, *, secret: bool = False) -> Any:
@@ -201,6 +212,10 @@ class Config:
     )
     lease_mass_expiry_min: int = _setting(
         "SD_LEASE_MASS_EXPIRY_MIN", 10, _int_range(0, 1_000_000), "leases before the guard applies"
+    )
+
+    consul_datacenter: str = _setting(
+        "SD_CONSUL_DATACENTER", "dc1", _datacenter, "datacenter the Consul-compatible API reports"
     )
 
     @classmethod

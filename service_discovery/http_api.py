@@ -74,6 +74,8 @@ def endpoint_json(service_name: str, e: Endpoint) -> dict[str, Any]:
     if e.ttl_seconds is not None:
         out["ttl_seconds"] = e.ttl_seconds
         out["expires_at"] = e.expires_at
+    if e.instance_id is not None:
+        out["instance_id"] = e.instance_id  # the ID given through /v1/agent/service/register
     return out
 
 

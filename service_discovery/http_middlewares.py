@@ -24,7 +24,11 @@ from service_discovery.metrics import Metrics
 log = logging.getLogger(__name__)
 
 X_INDEX = web.RequestKey("x_index", int)  # set by a handler: the index its answer reports
-OPEN_PATHS = frozenset({"/healthz", "/ready", "/metrics", "/openapi.json"})  # probes, scrapers
+# probes and scrapers; /v1/status/* is the liveness probe of Consul clients (consul_api)
+OPEN_PATHS = frozenset(
+    {"/healthz", "/ready", "/metrics", "/openapi.json", "/v1/status/leader", "/v1/status/peers"}
+)
+CONSUL_PREFIX = "/v1/"  # the Consul-compatible API, served on this app (consul_api)
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
@@ -102,12 +106,24 @@ def errors(metrics: Metrics) -> Middleware:
     return errors
 
 
+def authorization(request: web.Request) -> str | None:
+    """The request's credentials as an Authorization value. Consul clients send their token as
+    `X-Consul-Token` (or, deprecated, `?token=`, which the log redaction hides): accepted on
+    the Consul-compatible API's paths only, beside `Authorization: Bearer`."""
+    given = request.headers.get("Authorization")
+    if given is None and request.path.startswith(CONSUL_PREFIX):
+        token = request.headers.get("X-Consul-Token") or request.query.get("token")
+        if token:
+            given = f"Bearer {token}"
+    return given
+
+
 def authorize(auth: Auth) -> Middleware:
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in OPEN_PATHS:
             write = request.method not in ("GET", "HEAD")
-            auth.check(request.headers.get("Authorization"), write=write)
+            auth.check(authorization(request), write=write)
         return await handler(request)
 
     return authorize

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service_discovery import __version__, model
+from service_discovery import __version__, consul_openapi, model
 from service_discovery.model import Limits
 from service_discovery.watch import WAIT_PATTERN
 
@@ -108,6 +108,7 @@ def spec(limits: Limits) -> dict[str, Any]:
                 "tags": {"type": "array", "items": {"type": "string"}},
                 "ttl_seconds": {"type": "integer"},
                 "expires_at": {"type": "number"},
+                "instance_id": {"type": "string"},
             },
         },
         "Service": {
@@ -258,6 +259,9 @@ def spec(limits: Limits) -> dict[str, Any]:
             "get": {"summary": "This document", "responses": {"200": {"description": "ok"}}}
         },
     }
+    # The Consul-compatible API and Prometheus' http_sd, under /v1/ (consul_openapi).
+    paths.update(consul_openapi.paths(_errors))
+    schemas.update(consul_openapi.schemas(limits))
     return {
         "openapi": "3.1.0",
         "info": {"title": "service-discovery", "version": __version__},

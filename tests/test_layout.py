@@ -25,6 +25,7 @@ FRONT_ENDS = {
     "http": ("http_api", "http_*"),
     "grpc": ("grpc_api", "grpc_*"),
     "dns": ("dns", "resolver"),
+    "consul": ("consul_*", "prometheus_sd"),  # served on the HTTP front-end's app, under /v1/
 }
 # What a front-end must not import: the registry copy (it reads through the catalog), the
 # storage and what keeps the copy fresh, and the process around it.
