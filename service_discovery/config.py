@@ -144,6 +144,10 @@ class Config:
     node_ip: str | None = _setting(
         "NODE_IP", None, _ip, "this replica's address, for the NS A record (= bind address)"
     )
+    dns_consul_names: bool = _setting(
+        "SD_DNS_CONSUL_NAMES", False, _bool,
+        "also answer <svc>.service.<zone>, <tag>.<svc>.service.<zone>, _<svc>._tcp.service.<zone>",
+    )  # fmt: skip
     dns_cache_size: int = _setting(
         "DNS_CACHE_SIZE", 50000, _int_range(0, 10_000_000), "encoded answers kept"
     )

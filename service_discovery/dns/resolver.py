@@ -45,6 +45,7 @@ from service_discovery.dns.zone import (
     Zone,
     ZoneView,
 )
+from service_discovery.model import default_port
 
 # SOA timers only matter to secondaries doing zone transfers, which we refuse; these are the
 # conventional small values for a zone that changes all the time.
@@ -110,6 +111,8 @@ def _forward(name: Name, rel: Name, qtype: int, catalog: CatalogReads, zone: Zon
             return Answer(NOERROR, answer=(Record(name, rtype, zone.ttl, ip),))
         return _negative(NOERROR, zone, origin, serial, None)
 
+    if zone.consul_names and len(rel) >= 2 and rel[-1] == "service":
+        return _consul(name, rel[:-1], qtype, catalog, zone)
     key = rel[-1]
     svc = catalog.find(key) if key.isascii() else None
     if svc is None:
@@ -146,6 +149,41 @@ def _forward(name: Name, rel: Name, qtype: int, catalog: CatalogReads, zone: Zon
             )
             return Answer(NOERROR, True, (Record(name, SRV, ttl, srv),), (), additional, key)
     return _negative(NXDOMAIN, zone, origin, serial, None)
+
+
+def _consul(name: Name, rel: Name, qtype: int, catalog: CatalogReads, zone: Zone) -> Answer:
+    """Consul's names under `service.<zone>` (SD_DNS_CONSUL_NAMES): `<svc>`, `<tag>.<svc>` and
+    `_<svc>._tcp` (RFC 2782), answered from the same service as the native names. The SRV
+    record carries the service's default port (`model.default_port`, the Consul API's
+    ServicePort) and targets `<svc>.service.<zone>`, whose addresses come in the additional
+    section."""
+    serial = catalog.version
+    srv = len(rel) == 2 and rel[0].startswith("_") and rel[1] == "_tcp"
+    key = rel[0][1:] if srv else rel[-1]
+    svc = catalog.find(key) if key.isascii() and len(rel) <= 2 else None
+    if svc is None:
+        return _negative(NXDOMAIN, zone, zone.origin, serial, None)
+    ips = [e.ip for e in svc.endpoints]
+    if len(rel) == 1:
+        return _address_answer(name, qtype, ips, zone, serial, key)
+    if not srv:
+        tagged = [e.ip for e in svc.endpoints if any(t.lower() == rel[0] for t in e.tags)]
+        if not tagged:
+            return _negative(NXDOMAIN, zone, zone.origin, serial, None)
+        return _address_answer(name, qtype, tagged, zone, serial, key)
+    port = default_port(svc)
+    if port is None or port.protocol != "tcp":
+        return _negative(NXDOMAIN, zone, zone.origin, serial, None)
+    if qtype not in (SRV, ANY):
+        return _negative(NOERROR, zone, zone.origin, serial, key)
+    target = (key, "service", *zone.origin)
+    ttl = zone.ttl
+    additional = tuple(
+        [Record(target, A, ttl, ip) for ip in ips if ":" not in ip]
+        + [Record(target, AAAA, ttl, ip) for ip in ips if ":" in ip]
+    )
+    record = Record(name, SRV, ttl, Srv(port.priority, port.weight, port.port, target))
+    return Answer(NOERROR, True, (record,), (), additional, key)
 
 
 def _address_answer(

@@ -40,13 +40,17 @@ class CatalogReads(Protocol):
 class Zone:
     """The zone as Config shapes it: built once at start and handed to every resolution."""
 
-    __slots__ = ("depth", "negative_ttl", "ns", "ns_glue", "ns_rel", "origin", "rname", "ttl")
+    __slots__ = (
+        "consul_names", "depth", "negative_ttl", "ns", "ns_glue", "ns_rel", "origin", "rname",
+        "ttl",
+    )  # fmt: skip
 
     def __init__(self, config: Config) -> None:
         self.origin: Name = split_name(config.dns_domain)
         self.depth = len(self.origin)
         self.ttl = config.dns_ttl
         self.negative_ttl = config.negative_ttl
+        self.consul_names = config.dns_consul_names  # <svc>.service.<zone> and the like
         self.ns: Name = split_name(config.ns_name)
         self.rname: Name = ("hostmaster", *self.origin)
         own = config.own_address
