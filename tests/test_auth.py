@@ -59,6 +59,23 @@ def _writes(name: str) -> list[tuple[str, str, object, int]]:
     ]
 
 
+def _consul_writes(name: str) -> list[tuple[tuple[str, str], str, str, object, int]]:
+    """The /v1/ write routes, in an order in which each succeeds: ((route method, route),
+    method, path, body, status); the catch-all answers 404 to an authorized write."""
+    instance = f"{name}-c"
+    return [
+        (("PUT", "/v1/agent/service/register"), "PUT", "/v1/agent/service/register",
+         {"Name": name, "ID": instance, "Address": "10.8.0.2", "Check": {"TTL": "30s"}}, 200),
+        (("PUT", "/v1/agent/check/pass/{check_id}"), "PUT",
+         f"/v1/agent/check/pass/service:{instance}", None, 200),
+        (("PUT", "/v1/agent/check/update/{check_id}"), "PUT",
+         f"/v1/agent/check/update/service:{instance}", {"Status": "passing"}, 200),
+        (("PUT", "/v1/agent/service/deregister/{service_id}"), "PUT",
+         f"/v1/agent/service/deregister/{instance}", None, 200),
+        (("*", "/v1/{tail}"), "PUT", "/v1/kv/some-key", "value", 404),
+    ]  # fmt: skip
+
+
 def _write_routes(app: App) -> set[tuple[str, str]]:
     return {
         (route.method, route.resource.canonical)
@@ -79,7 +96,10 @@ async def test_every_write_route_needs_a_valid_token(
             (m, p.replace(unique_name, "{name}").replace("10.8.0.1", "{ip}"))
             for m, p, _, _ in writes
         }
+        consul = _consul_writes(unique_name)
+        canonical |= {route for route, *_ in consul}
         assert canonical == _write_routes(app)
+        writes += [(m, p, b, ok) for _, m, p, b, ok in consul]
         base = f"http://127.0.0.1:{app.http_port}"
         async with aiohttp.ClientSession(base_url=base) as http:
             for n, (method, path, body, ok) in enumerate(writes):
