@@ -31,7 +31,12 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict clients/python/src
 
-test: system-deps lint
+# python-consul2 installs the same `consul` package as py-consul (the dev extra), so it lives in
+# a directory of its own that tests/test_consul_clients.py puts on a subprocess's PYTHONPATH.
+$(VENV)/python-consul2/consul/base.py: | $(VENV)/.installed-dev
+	$(BIN)/pip install --quiet --target $(VENV)/python-consul2 python-consul2==0.1.5 six
+
+test: system-deps lint $(VENV)/python-consul2/consul/base.py
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The long runs: soak, 100k scale, the full fuzz, and the scenarios with wall-clock budgets.
