@@ -24,6 +24,9 @@ from a change to 1,000 blocked HTTP watchers all being answered.
    sd_lease_heartbeats_total), daemon CPU per renewal (minus the idle daemon's CPU rate,
    measured first), the client process's CPU per renewal, and failed renewals. Then every
    lease is deregistered on exit.
+6. Consul-style watches: the same through the Consul-compatible API,
+   `GET /v1/health/service/{name}?index=N&wait=60s` (X-Consul-Index), as Prometheus' Consul SD
+   and Consul clients block; also the daemon's CPU while all of them wait (one future each).
 
 Run: .venv/bin/python bench/leases.py   (env ENDPOINTS=10000 DURATION=10 CONCURRENCY=1024
      RATES=1000,2000 WATCHERS=1000 ROUNDS=5 CLIENTS=1000 CLIENT_TTL=9 CLIENT_WINDOW=15
@@ -56,7 +59,8 @@ CONCURRENCY = int(os.environ.get("CONCURRENCY", "1024"))
 WATCHERS = int(os.environ.get("WATCHERS", "1000"))
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 RATES = [float(r) for r in os.environ.get("RATES", "1000,2000").split(",") if r]
-PHASES = os.environ.get("PHASES", "flat,rates,reference,reaper,watch,clients").split(",")
+ALL_PHASES = "flat,rates,reference,reaper,watch,consul-watch,clients"
+PHASES = os.environ.get("PHASES", ALL_PHASES).split(",")
 CLIENTS = int(os.environ.get("CLIENTS", "1000"))
 CLIENT_TTL = int(os.environ.get("CLIENT_TTL", "9"))
 CLIENT_WINDOW = float(os.environ.get("CLIENT_WINDOW", "15"))
@@ -129,9 +133,17 @@ def _load_worker(
     out.put(uvloop.run(run()))
 
 
+# How each API is watched: the path of a blocking query and the header carrying its index.
+WATCH_STYLES = {
+    "native": ("/service/{service}", "X-Index"),
+    "consul": ("/v1/health/service/{service}", "X-Consul-Index"),
+}
+
+
 def _watch_worker(
-    base: str, service: str, count: int, rounds: int, go: mp.Queue, out: mp.Queue
-) -> None:
+    base: str, service: str, count: int, rounds: int, go: mp.Queue, out: mp.Queue,
+    style: str = "native",
+) -> None:  # fmt: skip
     """Each round: take the index to block on, hold `count` blocking queries at it, and report
     when each one was answered."""
     import aiohttp
@@ -147,10 +159,11 @@ def _watch_worker(
                 index = int(go.get())
 
                 async def watch(index: int) -> float:
-                    url = f"/service/{service}?index={index}&wait=60s"
+                    path, header = WATCH_STYLES[style]
+                    url = f"{path.format(service=service)}?index={index}&wait=60s"
                     async with http.get(url) as resp:
                         await resp.read()
-                        assert int(resp.headers["X-Index"]) > index, "returned without a change"
+                        assert int(resp.headers[header]) > index, "returned without a change"
                     return time.time()
 
                 out.put(await asyncio.gather(*(watch(index) for _ in range(count))))
@@ -453,22 +466,26 @@ def bench_reaper(url: str) -> None:
         conn.close()
 
 
-def bench_watchers(daemon: Daemon, service: str) -> None:
+def bench_watchers(daemon: Daemon, service: str, style: str = "native") -> None:
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     gos = [ctx.Queue() for _ in range(2)]
     per = WATCHERS // 2
     procs = [
-        ctx.Process(target=_watch_worker, args=(daemon.base, service, per, ROUNDS, go, out))
+        ctx.Process(target=_watch_worker, args=(daemon.base, service, per, ROUNDS, go, out, style))
         for go in gos
     ]
+    path, header = WATCH_STYLES[style]
+    idle_cpu: list[float] = []
     for p in procs:
         p.start()
     samples: list[float] = []
     try:
         for rnd in range(ROUNDS):
-            with urllib.request.urlopen(f"{daemon.base}/service/{service}", timeout=10) as r:
-                index = int(r.headers["X-Index"])
+            url = daemon.base + path.format(service=service)
+            with urllib.request.urlopen(url, timeout=10) as r:
+                index = int(r.headers[header])
+                size = len(r.read())
             for go in gos:
                 go.put(index)
             deadline = time.time() + 60
@@ -476,6 +493,9 @@ def bench_watchers(daemon: Daemon, service: str) -> None:
                 if time.time() > deadline:
                     raise RuntimeError("watchers did not all block")
                 time.sleep(0.05)
+            cpu = daemon.cpu_seconds()
+            time.sleep(2.0)  # all blocked: what does waiting cost?
+            idle_cpu.append((daemon.cpu_seconds() - cpu) / 2.0)
             sent = time.time()
             _put(daemon.base, f"/service/{service}/register", {"ip": f"10.255.0.{rnd + 1}"})
             answered = [t for _ in procs for t in out.get(timeout=60)]
@@ -487,7 +507,9 @@ def bench_watchers(daemon: Daemon, service: str) -> None:
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
-    print(f"watchers: {WATCHERS} blocked queries released by one write, {ROUNDS} rounds")
+    print(f"{style} watchers ({path}): {WATCHERS} blocked queries released by one write, "
+          f"{ROUNDS} rounds; daemon CPU while all wait {max(idle_cpu) * 100:.1f} % of a core "
+          f"at most; answers of {size / 1024:.0f} KiB")  # fmt: skip
     p50, p99 = percentile(samples, 50) * 1000, percentile(samples, 99) * 1000
     worst = max(samples) * 1000
     print(f"  change -> answer p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms")
@@ -522,6 +544,8 @@ def main() -> None:
                 bench_reaper(url)
             if "watch" in PHASES:
                 bench_watchers(daemon, services[0])
+            if "consul-watch" in PHASES:
+                bench_watchers(daemon, services[1 % len(services)], "consul")
             if "clients" in PHASES:
                 bench_clients(daemon)
             print(f"daemon peak RSS {daemon.peak_rss_mib():.0f} MiB")
