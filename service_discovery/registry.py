@@ -3,20 +3,21 @@
 Each service is held as `_Stored`: what PostgreSQL last told us, updated in O(1) for a change
 of one endpoint. Clients see views (`get`): frozen `Service` objects without endpoints whose lease
 has lapsed, built lazily and kept until the service changes. One timer, set for the earliest
-lease expiry, hides lapsed endpoints; no loop polls. Changes are announced synchronously to
-subscribers (the DNS answer cache, gRPC watches) and wake HTTP blocking queries.
+lease expiry (`expiry.ExpiryQueue`: one entry per lease, however often renewed), hides lapsed
+endpoints; no loop polls. Changes are announced synchronously to subscribers (the DNS answer
+cache, gRPC watches) and wake HTTP blocking queries.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from service_discovery.config import Config
+from service_discovery.expiry import ExpiryQueue
 from service_discovery.model import (
     Endpoint,
     EndpointChange,
@@ -75,7 +76,7 @@ class Registry:
         self._by_instance: dict[str, tuple[str, str]] = {}  # instance ID -> (key, ip)
         self._leased: dict[tuple[str, str], float] = {}
         self._hidden_total = 0
-        self._heap: list[tuple[float, str, str]] = []
+        self._expiries = ExpiryQueue()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._subscribers: list[ChangeCallback] = []
@@ -141,6 +142,11 @@ class Registry:
         if entry is None or not self._visible(entry, ip):
             return None
         return entry.endpoints.get(ip)
+
+    def lease_queue_size(self) -> int:
+        """Entries in the lease-expiry queue: at most twice the leases (plus a small constant),
+        however often they are renewed."""
+        return len(self._expiries)
 
     def _visible(self, entry: _Stored, ip: str) -> bool:
         return self.self_preservation or ip not in entry.hidden
@@ -231,7 +237,7 @@ class Registry:
         self._by_ip.clear()
         self._by_instance.clear()
         self._leased.clear()
-        self._heap.clear()
+        self._expiries.clear()
         self._hidden_total = 0
         now = self._clock()
         for key, svc in snapshot.services.items():
@@ -350,6 +356,7 @@ class Registry:
             self._untrack_ip(key, ip)
             self._untrack_instance(key, ip, e)
             self._leased.pop((key, ip), None)
+            self._expiries.forget((key, ip))
         self._hidden_total -= len(entry.hidden)
 
     def _untrack_ip(self, key: str, ip: str) -> None:
@@ -373,6 +380,7 @@ class Registry:
         self._leased.pop((key, ip), None)
         self._untrack_instance(key, ip, entry.endpoints.get(ip))
         if endpoint is None:
+            self._expiries.forget((key, ip))
             entry.endpoints.pop(ip, None)
             self._untrack_ip(key, ip)
             return
@@ -390,7 +398,7 @@ class Registry:
             entry.hidden.add(e.ip)
             self._hidden_total += 1
         else:
-            heapq.heappush(self._heap, (e.expires_at, key, e.ip))
+            self._expiries.schedule((key, e.ip), e.expires_at)
 
     # ---- leases --------------------------------------------------------------------------
     def _refresh_guard(self, now: float) -> bool:
@@ -428,7 +436,7 @@ class Registry:
     def _schedule(self) -> None:
         """Arm the one timer for the earliest lease expiry (and, while the mass-expiry guard
         holds, for a re-check within _GUARD_RECHECK_SECONDS, so renewals can end it)."""
-        at = self._heap[0][0] if self._heap else float("inf")
+        at = self._expiries.next_due()
         if self.self_preservation:
             at = min(at, self._clock() + _GUARD_RECHECK_SECONDS)
         if at == float("inf") or at >= self._timer_at:
@@ -450,12 +458,13 @@ class Registry:
             return  # `set_connected(True)` (after the reload) re-arms
         now = self._clock()
         lapsed: set[str] = set()
-        while self._heap and self._heap[0][0] <= now:
-            _, key, ip = heapq.heappop(self._heap)
+        for key, ip in self._expiries.pop_due(now):
             at = self._leased.get((key, ip))
             entry = self._entries.get(key)
-            # stale heap items (renewed or removed since) are skipped
-            if at is None or at > now or entry is None or ip in entry.hidden:
+            if at is None or entry is None or ip in entry.hidden:
+                continue
+            if at > now:  # renewed since it was scheduled: due again at its current expiry
+                self._expiries.schedule((key, ip), at)
                 continue
             entry.hidden.add(ip)
             entry.view = None

@@ -181,6 +181,37 @@ async def test_heartbeat_answers_and_batching(
         assert int((await http.get(f"/service/{unique_name}")).headers["X-Index"]) == index
 
 
+async def test_renewals_do_not_grow_the_expiry_queue(
+    make_config: Callable[..., Config], lease_db: str, unique_name: str
+) -> None:
+    """1. two replicas; 100 endpoints with week-long leases through one; 2. 20 rounds of
+    heartbeats for all of them; 3. on the replica that wrote them and on the one that heard
+    them (NOTIFY), the expiry queue holds at most two entries per lease (it held one per
+    renewal: 2,100)."""
+    config = make_config(database_url=lease_db, lease_flush_interval_seconds=0.01)
+    week = 7 * 24 * 3600
+    ips = [f"10.4.{i // 200}.{i % 200 + 1}" for i in range(100)]
+    async with run_app(config) as a, run_app(config) as b, client(a) as http:
+        await create(http, unique_name)
+        for ip in ips:
+            await register(http, unique_name, ip, week)
+        last = 0.0
+        for _ in range(20):
+            answers = await asyncio.gather(*(heartbeat(http, unique_name, ip) for ip in ips))
+            assert {r.status for r in answers} == {200}
+            last = max([(await r.json())["expires_at"] for r in answers])
+            assert a.registry.lease_queue_size() <= 2 * len(ips)
+
+        def heard_last_round() -> bool:
+            svc = b.registry.get(unique_name)
+            return svc is not None and max(e.expires_at or 0 for e in svc.endpoints) >= last
+
+        await eventually(heard_last_round)
+        for app in (a, b):
+            assert app.registry.endpoint_count() == len(ips)
+            assert app.registry.lease_queue_size() <= 2 * len(ips)
+
+
 @pytest.mark.parametrize(
     ("registered", "renewed"),
     [

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from service_discovery.config import Config
-from service_discovery.model import Service, Snapshot
+from service_discovery.model import Endpoint, EndpointChange, LeaseRenewal, Service, Snapshot
 from service_discovery.registry import Registry
 
 
@@ -27,3 +30,33 @@ def test_deletions_of_ever_new_names_do_not_grow_the_copy_for_ever() -> None:
     assert registry.index("churn-11999") == version
     assert registry.index("churn-0") == 0  # forgotten: the oldest go first
     assert sum(registry.index(f"churn-{i}") > 0 for i in range(12_000)) == 10_000
+
+
+def _leased(name: str, version: int, *leases: tuple[str, float]) -> Service:
+    endpoints = tuple(Endpoint(ip, ttl_seconds=60, expires_at=at) for ip, at in leases)
+    return Service(f"id-{name}", name, {}, {}, endpoints, version)
+
+
+async def test_expiry_queue_stays_bounded_and_exact_through_churn() -> None:
+    """1. 5,000 week-long leases registered and removed one by one: the expiry queue stays
+    within twice the live leases (plus a constant); 2. a lease renewed far ahead and then
+    shortened (a full read) lapses at its shorter expiry, not at either queued one."""
+    registry = Registry(Config())
+    registry.replace_all(Snapshot(0, {"churn": _leased("churn", 1)}))
+    week = time.time() + 7 * 24 * 3600
+    version = 1
+    for i in range(5_000):
+        ip = f"10.{i // 250}.{i % 250}.1"
+        endpoint = Endpoint(ip, ttl_seconds=60, expires_at=week)
+        for change in (endpoint, None):
+            version += 1
+            change_ = EndpointChange("churn", version, version - 1, ip, change)
+            assert registry.apply_endpoint(change_)
+        assert registry.lease_queue_size() <= 2 * 1 + 64  # one live lease at most
+    now = time.time()
+    registry.apply(version + 1, "short", _leased("short", version + 1, ("10.9.0.1", now + 60)))
+    registry.renew([LeaseRenewal("short", "10.9.0.1", now + 3600)])
+    registry.apply(version + 2, "short", _leased("short", version + 2, ("10.9.0.1", now + 0.2)))
+    assert registry.is_live("short", "10.9.0.1")
+    await asyncio.sleep(0.5)
+    assert not registry.is_live("short", "10.9.0.1")
