@@ -31,9 +31,15 @@ def _object(required: list[str], **properties: Any) -> dict[str, Any]:
 
 
 def _text(limits: Limits, min_length: int = 1) -> dict[str, Any]:
-    """A tag, or a Meta key or value (the service's attributes): bounded, without NUL."""
+    """A Meta value (a value of the service's attributes): bounded, without NUL."""
     return {"type": "string", "minLength": min_length, "maxLength": limits.max_value_length,
             "pattern": "^[^\\u0000]*$"}  # fmt: skip
+
+
+def _token(limits: Limits) -> dict[str, Any]:
+    """A tag or a Meta key (an attribute name): bounded, printable ASCII without spaces."""
+    return {"type": "string", "minLength": 1, "maxLength": limits.max_value_length,
+            "pattern": model.TOKEN_PATTERN}  # fmt: skip
 
 
 def schemas(limits: Limits) -> dict[str, Any]:
@@ -85,9 +91,9 @@ def schemas(limits: Limits) -> dict[str, Any]:
                 # 0 or absent: no port
                 "Port": {"type": "integer", "minimum": 0, "maximum": model.PORT_RANGE[1]},
                 "Tags": {"type": "array", "maxItems": limits.max_tags_per_endpoint,
-                         "items": _text(limits)},
+                         "items": _token(limits)},
                 "Meta": {"type": "object", "maxProperties": limits.max_attributes,
-                         "propertyNames": _text(limits),
+                         "propertyNames": _token(limits),
                          "additionalProperties": _text(limits, min_length=0)},
                 "EnableTagOverride": {"type": "boolean"},
                 "Check": {

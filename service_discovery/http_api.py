@@ -139,7 +139,7 @@ async def list_services(request: web.Request) -> web.Response:
 
 
 async def get_service(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
+    name = model.service_name(request.match_info["name"])
     catalog = request.app[CATALOG]
     catalog.ensure_loaded()
     if request.query_string:
@@ -169,7 +169,7 @@ async def delete_service(request: web.Request) -> web.Response:
 
 async def list_endpoints(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
-    svc = catalog.get(request.match_info["name"])
+    svc = catalog.get(model.service_name(request.match_info["name"]))
     return _json(request, [endpoint_json(svc.name, e) for e in svc.endpoints], index=svc.version)
 
 

@@ -43,6 +43,12 @@ _PORT_NAME = re.compile(PORT_NAME_PATTERN)
 INSTANCE_ID_MAX_LENGTH = 128
 INSTANCE_ID_PATTERN = f"^[A-Za-z0-9][A-Za-z0-9._:@-]{{0,{INSTANCE_ID_MAX_LENGTH - 1}}}$"
 _INSTANCE_ID = re.compile(INSTANCE_ID_PATTERN)
+# Names are matched as given, never a lowercased copy: Unicode lowercasing maps other letters
+# onto ASCII ones ("\u212aafka".lower() == "kafka", a Kelvin sign), so two names that differ
+# could reach one key. Tags and attribute names: printable ASCII without spaces (a tag is also
+# a DNS label).
+TOKEN_PATTERN = "^[!-~]+$"
+_TOKEN = re.compile(TOKEN_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +185,11 @@ def service_name(value: Any) -> str:
     """A service name is one RFC 1123 DNS label (case-insensitive; case is kept for display)."""
     if not isinstance(value, str) or not value:
         raise InvalidInput("service name must be a non-empty string")
-    if not _LABEL.fullmatch(value.lower()):
+    if not _LABEL.fullmatch(value):
         raise InvalidInput(
-            f"invalid service name {value[:80]!r}: must be a DNS label of "
-            f"1-{SERVICE_NAME_MAX_LENGTH} letters, digits and hyphens, starting and ending with "
-            "a letter or digit"
+            f"invalid service name {value[:80]!a}: must be a DNS label of "
+            f"1-{SERVICE_NAME_MAX_LENGTH} ASCII letters, digits and hyphens, starting and ending "
+            "with a letter or digit"
         )
     return value
 
@@ -206,14 +212,18 @@ def port_name(value: Any) -> str:
     if not isinstance(value, str):
         raise InvalidInput("port name must be a string")
     name = value.lower()
-    # the length first: it also bounds the pattern's backtracking
-    if not 1 <= len(name) <= PORT_NAME_MAX_LENGTH or not _PORT_NAME.fullmatch(name):
+    # ASCII first: then lowering maps A-Z only; the length next: it bounds the backtracking
+    if (
+        not value.isascii()
+        or not 1 <= len(name) <= PORT_NAME_MAX_LENGTH
+        or not _PORT_NAME.fullmatch(name)
+    ):
         raise InvalidInput(
-            f"invalid port name {value[:80]!r}: must be 1-{PORT_NAME_MAX_LENGTH} lowercase "
+            f"invalid port name {value[:80]!a}: must be 1-{PORT_NAME_MAX_LENGTH} ASCII "
             "letters, digits and single hyphens, with at least one letter, not starting or "
             "ending with a hyphen"
         )
-    return name
+    return value.lower()
 
 
 def ip_address(value: Any) -> str:
@@ -299,6 +309,18 @@ def _bounded_string(value: Any, what: str, limits: Limits) -> str:
     return value
 
 
+def _token(value: Any, what: str, limits: Limits) -> str:
+    """A tag or an attribute name: within the length limit, printable ASCII, no spaces."""
+    text = _bounded_string(value, what, limits)
+    if not text:
+        raise InvalidInput(f"{what}s must not be empty")
+    if not _TOKEN.fullmatch(text):
+        raise InvalidInput(
+            f"invalid {what} {text[:80]!a}: must be printable ASCII characters without spaces"
+        )
+    return text
+
+
 def attributes(value: Any, limits: Limits) -> dict[str, str]:
     if value is None:
         return {}
@@ -308,9 +330,7 @@ def attributes(value: Any, limits: Limits) -> dict[str, str]:
         raise LimitExceeded(f"a service may have at most {limits.max_attributes} attributes")
     out: dict[str, str] = {}
     for key, val in value.items():
-        _bounded_string(key, "attribute name", limits)
-        if not key:
-            raise InvalidInput("attribute names must not be empty")
+        _token(key, "attribute name", limits)
         out[key] = _bounded_string(val, f"attribute {key[:80]!r}", limits)
     return out
 
@@ -322,10 +342,7 @@ def tags(value: Any, limits: Limits) -> tuple[str, ...]:
         raise InvalidInput("tags must be an array of strings")
     seen: dict[str, None] = {}
     for tag in value:
-        _bounded_string(tag, "tag", limits)
-        if not tag:
-            raise InvalidInput("tags must not be empty strings")
-        seen[tag] = None
+        seen[_token(tag, "tag", limits)] = None
     if len(seen) > limits.max_tags_per_endpoint:
         raise LimitExceeded(f"an endpoint may have at most {limits.max_tags_per_endpoint} tags")
     return tuple(seen)

@@ -27,8 +27,18 @@ _IP = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
 
 
 def _text(limits: Limits) -> dict[str, Any]:
-    """An attribute name or value, or a tag: bounded, without NUL (model._bounded_string)."""
+    """An attribute value: bounded, without NUL (model._bounded_string)."""
     return {"type": "string", "maxLength": limits.max_value_length, "pattern": "^[^\\u0000]*$"}
+
+
+def _token(limits: Limits) -> dict[str, Any]:
+    """An attribute name or a tag: bounded, printable ASCII without spaces (model._token)."""
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": limits.max_value_length,
+        "pattern": model.TOKEN_PATTERN,
+    }
 
 
 def _range(lo_hi: tuple[int, int]) -> dict[str, Any]:
@@ -75,7 +85,7 @@ def spec(limits: Limits) -> dict[str, Any]:
     attributes = {
         "type": "object",
         "maxProperties": limits.max_attributes,
-        "propertyNames": {**text, "minLength": 1},
+        "propertyNames": _token(limits),
         "additionalProperties": text,
     }
     schemas = {
@@ -140,7 +150,7 @@ def spec(limits: Limits) -> dict[str, Any]:
                 "tags": {
                     "type": "array",
                     "maxItems": limits.max_tags_per_endpoint,
-                    "items": {**text, "minLength": 1},
+                    "items": _token(limits),
                 },
                 "ttl_seconds": _range((0, model.MAX_TTL_SECONDS)),  # 0: no lease
             },
@@ -205,7 +215,7 @@ def spec(limits: Limits) -> dict[str, Any]:
                 "parameters": [_NAME_PARAM, _PRETTY],
                 "responses": {
                     "200": _json({"type": "array", "items": _ref("Endpoint")}, "endpoints"),
-                    **_errors(401, 404, 503),
+                    **_errors(400, 401, 404, 503),
                 },
             }
         },

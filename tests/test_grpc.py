@@ -338,6 +338,15 @@ def _error_cases(name: str) -> list[tuple[str, Any, grpc.StatusCode, str]]:
         ("Heartbeat", pb.HeartbeatRequest(service_name=name, ip="10.9.9.9"), precondition,
          "no lease"),
         ("DeleteService", pb.DeleteServiceRequest(service_name=missing), not_found, "not found"),
+        # lookalikes: a trailing newline, and the Kelvin sign ("\u212a".lower() == "k")
+        ("CreateService", new(name="kafka\n"), bad_arg, "DNS label"),
+        ("CreateService", new(name="\u212aafka"), bad_arg, "DNS label"),
+        ("GetService", pb.GetServiceRequest(service_name=name + "\n"), bad_arg, "DNS label"),
+        ("CreateService", new(named_ports={"\u212a8s": pb.NamedPort(port=1)}), bad_arg,
+         "port name"),
+        ("CreateService", new(attributes={"team\n": "core"}), bad_arg, "attribute name"),
+        ("RegisterEndpoint", reg(endpoint("10.0.0.1", "\u212aanary")), bad_arg, "invalid tag"),
+        ("RegisterEndpoint", reg(endpoint("10.0.0.1", "canary\n")), bad_arg, "invalid tag"),
     ]  # fmt: skip
 
 

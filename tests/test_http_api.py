@@ -171,6 +171,42 @@ async def test_register_validation(
     assert await (await http.get(f"/service/{unique_name}/endpoints")).json() == []
 
 
+async def test_lookalike_names_are_refused(http: aiohttp.ClientSession, unique_name: str) -> None:
+    """Names that are not what they look like: a trailing newline passed a `$`-anchored match,
+    and the Kelvin sign passed a check of the lowercased name ("\u212a".lower() == "k").
+    1. a service `k...` exists; 2. each lookalike, as a service name (body or path), port name,
+    tag or attribute name, is 400 invalid_input; 3. nothing was written and the real service
+    is unchanged."""
+    name = "k" + unique_name
+    kelvin = "\u212a" + name[1:]
+    assert kelvin.lower() == name
+    assert (await put(http, "/service", {"name": name})).status == 201
+    paths = {name + "\n": f"/service/{name}%0A", kelvin: f"/service/%E2%84%AA{name[1:]}"}
+    for bad_name, path in paths.items():
+        await _error(await put(http, "/service", {"name": bad_name}), 400, "invalid_input")
+        for resp in (
+            await http.get(path),
+            await http.get(path + "/endpoints"),
+            await put(http, path + "/register", {"ip": "10.0.0.1"}),
+            await put(http, path + "/ports", {"http": {"port": 80}}),
+            await http.delete(path),
+        ):
+            await _error(resp, 400, "invalid_input")
+    for port in ("http\n", "\u212a8s", "kafka\u0131"):
+        body = {port: {"port": 80}}
+        await _error(await put(http, f"/service/{name}/ports", body), 400, "invalid_input")
+    for tag in ("canary\n", "\u212aanary", "two words", "caf\u00e9"):
+        body = {"ip": "10.0.0.1", "tags": [tag]}
+        await _error(await put(http, f"/service/{name}/register", body), 400, "invalid_input")
+    for key in ("team\n", "\u212aey", "a key"):
+        body = {"name": name + "-x", "attributes": {key: "v"}}
+        await _error(await put(http, "/service", body), 400, "invalid_input")
+    names = [s["name"] for s in await (await http.get("/services")).json()]
+    assert name in names and name + "-x" not in names
+    svc = await (await http.get(f"/service/{name}")).json()
+    assert svc["endpoints"] == [] and svc["named_ports"] == {}
+
+
 async def test_unknown_service_writes_are_404(
     http: aiohttp.ClientSession, unique_name: str
 ) -> None:
