@@ -29,7 +29,8 @@ COPY --chown=10001:10001 service_discovery/ /app/src/service_discovery/
 COPY --chown=10001:10001 migrations/ /app/src/service_discovery/migrations/
 COPY --chown=10001:10001 protos/ /app/src/service_discovery/protos/
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/app/src
+    PYTHONPATH=/app/src \
+    BIND_ADDRESS=0.0.0.0
 USER 10001:10001
 ENTRYPOINT ["service-discovery"]
 CMD ["serve"]
@@ -39,9 +40,13 @@ RUN useradd --no-log-init --system --user-group --uid 10001 \
         --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin service-discovery
 COPY --from=builder /opt/venv /opt/venv
 # Bytecode was compiled at install time; the root filesystem is read-only in Kubernetes.
+# The daemon binds 127.0.0.1 unless told otherwise; a container's loopback is its own, so the
+# image listens on every interface (the network around it, e.g. a NetworkPolicy, decides who
+# reaches it).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    BIND_ADDRESS=0.0.0.0
 # Numeric, so Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
 USER 10001:10001
 # DNS (UDP and TCP), HTTP, gRPC: the daemon's default ports.

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from service_discovery import migrate
-from service_discovery.auth import Auth
+from service_discovery.auth import Auth, warn_if_exposed
 from service_discovery.catalog import Catalog
 from service_discovery.config import Config
 from service_discovery.consul_api import ConsulApi, ConsulSettings
@@ -200,6 +200,7 @@ class App:
         leases = Leases(config, store, registry, metrics)
         catalog = Catalog(Limits.from_config(config), store, registry, leases, metrics)
         auth = Auth(config.tokens(), config.protect_reads)
+        warn_if_exposed(auth, config.bind_address)
         # one watch limit per client address and one answer cache, whatever the front-end
         watches = WatchLimiter(config.max_watches_per_client)
         answers = AnswerCache(catalog)

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import logging
 
 from service_discovery.errors import Unauthenticated
+
+log = logging.getLogger(__name__)
 
 _SCHEME = "bearer"
 
@@ -56,3 +60,17 @@ class Auth:
             ok |= hmac.compare_digest(given, known)
         if not ok:
             raise Unauthenticated("the bearer token is not valid")
+
+
+def warn_if_exposed(auth: Auth, bind_address: str) -> None:
+    """Log a WARNING when writes need no token and the listeners are reachable from other hosts:
+    anyone on the network could then register their own address into any service. Loopback
+    (the default) is the quick start's case and stays quiet."""
+    if auth.enabled or ipaddress.ip_address(bind_address).is_loopback:
+        return
+    log.warning(
+        "writes are unauthenticated (no SD_API_TOKENS or SD_API_TOKENS_FILE) and the listeners "
+        "bind %s, not a loopback address: anyone who reaches the HTTP or gRPC port can register "
+        "any address into any service. Set tokens, or BIND_ADDRESS=127.0.0.1",
+        bind_address,
+    )

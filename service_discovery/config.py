@@ -108,12 +108,32 @@ def _parse_datacenter(raw: str) -> str:
 _datacenter = _Parser(_parse_datacenter, "1-64 letters, digits, _ and -, such as dc1")
 
 
-def _setting(env: str, default: Any, parse: _Parser, help: str, *, secret: bool = False) -> Any:
+def _setting(
+    env: str,
+    default: Any,
+    parse: _Parser,
+    help: str,
+    *,
+    secret: bool = False,
+    empty_is_error: str | None = None,
+) -> Any:
+    """A field of Config. An empty value counts as unset, except with `empty_is_error` (why):
+    for a setting whose absence has a meaning of its own (no tokens = writes open), a variable
+    that is set but empty is far more likely a broken template or secret than a choice."""
     return field(
         default=default,
         repr=not secret,  # secrets stay out of repr(config), tracebacks and log lines
-        metadata={"env": env, "parse": parse, "help": help, "secret": secret},
+        metadata={
+            "env": env,
+            "parse": parse,
+            "help": help,
+            "secret": secret,
+            "empty_is_error": empty_is_error,
+        },
     )
+
+
+_OPEN_WRITES = "unset it to leave writes unauthenticated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +146,9 @@ class Config:
     data_dir: str | None = _setting(
         "SD_DATA_DIR", None, _verbatim, "data directory of the embedded PostgreSQL"
     )
-    bind_address: str = _setting("BIND_ADDRESS", "0.0.0.0", _ip, "address every listener binds")
+    bind_address: str = _setting(
+        "BIND_ADDRESS", "127.0.0.1", _ip, "address every listener binds (0.0.0.0: all)"
+    )
     http_port: int = _setting("HTTP_PORT", 3000, _int_range(0, 65535), "HTTP API port")
     dns_port: int = _setting("DNS_PORT", 8053, _int_range(0, 65535), "DNS port (UDP and TCP)")
     grpc_port: int = _setting("GRPC_PORT", 8081, _int_range(0, 65535), "gRPC port")
@@ -181,11 +203,13 @@ class Config:
         "HTTP_MAX_BODY_BYTES", 1024 * 1024, _int_range(1024, 1 << 30), "largest request body"
     )
     api_tokens: str | None = _setting(
-        "SD_API_TOKENS", None, _verbatim, "comma-separated bearer tokens for writes", secret=True
-    )
+        "SD_API_TOKENS", None, _verbatim, "comma-separated bearer tokens for writes; set but empty "
+        "= error", secret=True, empty_is_error=_OPEN_WRITES,
+    )  # fmt: skip
     api_tokens_file: str | None = _setting(
-        "SD_API_TOKENS_FILE", None, _verbatim, "file of bearer tokens, one per line"
-    )
+        "SD_API_TOKENS_FILE", None, _verbatim, "file of bearer tokens, one per line; set but empty "
+        "= error", empty_is_error=_OPEN_WRITES,
+    )  # fmt: skip
     protect_reads: bool = _setting("SD_PROTECT_READS", False, _bool, "require a token for reads")
     max_endpoints_per_service: int = _setting(
         "SD_MAX_ENDPOINTS_PER_SERVICE", 10000, _int_range(1, 10_000_000), "endpoints per service"
@@ -231,7 +255,7 @@ class Config:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = env.get(f.metadata["env"])
-            if raw is not None and raw != "":
+            if raw is not None and (raw != "" or f.metadata["empty_is_error"]):
                 values[f.name] = _parse(f, raw)
         for name, raw in (overrides or {}).items():
             if raw is not None:
@@ -280,7 +304,7 @@ class Config:
             tokens.update(line.strip() for line in text.splitlines())
         tokens.discard("")
         # Fail closed: a token setting that yields no token must not leave writes open.
-        if (self.api_tokens or self.api_tokens_file) and not tokens:
+        if (self.api_tokens is not None or self.api_tokens_file is not None) and not tokens:
             raise ConfigError("SD_API_TOKENS / SD_API_TOKENS_FILE is set but holds no token")
         if self.protect_reads and not tokens:
             raise ConfigError("SD_PROTECT_READS=true needs SD_API_TOKENS or SD_API_TOKENS_FILE")
@@ -299,6 +323,10 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    if raw == "" and f.metadata["empty_is_error"]:
+        raise ConfigError(
+            f"{f.metadata['env']} is set but empty: give a value, or {f.metadata['empty_is_error']}"
+        )
     parse: _Parser = f.metadata["parse"]
     try:
         return parse(raw)

@@ -5,6 +5,8 @@ open; tokens never reach logs or metrics; a token setting that yields no token r
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import logging
 from collections.abc import Callable
@@ -192,6 +194,53 @@ async def test_tokens_never_reach_logs_or_metrics(
     for secret in ("first-token-7Qx", "second-token-9Zk", "wrong-token-WRONG", "Zmlyc3Q"):
         assert secret not in logged, secret
         assert secret not in metrics, secret
+
+
+# ---- safe defaults -----------------------------------------------------------------------------
+def listening(port: int) -> set[str]:
+    """The addresses this host has a TCP socket listening on `port` at (from /proc/net)."""
+    found = set()
+    for table, size in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        with contextlib.suppress(FileNotFoundError), open(table) as lines:
+            for line in list(lines)[1:]:
+                local, _, state = line.split()[1:4]
+                address, _, hexport = local.partition(":")
+                if state == "0A" and int(hexport, 16) == port:  # 0A: LISTEN
+                    # each 32-bit word of the address is in host (little-endian) order
+                    raw = b"".join(
+                        bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8)
+                    )
+                    ip = ipaddress.ip_address(raw[:size])
+                    found.add(str(getattr(ip, "ipv4_mapped", None) or ip))  # gRPC: v4 in v6
+    return found
+
+
+async def test_default_bind_is_loopback_and_open_writes_elsewhere_warn(
+    database_url: str, make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. with nothing but the database and free ports in its environment, every listener (HTTP,
+    DNS over TCP, gRPC) is on 127.0.0.1 only, and nothing is logged about open writes;
+    2. bound to every interface without tokens, a WARNING at start says writes are open;
+    3. with tokens there, or without tokens on loopback, no such warning."""
+    caplog.set_level(logging.INFO, "service_discovery")
+    env = {"DATABASE_URL": database_url, "HTTP_PORT": "0", "DNS_PORT": "0", "GRPC_PORT": "0"}
+    async with run_app(Config.from_env(env)) as app:
+        for port in (app.http_port, app.dns_port, app.grpc_port):
+            assert listening(port) == {"127.0.0.1"}, port
+    assert "unauthenticated" not in caplog.text
+
+    def warned() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.levelno == logging.WARNING and "unauth" in r.message]
+
+    caplog.clear()
+    async with run_app(make_config(bind_address="0.0.0.0")) as app:
+        assert listening(app.http_port) == {"0.0.0.0"}
+    [record] = warned()
+    assert "0.0.0.0" in record.message and "SD_API_TOKENS" in record.message
+    caplog.clear()
+    async with run_app(make_config(bind_address="0.0.0.0", api_tokens=TOKENS)):
+        pass
+    assert not warned()
 
 
 # ---- the check itself (pure) -------------------------------------------------------------------

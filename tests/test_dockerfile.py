@@ -134,6 +134,16 @@ def test_final_stage_exposes_the_daemon_ports() -> None:
     }
 
 
+def test_images_listen_on_every_interface() -> None:
+    """The daemon's default bind address is loopback (safe on a shared host); in a container
+    that is the container's own loopback, unreachable through any port mapping, so the final
+    and the dev stage set BIND_ADDRESS=0.0.0.0 themselves."""
+    assert Config().bind_address == "127.0.0.1"
+    for stage in (final_stage(), *(s for s in dockerfile()[1] if s.name == "dev")):
+        env = dict(re.findall(r"(\w+)=(\S+)", " ".join(stage.all("ENV"))))
+        assert env.get("BIND_ADDRESS") == "0.0.0.0", stage.name or "final stage"
+
+
 def test_final_stage_user_is_numeric_and_not_root() -> None:
     user = final_stage().all("USER")[-1]
     assert re.fullmatch(r"\d+(:\d+)?", user), f"USER {user}: numeric, for runAsNonRoot"

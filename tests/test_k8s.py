@@ -269,6 +269,17 @@ def test_container_ports_are_the_daemon_ports(kustomization: str) -> None:
 
 
 @pytest.mark.parametrize("kustomization", DEPLOYABLE)
+def test_listeners_bind_every_interface_explicitly(kustomization: str) -> None:
+    """The daemon binds 127.0.0.1 unless told otherwise: the Pod's own loopback, which neither
+    the Service nor the kubelet's probes reach. The manifests say 0.0.0.0 themselves rather
+    than rely on the image's ENV."""
+    assert Config().bind_address == "127.0.0.1"
+    docs = render(kustomization)
+    env = resolve_env(main_container(app_deployment(docs)), docs)
+    assert env.get("BIND_ADDRESS") == "0.0.0.0"
+
+
+@pytest.mark.parametrize("kustomization", DEPLOYABLE)
 def test_services_target_the_named_ports(kustomization: str) -> None:
     docs = render(kustomization)
     deployment = app_deployment(docs)

@@ -83,6 +83,9 @@ def test_serve_refuses_pending_migrations(empty_database: str) -> None:
          "BIND_ADDRESS='localhost' is invalid: expected an IPv4 or IPv6 address"),
         ({"SD_PROTECT_READS": "maybe"},
          "SD_PROTECT_READS='maybe' is invalid: expected true or false"),
+        # set but empty (a broken template or secret) must not mean "no tokens, writes open"
+        ({"SD_API_TOKENS": ""}, "SD_API_TOKENS is set but empty"),
+        ({"SD_API_TOKENS_FILE": ""}, "SD_API_TOKENS_FILE is set but empty"),
     ],
 )  # fmt: skip
 def test_invalid_settings_exit_2_with_one_line(env: dict[str, str], needle: str) -> None:
