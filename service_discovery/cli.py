@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"service-discovery: {exc}", file=sys.stderr)
         return EXIT_PENDING
     except RegistryError as exc:
-        print(f"service-discovery: {exc.message}", file=sys.stderr)
+        print(f"service-discovery: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except OSError as exc:  # a port in use, an unreadable data directory
         print(f"service-discovery: {exc}", file=sys.stderr)

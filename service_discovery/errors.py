@@ -7,13 +7,16 @@ from typing import NamedTuple
 
 
 class RegistryError(Exception):
-    """Base class; `code` is the stable machine-readable name used in JSON errors."""
+    """Base class. `code` is the stable machine-readable name used in wire errors and `message`
+    what a client is told; `detail` is for the log only (database hosts and ports, driver
+    errors, constraint names: nothing a client should learn). `str(error)` has both."""
 
     code = "internal"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(f"{message} ({detail})" if detail else message)
         self.message = message
+        self.detail = detail
 
 
 class InvalidInput(RegistryError):

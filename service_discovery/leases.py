@@ -116,7 +116,7 @@ class Leases:
             # A fresh exception per caller: one shared instance would collect every caller's
             # traceback as each of them re-raises it.
             error = exc
-            _fail(batch, lambda: type(error)(error.message))
+            _fail(batch, lambda: type(error)(error.message, error.detail))
             return
         except Exception:
             log.exception("lease flush failed")

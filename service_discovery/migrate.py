@@ -23,7 +23,7 @@ def _backend(url: str) -> DatabaseBackend:
     try:
         return get_backend(url)
     except Exception as exc:  # psycopg2 raises its own OperationalError for refused connections
-        raise StoreUnavailable(f"database unreachable: {str(exc).strip()}") from exc
+        raise StoreUnavailable("database unreachable", str(exc).strip()) from exc
 
 
 def pending(url: str) -> list[str]:

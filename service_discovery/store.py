@@ -1,5 +1,7 @@
 """PostgreSQL storage: every write is one transaction that ends in `sd_bump`, and every error
-leaves here as a typed RegistryError (23505 -> AlreadyExists, lost connection -> StoreUnavailable).
+leaves here as a typed RegistryError (23505 -> AlreadyExists, lost connection -> StoreUnavailable)
+whose message says nothing of the database: what PostgreSQL and the driver said (hosts, ports,
+constraint names, values) is its `detail`, for the log only (pgerrors.py).
 
 Writes return the service as committed, so the caller can update its own registry copy before
 answering (read-your-writes). Reads for serving never come here: they use the copy.
@@ -19,8 +21,6 @@ import asyncpg
 from service_discovery.config import Config
 from service_discovery.errors import (
     AlreadyExists,
-    InvalidInput,
-    LimitExceeded,
     NotFound,
     RegistryError,
     StoreUnavailable,
@@ -38,22 +38,12 @@ from service_discovery.model import (
     mass_expiry,
 )
 from service_discovery.notify import LEASES_CHANNEL, encode_leases
+from service_discovery.pgerrors import UNAVAILABLE_ERRORS as _UNAVAILABLE
+from service_discovery.pgerrors import FailureLog, database_address, translate, unavailable
 
 log = logging.getLogger(__name__)
 
 REAPER_LOCK_KEY = 0x5D_1EA5E  # advisory lock: one reaper at a time across replicas
-
-_UNAVAILABLE = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.ConnectionFailureError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.QueryCanceledError,
-)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -74,7 +64,7 @@ async def connect(url: str, timeout: float) -> asyncpg.Connection:
     try:
         conn = await asyncpg.connect(url, timeout=timeout, command_timeout=timeout)
     except _UNAVAILABLE as exc:
-        raise StoreUnavailable(f"database unreachable: {exc}") from exc
+        raise unavailable(exc, database_address(url)) from exc
     await _init_connection(conn)
     return conn
 
@@ -147,7 +137,7 @@ async def read_snapshot(conn: asyncpg.Connection, names: Iterable[str] | None = 
                 )
                 services = await _read_services(conn, [r["id"] for r in ids])
     except _UNAVAILABLE as exc:
-        raise StoreUnavailable(f"database unavailable: {exc}") from exc
+        raise unavailable(exc) from exc
     return Snapshot(version=version, services=services)
 
 
@@ -179,6 +169,8 @@ class Store:
         self._config = config
         self._url = url
         self._pool: asyncpg.Pool | None = None
+        self._where = database_address(url)
+        self._log_failure = FailureLog()
 
     async def open(self) -> None:
         try:
@@ -192,7 +184,7 @@ class Store:
                 command_timeout=self._config.db_timeout_seconds,
             )
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"database unreachable: {exc}") from exc
+            raise unavailable(exc, self._where) from exc
 
     async def close(self, timeout: float = 5.0) -> None:
         if self._pool is not None:
@@ -210,7 +202,7 @@ class Store:
     @asynccontextmanager
     async def _one(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection whose failures come out as typed errors (single statements run
-        in their own implicit transaction)."""
+        in their own implicit transaction), their detail logged."""
         if self._pool is None:
             raise StoreUnavailable("database pool is not open")
         try:
@@ -218,23 +210,12 @@ class Store:
                 yield conn
         except RegistryError:
             raise
-        except asyncpg.exceptions.UniqueViolationError as exc:
-            raise AlreadyExists(exc.detail or "already exists") from exc
-        except asyncpg.exceptions.ForeignKeyViolationError as exc:
-            raise NotFound("service not found") from exc
-        except asyncpg.exceptions.NoDataFoundError as exc:
-            raise NotFound(exc.message) from exc
-        except asyncpg.exceptions.ProgramLimitExceededError as exc:
-            raise LimitExceeded(exc.message) from exc
-        except (
-            asyncpg.exceptions.CheckViolationError,
-            asyncpg.exceptions.DataError,
-        ) as exc:
-            raise InvalidInput(f"rejected by the database: {exc}") from exc
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"database unavailable: {type(exc).__name__}: {exc}") from exc
-        except asyncpg.exceptions.PostgresConnectionError as exc:
-            raise StoreUnavailable(f"database unavailable: {exc}") from exc
+        except Exception as exc:
+            error = translate(exc, self._where)
+            if error is None:
+                raise
+            self._log_failure(error)
+            raise error from exc
 
     async def snapshot(self, names: Iterable[str] | None = None) -> Snapshot:
         """Read services in one snapshot (a writer whose copy missed a change uses this)."""
@@ -243,8 +224,13 @@ class Store:
         try:
             async with self._pool.acquire(timeout=self._config.db_timeout_seconds) as conn:
                 return await read_snapshot(conn, names)
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"database unavailable: {exc}") from exc
+        except _UNAVAILABLE as exc:  # no connection from the pool
+            error = unavailable(exc, self._where)
+            self._log_failure(error)
+            raise error from exc
+        except StoreUnavailable as error:  # the read itself failed
+            self._log_failure(error)
+            raise
 
     @staticmethod
     async def _service_id(conn: asyncpg.Connection, name: str) -> tuple[Any, str, int]:
@@ -277,6 +263,8 @@ class Store:
                     spec.attributes,
                 )
             except asyncpg.exceptions.UniqueViolationError as exc:
+                if exc.constraint_name != "services_name_key":
+                    raise  # another rule: `_one` says so, without its name
                 raise AlreadyExists(f"service {spec.name!r} already exists") from exc
             await self._upsert_ports(conn, sid, spec.named_ports.values())
             return await self._commit(conn, sid, spec.name)

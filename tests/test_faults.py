@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import signal
@@ -193,6 +194,88 @@ async def test_database_outage_reads_serve_writes_503_then_recover(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [
         r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
     ]
+
+
+async def test_database_errors_tell_clients_nothing_of_the_database(
+    make_config: Callable[..., Config],
+    new_database: Callable[..., contextlib.AbstractContextManager[str]],
+    unique_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1. a database of its own, with two rules the model does not know (a CHECK constraint and
+    a unique index, as an operator or a newer schema might add); 2. the daemon reaches it
+    through a proxy; 3. a write breaking each rule is 400 invalid_input / 409 already_exists
+    (INVALID_ARGUMENT / ALREADY_EXISTS over gRPC), and neither the body nor the gRPC details
+    name the constraint, the index or the values, while the log does; 4. the proxy refuses:
+    writes are 503 unavailable / UNAVAILABLE saying only that the database is unavailable, no
+    host, port or driver error, while the log has them."""
+    caplog.set_level(logging.WARNING, logger="service_discovery")
+    with new_database("sd_leak") as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "ALTER TABLE services ADD CONSTRAINT sd_secret_rule CHECK (name NOT LIKE 'no-%')"
+            )
+            await conn.execute(
+                "CREATE UNIQUE INDEX sd_secret_owner ON services ((attributes->>'owner'))"
+            )
+        finally:
+            await conn.close()
+        proxy = TcpProxy(url)
+        await proxy.start()
+        config = make_config(database_url=proxy.url(url), db_timeout_seconds=1.0)
+        try:
+            async with (
+                run_app(config) as app,
+                aiohttp.ClientSession(base_url=f"http://127.0.0.1:{app.http_port}") as http,
+                grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel,
+            ):
+                stub = pb_grpc.DiscoveryServiceStub(channel)
+                owned = {"owner": "team-secret-value"}
+                ok = {"name": unique_name, "attributes": owned}
+                assert (await put(http, "/service", ok)).status == 201
+                leaks = ["sd_secret", "team-secret-value", "no-", "violates", "Key (", "services"]
+
+                async def refused(body: dict, status: int, code: grpc.StatusCode) -> str:
+                    resp = await put(http, "/service", body)
+                    answer = await resp.json()
+                    assert resp.status == status, answer
+                    service = pb.Service(name=body["name"], attributes=body.get("attributes"))
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await stub.CreateService(pb.CreateServiceRequest(service=service))
+                    assert err.value.code() == code
+                    said = json.dumps(answer) + (err.value.details() or "")
+                    assert not [leak for leak in leaks if leak in said], said
+                    return str(answer["error"])
+
+                rejected = {"name": f"no-{unique_name}"}
+                assert await refused(rejected, 400, grpc.StatusCode.INVALID_ARGUMENT) == (
+                    "invalid_input"
+                )
+                twin = {"name": f"{unique_name}-twin", "attributes": owned}
+                assert await refused(twin, 409, grpc.StatusCode.ALREADY_EXISTS) == (
+                    "already_exists"
+                )
+                logged = caplog.text
+                assert "sd_secret_rule" in logged and "sd_secret_owner" in logged
+
+                await proxy.refuse()
+                caplog.clear()
+                leaks = [str(proxy.port), "127.0.0.1", "Errno", "refused", "Connect call"]
+                resp = await put(http, "/service", {"name": f"{unique_name}-late"})
+                answer = await resp.json()
+                assert (resp.status, answer["error"]) == (503, "unavailable"), answer
+                assert answer["message"] == "the database is unavailable"
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.CreateService(
+                        pb.CreateServiceRequest(service=pb.Service(name=f"{unique_name}-g"))
+                    )
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                said = json.dumps(answer) + (err.value.details() or "")
+                assert not [leak for leak in leaks if leak in said], said
+                assert str(proxy.port) in caplog.text
+        finally:
+            await proxy.close()
 
 
 @with_budgets
