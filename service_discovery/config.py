@@ -143,6 +143,10 @@ class Config:
     database_url: str | None = _setting(
         "DATABASE_URL", None, _verbatim, "PostgreSQL URL; unset = embedded server", secret=True
     )
+    database_url_file: str | None = _setting(
+        "DATABASE_URL_FILE", None, _verbatim, "file holding the PostgreSQL URL (for DATABASE_URL)",
+        empty_is_error="unset it to use DATABASE_URL or the embedded server",
+    )  # fmt: skip
     data_dir: str | None = _setting(
         "SD_DATA_DIR", None, _verbatim, "data directory of the embedded PostgreSQL"
     )
@@ -266,7 +270,21 @@ class Config:
                 "DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE "
                 f"(got {config.db_pool_min_size} > {config.db_pool_max_size})"
             )
+        if config.database_url_file is not None:
+            config = dataclasses.replace(config, database_url=config._read_database_url())
         return config
+
+    def _read_database_url(self) -> str:
+        if self.database_url is not None:
+            raise ConfigError("DATABASE_URL and DATABASE_URL_FILE are both set: give one of them")
+        assert self.database_url_file is not None
+        try:
+            url = Path(self.database_url_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"DATABASE_URL_FILE: cannot read it ({exc.strerror})") from exc
+        if not url:
+            raise ConfigError("DATABASE_URL_FILE holds no URL")
+        return url
 
     @property
     def negative_ttl(self) -> int:
@@ -342,11 +360,41 @@ def env_names() -> dict[str, str]:
     return {f.name: f.metadata["env"] for f in dataclasses.fields(Config)}
 
 
+def flag_of(f: dataclasses.Field[Any]) -> str | None:
+    """The command-line flag of a setting; None for secrets, which a command line would show
+    to every user of the machine (/proc/*/cmdline, ps): they come from the environment or from
+    the file named by <VARIABLE>_FILE."""
+    return None if f.metadata["secret"] else "--" + f.name.replace("_", "-")
+
+
+class _SecretFlag(argparse.Action):
+    """A flag that used to carry a secret: refused, without repeating its value."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+        env = self.metavar
+        parser.exit(
+            2,  # a usage error, as argparse's own
+            f"{parser.prog}: {self.option_strings[0]} is not accepted (a command line is visible "
+            f"to every user of the machine): set {env} in the environment, or {env}_FILE to a "
+            "file holding it\n",
+        )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--flag` per Config field, generated so each option is written once."""
     group = parser.add_argument_group("settings (flags win over the environment)")
     for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
+        flag = flag_of(f)
+        if flag is None:
+            group.add_argument(
+                "--" + f.name.replace("_", "-"),
+                action=_SecretFlag,
+                nargs="?",
+                dest=f"secret_{f.name}",
+                metavar=f.metadata["env"],
+                help=argparse.SUPPRESS,
+            )
+            continue
         group.add_argument(
             flag,
             dest=f.name,
@@ -357,4 +405,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    return {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Config)}
+    return {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Config) if flag_of(f)}

@@ -18,11 +18,12 @@ from helpers import Daemon, free_port, http_status, with_budgets
 
 
 def cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, unset: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess:
+    inherited = {k: v for k, v in os.environ.items() if k not in unset}
     return subprocess.run(
         [sys.executable, "-m", "service_discovery", *args],
-        env={**os.environ, **(env or {})},
+        env={**inherited, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -103,6 +104,38 @@ def test_flags_win_over_environment() -> None:
 def test_secret_not_echoed_in_errors() -> None:
     res = cli("migrate", "--check", env={"DATABASE_URL": "", "SD_API_TOKENS": "s3cret"})
     assert "s3cret" not in res.stderr + res.stdout
+
+
+def test_secrets_come_from_the_environment_or_a_file_never_a_flag(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A command line is readable by every user of the machine (/proc/*/cmdline, ps).
+    1. --database-url and --api-tokens are refused, exit 2 with one line that names the
+    variables to use and does not repeat the value; 2. DATABASE_URL_FILE alone names the
+    database; 3. it and DATABASE_URL both set, an unreadable file, an empty file, an empty
+    setting: exit 2 with one line."""
+    for command in ("serve", "migrate"):
+        for flag, env in (("--database-url", "DATABASE_URL"), ("--api-tokens", "SD_API_TOKENS")):
+            res = cli(command, flag, "postgresql://u:s3cret@127.0.0.1/x")
+            assert res.returncode == 2, res.stderr
+            assert f"{env}_FILE" in res.stderr and "s3cret" not in res.stderr, res.stderr
+            assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    url_file = tmp_path / "database-url"
+    url_file.write_text(database_url + "\n")
+    ok = cli(
+        "migrate", "--check", env={"DATABASE_URL_FILE": str(url_file)}, unset=("DATABASE_URL",)
+    )
+    assert ok.returncode == 0, ok.stderr
+    (tmp_path / "empty").write_text("\n")
+    for env, needle in [
+        ({"DATABASE_URL_FILE": str(url_file), "DATABASE_URL": database_url}, "both set"),
+        ({"DATABASE_URL_FILE": str(tmp_path / "missing")}, "DATABASE_URL_FILE: cannot read it"),
+        ({"DATABASE_URL_FILE": str(tmp_path / "empty")}, "DATABASE_URL_FILE holds no URL"),
+        ({"DATABASE_URL_FILE": ""}, "DATABASE_URL_FILE is set but empty"),
+    ]:
+        res = cli("migrate", "--check", env=env, unset=("DATABASE_URL",))
+        assert res.returncode == 2 and needle in res.stderr, (env, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
 @with_budgets
