@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from service_discovery import __version__
 from service_discovery.config import Config, ConfigError, add_arguments, overrides_from
+from service_discovery.logs import FORMAT, RedactingFormatter
 
 NOTICE = 25
 _LEVELS = {
@@ -53,11 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def setup_logging(level: str) -> None:
     logging.addLevelName(NOTICE, "NOTICE")
-    logging.basicConfig(
-        level=_LEVELS[level],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter(FORMAT))  # tokens in URLs never reach the log
+    logging.basicConfig(level=_LEVELS[level], handlers=[handler])
     if _LEVELS[level] > logging.DEBUG:
         logging.getLogger("asyncio").setLevel(logging.WARNING)
 

@@ -9,6 +9,13 @@ import contextlib
 import ipaddress
 import json
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -194,6 +201,56 @@ async def test_tokens_never_reach_logs_or_metrics(
     for secret in ("first-token-7Qx", "second-token-9Zk", "wrong-token-WRONG", "Zmlyc3Q"):
         assert secret not in logged, secret
         assert secret not in metrics, secret
+
+
+def test_tokens_in_urls_and_headers_are_redacted_in_every_log_line(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The daemon as a process, logging at DEBUG: its own lines and aiohttp's (which quote a
+    malformed request line or header back, with a traceback).
+    1. requests carry tokens in the query string (?token=, a Consul habit) and in an
+    Authorization header: well-formed ones, a request line with a bad character, a header with
+    one; 2. after SIGTERM, the log quotes those requests (token=***) but holds no token."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": database_url, "HTTP_PORT": str(port), "DNS_PORT": "0",
+           "GRPC_PORT": "0", "LOGGER_LEVEL": "debug", "SHUTDOWN_DRAIN_SECONDS": "0",
+           "SD_API_TOKENS": "first-token-7Qx"}  # fmt: skip
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service_discovery", "serve"], env=env, stdout=out, stderr=out
+        )
+    secrets = ("s3cret-query", "s3cret-path", "s3cret-header", "first-token-7Qx")
+    requests = [
+        b"GET /services?token=s3cret-query HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /services?token=s3cret-path\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /services HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret-header\x01\r\n\r\n",
+        b"PUT /service?token=first-token-7Qx HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer first-token-7Qx\r\nContent-Length: 2\r\n\r\n{}",
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        for raw in requests:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                conn.sendall(raw)
+                assert conn.recv(100).startswith(b"HTTP/1."), raw
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    text = log.read_text()
+    assert "token=***" in text and "Bearer ***" in text, text[-3000:]
+    assert not [s for s in secrets if s in text], text[-3000:]
 
 
 # ---- safe defaults -----------------------------------------------------------------------------
