@@ -11,15 +11,17 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY migrations/ migrations/
 COPY protos/ protos/
 COPY service_discovery/ service_discovery/
 # Dependencies come only as prebuilt wheels (--only-binary): if one has none for this platform
-# the build fails here rather than needing a compiler.
+# the build fails here rather than needing a compiler. Their versions are the ones CI tested
+# (constraints.txt, `make constraints`).
 RUN pip wheel --no-deps --wheel-dir /wheels . \
     && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --only-binary=:all: /wheels/service_discovery-*.whl
+    && /opt/venv/bin/pip install --only-binary=:all: -c constraints.txt \
+        /wheels/service_discovery-*.whl
 
 # Tilt's live-update target (see Tiltfile), not for deployment: the installed virtualenv plus
 # the sources at /app/src, first on sys.path and owned by the app user so Tilt can sync over

@@ -13,9 +13,12 @@ import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from service_discovery.config import Config
 
@@ -211,6 +214,69 @@ def test_build_context_holds_what_the_wheel_is_built_from() -> None:
     assert "migrations" in wheel.get("force-include", {}), "migrations must be in the wheel"
     for private in (".venv", ".git", "tests", "k8s", ".data", "service_discovery/__pycache__"):
         assert dockerignore_excludes(private), f"{private} would be sent to the Docker daemon"
+
+
+def project_requirements() -> dict[str, Requirement]:
+    """Every dependency of pyproject.toml, extras included, by canonical name."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"].values()
+    lines = [*project["dependencies"], *(line for extra in extras for line in extra)]
+    return {canonicalize_name(r.name): r for r in map(Requirement, lines)}
+
+
+def constraints() -> dict[str, str]:
+    """constraints.txt as canonical name -> pinned version."""
+    pins: dict[str, str] = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line.strip())
+        assert match, f"constraints.txt: {line!r} is not name==version"
+        name = canonicalize_name(match[1])
+        assert name not in pins, f"constraints.txt pins {name} twice"
+        pins[name] = match[2]
+    return pins
+
+
+def test_aiohttp_floor_has_the_slow_header_protection() -> None:
+    """The HTTP server relies on aiohttp's keep-alive timer to close a connection whose request
+    head never completes (slowloris: http_api.py, the hostile-clients test in test_faults.py).
+    Before 3.14.4 the timer was armed only after a response, so such a connection stayed open for
+    ever; 3.14.0 brought web.RequestKey, which http_api.py uses. A floor below would let an install
+    resolve to a version without them."""
+    allowed = project_requirements()["aiohttp"].specifier
+    assert "3.14.3" not in allowed and "3.14.4" in allowed, allowed
+
+
+def test_constraints_pin_every_dependency_and_every_install_uses_them() -> None:
+    """1. constraints.txt pins each package once, name==version; 2. every dependency of the
+    project (extras included) is pinned at a version pyproject.toml allows; 3. the image's and
+    CI's (Makefile) installs of the project pass -c constraints.txt, which the build context
+    holds; 4. this environment was installed from it: the versions tested are those pinned."""
+    pins = constraints()
+    for name, requirement in project_requirements().items():
+        assert name in pins, f"{name} is not pinned: run make constraints"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {name}=={pins[name]}, outside {requirement}: make constraints"
+        )
+    builder = dockerfile()[1][0]
+    installs = [run for run in builder.all("RUN") if "pip install" in run]
+    assert installs and all("-c constraints.txt" in run for run in installs), installs
+    copied = {src for copy in builder.all("COPY") if "--from=" not in copy for src in copy.split()}
+    assert "constraints.txt" in copied and not dockerignore_excludes("constraints.txt")
+    makefile = (REPO / "Makefile").read_text()
+    project_installs = re.findall(r"\$\(BIN\)/pip install [^\n]*'\.\[[^\n]*", makefile)
+    assert project_installs, "no pip install of the project in the Makefile"
+    assert all("-c constraints.txt" in line for line in project_installs), project_installs
+    stale = {}
+    for name, version in pins.items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if installed != version:
+            stale[name] = (installed, version)
+    assert not stale, f"installed != pinned (reinstall with make): {stale}"
 
 
 def test_tiltfile_matches_the_dockerfile_and_the_dev_overlay() -> None:
