@@ -117,19 +117,14 @@ def _setting(
     secret: bool = False,
     empty_is_error: str | None = None,
 ) -> Any:
-    """A field of Config. An empty value counts as unset, except with `empty_is_error` (why):
-    for a setting whose absence has a meaning of its own (no tokens = writes open), a variable
-    that is set but empty is far more likely a broken template or secret than a choice."""
+    """A field of Config. Empty counts as unset, except with `empty_is_error` (why): where unset
+    means something (no tokens: writes open), set but empty is a broken template, not a choice."""
     return field(
         default=default,
         repr=not secret,  # secrets stay out of repr(config), tracebacks and log lines
-        metadata={
-            "env": env,
-            "parse": parse,
-            "help": help,
-            "secret": secret,
-            "empty_is_error": empty_is_error,
-        },
+        metadata=dict(
+            env=env, parse=parse, help=help, secret=secret, empty_is_error=empty_is_error
+        ),
     )
 
 
@@ -150,9 +145,7 @@ class Config:
     data_dir: str | None = _setting(
         "SD_DATA_DIR", None, _verbatim, "data directory of the embedded PostgreSQL"
     )
-    bind_address: str = _setting(
-        "BIND_ADDRESS", "127.0.0.1", _ip, "address every listener binds (0.0.0.0: all)"
-    )
+    bind_address: str = _setting("BIND_ADDRESS", "127.0.0.1", _ip, "address every listener binds")
     http_port: int = _setting("HTTP_PORT", 3000, _int_range(0, 65535), "HTTP API port")
     dns_port: int = _setting("DNS_PORT", 8053, _int_range(0, 65535), "DNS port (UDP and TCP)")
     grpc_port: int = _setting("GRPC_PORT", 8081, _int_range(0, 65535), "gRPC port")
@@ -271,20 +264,11 @@ class Config:
                 f"(got {config.db_pool_min_size} > {config.db_pool_max_size})"
             )
         if config.database_url_file is not None:
-            config = dataclasses.replace(config, database_url=config._read_database_url())
+            if config.database_url is not None:
+                raise ConfigError("DATABASE_URL and DATABASE_URL_FILE are both set: give one")
+            url = _read_url(config.database_url_file)
+            config = dataclasses.replace(config, database_url=url)
         return config
-
-    def _read_database_url(self) -> str:
-        if self.database_url is not None:
-            raise ConfigError("DATABASE_URL and DATABASE_URL_FILE are both set: give one of them")
-        assert self.database_url_file is not None
-        try:
-            url = Path(self.database_url_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"DATABASE_URL_FILE: cannot read it ({exc.strerror})") from exc
-        if not url:
-            raise ConfigError("DATABASE_URL_FILE holds no URL")
-        return url
 
     @property
     def negative_ttl(self) -> int:
@@ -340,6 +324,16 @@ class Config:
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
+def _read_url(path: str) -> str:
+    try:
+        url = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"DATABASE_URL_FILE: cannot read it ({exc.strerror})") from exc
+    if not url:
+        raise ConfigError("DATABASE_URL_FILE holds no URL")
+    return url
+
+
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     if raw == "" and f.metadata["empty_is_error"]:
         raise ConfigError(
@@ -361,9 +355,8 @@ def env_names() -> dict[str, str]:
 
 
 def flag_of(f: dataclasses.Field[Any]) -> str | None:
-    """The command-line flag of a setting; None for secrets, which a command line would show
-    to every user of the machine (/proc/*/cmdline, ps): they come from the environment or from
-    the file named by <VARIABLE>_FILE."""
+    """The command-line flag of a setting; None for secrets, which a command line shows to every
+    user of the machine (/proc/*/cmdline, ps): they come from the environment or <VARIABLE>_FILE."""
     return None if f.metadata["secret"] else "--" + f.name.replace("_", "-")
 
 
@@ -390,7 +383,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 "--" + f.name.replace("_", "-"),
                 action=_SecretFlag,
                 nargs="?",
-                dest=f"secret_{f.name}",
                 metavar=f.metadata["env"],
                 help=argparse.SUPPRESS,
             )
