@@ -31,6 +31,7 @@ from service_discovery.http_api import HttpServer, HttpSettings
 from service_discovery.leases import Leases
 from service_discovery.metrics import Metrics
 from service_discovery.model import Limits
+from service_discovery.readiness import Readiness
 from service_discovery.registry import Registry
 from service_discovery.store import Store
 from service_discovery.sync import Sync
@@ -157,6 +158,19 @@ class App:
         parts = self._parts
         return not self.draining and parts is not None and parts.sync.synced.is_set()
 
+    def readiness(self) -> Readiness:
+        """What /ready reports: whether to route to us, and how current our copy is."""
+        sync = self._parts.sync if self._parts is not None else None
+        up = sync is not None and sync.connected
+        return Readiness(
+            ready=self.is_ready(),
+            draining=self.draining,
+            database_up=up,
+            copy_live=up and self.registry.loaded,
+            stale_seconds=sync.stale_seconds() if sync is not None else 0.0,
+            version=self.registry.version,
+        )
+
     @property
     def http_port(self) -> int:
         return self._parts.http.port if self._parts is not None else 0
@@ -204,8 +218,9 @@ class App:
         # one watch limit per client address and one answer cache, whatever the front-end
         watches = WatchLimiter(config.max_watches_per_client)
         answers = AnswerCache(catalog)
-        ready = self.is_ready
-        http = HttpServer(http_settings(config), catalog, metrics, auth, ready, watches, answers)
+        http = HttpServer(
+            http_settings(config), catalog, metrics, auth, self.readiness, watches, answers
+        )
         consul = ConsulApi(ConsulSettings.from_config(config), catalog, metrics, auth.enabled,
                            watches, answers)  # fmt: skip
         consul.attach(http.app)
@@ -218,7 +233,9 @@ class App:
             http=http,
             consul=consul,
             dns=DnsServer(config, catalog, metrics),
-            grpc=GrpcServer(grpc_settings(config), catalog, auth, metrics, ready, watches, answers),
+            grpc=GrpcServer(
+                grpc_settings(config), catalog, auth, metrics, self.is_ready, watches, answers
+            ),
         )
 
     async def start(self) -> None:

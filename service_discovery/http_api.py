@@ -20,6 +20,7 @@ from service_discovery.http_middlewares import X_INDEX
 from service_discovery.metrics import Metrics
 from service_discovery.model import Endpoint, Service
 from service_discovery.openapi import spec as openapi_spec
+from service_discovery.readiness import Readiness
 from service_discovery.watch import AnswerCache, Answers, WatchLimiter, blocking_query
 
 
@@ -39,7 +40,7 @@ class HttpSettings:
 CATALOG = web.AppKey("catalog", Catalog)
 SETTINGS = web.AppKey("settings", HttpSettings)
 METRICS = web.AppKey("metrics", Metrics)
-IS_READY = web.AppKey[Callable[[], bool]]("is_ready")
+READINESS = web.AppKey[Callable[[], Readiness]]("readiness")
 WATCHES = web.AppKey("watches", WatchLimiter)
 SERVICE_BODY = web.AppKey[Answers[bytes]]("service_body")
 
@@ -209,9 +210,10 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    if request.app[IS_READY]():
-        return web.json_response({"status": "ready"})
-    return web.json_response({"status": "not ready"}, status=503)
+    """200 = route to me (the copy is loaded, not draining), whatever the database does; the
+    body says how current the copy is."""
+    state = request.app[READINESS]()
+    return web.json_response(state.to_json(), status=200 if state.ready else 503)
 
 
 async def get_metrics(request: web.Request) -> web.Response:
@@ -228,7 +230,7 @@ def build_app(
     catalog: Catalog,
     metrics: Metrics,
     auth: Auth,
-    is_ready: Callable[[], bool],
+    readiness: Callable[[], Readiness],
     watches: WatchLimiter,
     answers: AnswerCache,
 ) -> web.Application:
@@ -239,7 +241,7 @@ def build_app(
     app[SETTINGS] = settings
     app[CATALOG] = catalog
     app[METRICS] = metrics
-    app[IS_READY] = is_ready
+    app[READINESS] = readiness
     app[WATCHES] = watches
     app[SERVICE_BODY] = answers.format(_service_body)
     app.router.add_get("/services", list_services)
@@ -268,12 +270,12 @@ class HttpServer:
         catalog: Catalog,
         metrics: Metrics,
         auth: Auth,
-        is_ready: Callable[[], bool],
+        readiness: Callable[[], Readiness],
         watches: WatchLimiter,
         answers: AnswerCache,
     ) -> None:
         self._settings = settings
-        self.app = build_app(settings, catalog, metrics, auth, is_ready, watches, answers)
+        self.app = build_app(settings, catalog, metrics, auth, readiness, watches, answers)
         self._runner: web.AppRunner | None = None
         self.port = 0
 

@@ -164,6 +164,18 @@ def spec(limits: Limits) -> dict[str, Any]:
             },
         },
     }
+    schemas["Readiness"] = {
+        "type": "object",
+        "required": ["ready", "draining", "database", "copy", "stale_seconds", "version"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "draining": {"type": "boolean"},
+            "database": {"enum": ["up", "down"]},
+            "copy": {"enum": ["live", "stale"]},
+            "stale_seconds": {"type": "number", "minimum": 0},
+            "version": {"type": "integer", "minimum": 0},
+        },
+    }
     ports_op = {
         "summary": "Add or replace named ports",
         "parameters": [_NAME_PARAM],
@@ -255,10 +267,11 @@ def spec(limits: Limits) -> dict[str, Any]:
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
         "/ready": {
             "get": {
-                "summary": "Readiness: registry loaded and not draining",
+                "summary": "Readiness: registry loaded and not draining (also with the database "
+                "away); the body says how current the copy is",
                 "responses": {
-                    "200": {"description": "ready"},
-                    "503": {"description": "not ready"},
+                    "200": _json(_ref("Readiness"), "ready"),
+                    "503": _json(_ref("Readiness"), "not ready"),
                 },
             }
         },

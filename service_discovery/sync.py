@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from typing import Literal
 
 import asyncpg
@@ -42,6 +43,9 @@ class Sync:
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()
         self.connected = False
+        # When the copy was last known current (monotonic); None while it hears every change.
+        # Before the first load it has never been current: stale since we started.
+        self._stale_since: float | None = time.monotonic()
 
     async def start(self) -> None:
         """Run in the background; `synced` is set after the first load with LISTEN established."""
@@ -54,6 +58,11 @@ class Sync:
                 await self._task
         if self._conn is not None:
             self._conn.terminate()
+
+    def stale_seconds(self) -> float:
+        """Seconds since the copy was last known current: 0 while LISTEN is up and loaded."""
+        since = self._stale_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def listen_pid(self) -> int | None:
         """The backend pid of the LISTEN connection (for operators and fault tests)."""
@@ -91,6 +100,10 @@ class Sync:
             delay = min(delay * 2, _BACKOFF_MAX)
 
     def _set_connected(self, up: bool) -> None:
+        if up:
+            self._stale_since = None
+        elif self._stale_since is None:
+            self._stale_since = time.monotonic()
         self.connected = up
         self._metrics.sync_connected.set(1 if up else 0)
         self._registry.set_connected(up)  # no lease lapses in a copy that cannot hear renewals

@@ -74,9 +74,10 @@ async def test_database_outage_reads_serve_writes_503_then_recover(
     """1. writes acknowledged; 2. the database goes away: the proxy closes (connection refused,
     all cut), or it blackholes (accepts and never forwards, also on connections open before:
     only timeouts can notice, and they must); 3. metric 0 and a warning; 4. HTTP, DNS and gRPC
-    reads and /ready keep answering; 5. writes answer 503 and UNAVAILABLE (budget: within 2 x
-    DB_TIMEOUT_SECONDS + 1 s); 6. another replica writes; 7. the proxy reopens: reconnect,
-    reload (the other replica's write appears), writes work; 8. every acknowledged write is in
+    reads and /ready keep answering (200; its body says database down, copy stale); 5. writes
+    answer 503 and UNAVAILABLE (budget: within 2 x DB_TIMEOUT_SECONDS + 1 s); 6. another
+    replica writes; 7. the proxy reopens: reconnect, reload (the other replica's write
+    appears; /ready's body says up and live), writes work; 8. every acknowledged write is in
     the database."""
     db_timeout = 1.0
     caplog.set_level(logging.WARNING, logger="service_discovery")
@@ -117,6 +118,9 @@ async def test_database_outage_reads_serve_writes_503_then_recover(
         # Step 4: reads keep working from memory: /ready 200, HTTP, DNS (UDP and TCP), gRPC.
         async with http.get("/ready") as resp:
             assert resp.status == 200
+            state = await resp.json()
+        assert state["ready"] and state["database"] == "down" and state["copy"] == "stale", state
+        assert state["stale_seconds"] > 0 and not state["draining"], state
         async with http.get(f"/service/{unique_name}") as resp:
             assert resp.status == 200
             svc = await resp.json()
@@ -161,6 +165,10 @@ async def test_database_outage_reads_serve_writes_503_then_recover(
             return await scrape(http, "sd_sync_listen_connected") == 1
 
         await eventually(reconnected, 15, "sd_sync_listen_connected 1 after the outage")
+        async with http.get("/ready") as resp:
+            state = await resp.json()
+        assert state["database"] == "up" and state["copy"] == "live", state
+        assert state["stale_seconds"] == 0, state
         assert await scrape(http, "sd_sync_listen_reconnects_total") >= 1
         assert await dns_a(app.dns_port, unique_name) == [*ips, "10.9.2.1"]
 

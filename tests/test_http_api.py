@@ -243,7 +243,12 @@ async def test_pretty_and_openapi(http: aiohttp.ClientSession) -> None:
 
 async def test_probes_and_metrics(http: aiohttp.ClientSession, unique_name: str) -> None:
     assert (await http.get("/healthz")).status == 200
-    assert (await http.get("/ready")).status == 200
+    async with http.get("/ready") as resp:
+        assert resp.status == 200
+        state = await resp.json()
+    assert state == {"ready": True, "draining": False, "database": "up", "copy": "live",
+                     "stale_seconds": 0, "version": state["version"]}  # fmt: skip
+    assert isinstance(state["version"], int)
     await put(http, "/service", {"name": unique_name})
     text = await (await http.get("/metrics")).text()
     assert 'sd_http_requests_total{method="PUT",route="/service",status="201"}' in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -140,9 +141,9 @@ def test_secrets_come_from_the_environment_or_a_file_never_a_flag(
 
 @with_budgets
 def test_sigterm_drains_then_exits_zero(database_url: str, tmp_path: Path, budgets: bool) -> None:
-    """1. start the daemon; 2. /ready turns 200; 3. SIGTERM: /ready turns 503 while /healthz
-    still answers during the drain; 4. the process exits 0 after the drain (budget: within
-    drain + timeout + 2 s)."""
+    """1. start the daemon; 2. /ready turns 200; 3. SIGTERM: /ready turns 503 (its body says
+    draining) while /healthz still answers during the drain; 4. the process exits 0 after the
+    drain (budget: within drain + timeout + 2 s)."""
     env = {"DATABASE_URL": database_url, "SHUTDOWN_DRAIN_SECONDS": "2",
            "SHUTDOWN_TIMEOUT_SECONDS": "3"}  # fmt: skip
     with Daemon(tmp_path / "daemon.log", env) as daemon:
@@ -154,6 +155,12 @@ def test_sigterm_drains_then_exits_zero(database_url: str, tmp_path: Path, budge
             time.sleep(0.02)
         assert ready == 503
         assert http_status(daemon.base + "/healthz") == 200
+        try:  # the body says why: draining, with the database still up
+            urllib.request.urlopen(daemon.base + "/ready", timeout=1)
+        except urllib.error.HTTPError as error:
+            state = json.loads(error.read())
+        assert state["ready"] is False and state["draining"] is True, state
+        assert state["database"] == "up" and state["copy"] == "live", state
         code = daemon.proc.wait(timeout=2 + 3 + 5)
         elapsed = time.monotonic() - t0
         assert code == 0
