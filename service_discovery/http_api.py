@@ -98,6 +98,8 @@ def service_json(s: Service, *, endpoints: bool = True) -> dict[str, Any]:
     }
     if endpoints:
         out["endpoints"] = [endpoint_json(s.name, e) for e in s.endpoints]
+    else:
+        out["endpoint_count"] = len(s.endpoints)  # live ones, as the view holds them
     return out
 
 

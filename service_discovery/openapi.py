@@ -131,6 +131,7 @@ def spec(limits: Limits) -> dict[str, Any]:
                 "named_ports": _ref("NamedPorts"),
                 "index": {"type": "integer"},
                 "endpoints": {"type": "array", "items": _ref("Endpoint")},
+                "endpoint_count": {"type": "integer", "minimum": 0},  # in listings
             },
         },
         "NewService": {

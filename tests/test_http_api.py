@@ -54,8 +54,9 @@ async def test_design_transcript(http: aiohttp.ClientSession, unique_name: str) 
 
     resp = await http.get(f"/service/{unique_name}/endpoints")
     assert await resp.json() == [{"service_name": unique_name, "ip": "127.0.0.1", "tags": []}]
-    names = [s["name"] for s in await (await http.get("/services")).json()]
-    assert unique_name in names
+    listing = {s["name"]: s for s in await (await http.get("/services")).json()}
+    assert "endpoints" not in listing[unique_name]
+    assert listing[unique_name]["endpoint_count"] == 1  # live endpoints: the dashboard's column
 
 
 async def test_reregister_updates_tags_and_names_are_case_insensitive(
