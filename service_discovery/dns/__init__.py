@@ -5,7 +5,8 @@ serves a cached answer (`answers`) found by the query's exact bytes, or parses i
 asks the pure `resolver` (which names exist and what they answer) through `zone` (the
 catalog's reads and the indexes derived from them), and encodes the answer once (`wire`) for
 `answers` to keep until a change makes it stale. `records` holds the types they share;
-`counters` counts without slowing the hot path. Nothing here touches the database.
+`counters` counts without slowing the hot path; `describe` asks the resolver about one
+service's names for people (the dashboard). Nothing here touches the database.
 """
 
 from service_discovery.dns.server import DnsServer

@@ -20,9 +20,11 @@ from typing import cast
 from service_discovery.config import Config
 from service_discovery.dns.answers import AnswerCache
 from service_discovery.dns.counters import Counters
+from service_discovery.dns.describe import ServiceRecords, describe
 from service_discovery.dns.handler import QueryHandler
 from service_discovery.dns.zone import CatalogReads, Zone, ZoneView
 from service_discovery.metrics import Metrics
+from service_discovery.model import Service
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,10 @@ class DnsServer:
         self.counters = Counters(metrics)
         self._answers = AnswerCache(config.dns_cache_size)
         # The zone's shape is fixed for the process: built once here, not looked up per query.
+        self._zone = Zone(config)
+        self._view = ZoneView(catalog)
         self._handler = QueryHandler(
-            config, Zone(config), ZoneView(catalog), self._answers, self.counters, metrics
+            config, self._zone, self._view, self._answers, self.counters, metrics
         )
         self._handler.invalidate_every_query = invalidate_every_query
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -72,6 +76,10 @@ class DnsServer:
     @invalidate_every_query.setter
     def invalidate_every_query(self, value: bool) -> None:
         self._handler.invalidate_every_query = value
+
+    def describe(self, service: Service) -> ServiceRecords:
+        """The records this server answers for `service`'s names (the dashboard shows them)."""
+        return describe(service, self._view, self._zone)
 
     def respond(self, data: bytes, tcp: bool) -> bytes | None:
         """The response to one query message, or None to drop it (see `QueryHandler`)."""
