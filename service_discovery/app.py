@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from service_discovery import migrate
+from service_discovery import migrate, ui
 from service_discovery.auth import Auth, warn_if_exposed
 from service_discovery.catalog import Catalog
 from service_discovery.config import Config
@@ -224,6 +224,10 @@ class App:
         consul = ConsulApi(ConsulSettings.from_config(config), catalog, metrics, auth.enabled,
                            watches, answers)  # fmt: skip
         consul.attach(http.app)
+        dns = DnsServer(config, catalog, metrics)
+        # The dashboard and the DNS records it shows, served by the HTTP listener: what DNS
+        # answers comes from the DNS server itself.
+        ui.add_routes(http.app, config, catalog, answers, dns.describe, lambda: dns.port)
         return Parts(
             store=store,
             leases=leases,
@@ -232,7 +236,7 @@ class App:
             answers=answers,
             http=http,
             consul=consul,
-            dns=DnsServer(config, catalog, metrics),
+            dns=dns,
             grpc=GrpcServer(
                 grpc_settings(config), catalog, auth, metrics, self.is_ready, watches, answers
             ),

@@ -208,6 +208,7 @@ class Config:
         "= error", empty_is_error=_OPEN_WRITES,
     )  # fmt: skip
     protect_reads: bool = _setting("SD_PROTECT_READS", False, _bool, "require a token for reads")
+    ui: bool = _setting("SD_UI", True, _bool, "serve the web dashboard at /ui/")
     max_endpoints_per_service: int = _setting(
         "SD_MAX_ENDPOINTS_PER_SERVICE", 10000, _int_range(1, 10_000_000), "endpoints per service"
     )
@@ -238,7 +239,6 @@ class Config:
     lease_mass_expiry_min: int = _setting(
         "SD_LEASE_MASS_EXPIRY_MIN", 10, _int_range(0, 1_000_000), "leases before the guard applies"
     )
-
     consul_datacenter: str = _setting(
         "SD_CONSUL_DATACENTER", "dc1", _datacenter, "datacenter the Consul-compatible API reports"
     )

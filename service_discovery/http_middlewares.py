@@ -4,7 +4,8 @@
 2. `report_index`: the index a read reports (X-Index), also on its error answers;
 3. `errors`: registry and HTTP errors become JSON errors, `{"error": code, "message": ...}`,
    the only place they do (statuses from errors.STATUS); anything else is a logged 500;
-4. `authorize`: bearer tokens for writes (and reads under SD_PROTECT_READS), probes open;
+4. `authorize`: bearer tokens for writes (and reads under SD_PROTECT_READS), probes and the
+   dashboard's static files open;
 5. `bounded_body`: a body is refused when declared too large, and must arrive in time.
 """
 
@@ -29,6 +30,9 @@ OPEN_PATHS = frozenset(
     {"/healthz", "/ready", "/metrics", "/openapi.json", "/v1/status/leader", "/v1/status/peers"}
 )
 CONSUL_PREFIX = "/v1/"  # the Consul-compatible API, served on this app (consul_api)
+# The dashboard's page and files (service_discovery/ui), by the route matched rather than by the
+# path asked for; the API calls the page makes are checked as any other.
+OPEN_ROUTES = frozenset({"/", "/ui", "/ui/", "/ui/{build}/{file}"})
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
@@ -121,7 +125,7 @@ def authorization(request: web.Request) -> str | None:
 def authorize(auth: Auth) -> Middleware:
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:
+        if request.path not in OPEN_PATHS and route_of(request) not in OPEN_ROUTES:
             write = request.method not in ("GET", "HEAD")
             auth.check(authorization(request), write=write)
         return await handler(request)

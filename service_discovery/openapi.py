@@ -177,6 +177,32 @@ def spec(limits: Limits) -> dict[str, Any]:
             "version": {"type": "integer", "minimum": 0},
         },
     }
+    schemas["ServiceRecords"] = {
+        "type": "object",
+        "required": ["service", "index", "zone", "dns_port", "records", "tags_left_out"],
+        "properties": {
+            "service": {"type": "string"},
+            "index": {"type": "integer"},
+            "zone": {"type": "string"},
+            "dns_port": {"type": "integer"},
+            "records": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "type", "status", "answer", "additional", "count"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "type": {"type": "string"},
+                        "status": {"type": "string"},
+                        "answer": {"type": "array", "items": {"type": "string"}},
+                        "additional": {"type": "array", "items": {"type": "string"}},
+                        "count": {"type": "integer", "minimum": 0},
+                    },
+                },
+            },
+            "tags_left_out": {"type": "integer", "minimum": 0},
+        },
+    }
     ports_op = {
         "summary": "Add or replace named ports",
         "parameters": [_NAME_PARAM],
@@ -260,6 +286,17 @@ def spec(limits: Limits) -> dict[str, Any]:
                 "responses": {
                     "200": _json(_ref("Lease"), "renewed"),
                     **_errors(400, 401, 404, 409, 503),
+                },
+            }
+        },
+        "/service/{name}/dns": {
+            "get": {
+                "summary": "The records DNS serves for the service's names, as zone-file lines "
+                "(from the DNS server's own resolver; the dashboard shows them)",
+                "parameters": [_NAME_PARAM, _PRETTY],
+                "responses": {
+                    "200": _json(_ref("ServiceRecords"), "the record sets"),
+                    **_errors(401, 404, 503),
                 },
             }
         },

@@ -238,6 +238,7 @@ async def test_pretty_and_openapi(http: aiohttp.ClientSession) -> None:
     for route in ("/services", "/service", "/service/{name}", "/service/{name}/register",
                   "/service/{name}/endpoints", "/service/{name}/endpoints/{ip}",
                   "/service/{name}/endpoints/{ip}/heartbeat", "/service/{name}/ports",
+                  "/service/{name}/dns",
                   "/healthz", "/ready", "/metrics"):  # fmt: skip
         assert route in documented
 

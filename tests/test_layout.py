@@ -26,6 +26,7 @@ FRONT_ENDS = {
     "grpc": ("grpc_api", "grpc_*"),
     "dns": ("dns", "resolver"),
     "consul": ("consul_*", "prometheus_sd"),  # served on the HTTP front-end's app, under /v1/
+    "ui": ("ui",),
 }
 # What a front-end must not import: the registry copy (it reads through the catalog), the
 # storage and what keeps the copy fresh, and the process around it.
