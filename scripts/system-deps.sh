@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the tests drive as real clients: dig (bind9-dnsutils), curl, Prometheus (its
-# http_sd discovery against the daemon) and Node.js with npm (the npm `consul` client), then the
-# npm packages of tests/js from their lock file.
+# http_sd discovery against the daemon), Node.js with npm (the npm `consul` client), then the
+# npm packages of tests/js from their lock file; and the browser the dashboard's tests run in
+# (chromium, driven through chromium-driver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -10,6 +11,8 @@ command -v curl >/dev/null || missing+=(curl)
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 npm_ci() {
   if [ ! -d tests/js/node_modules/consul ] || [ tests/js/package-lock.json -nt tests/js/node_modules ]; then
     echo "system-deps: npm ci in tests/js"
