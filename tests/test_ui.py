@@ -209,15 +209,21 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def proxy(new_database: DatabaseFactory) -> Iterator[ThreadedProxy]:
-    """A scratch database for this module's daemon, reached through a proxy that can fail."""
+def ui_database(new_database: DatabaseFactory) -> Iterator[str]:
+    """A scratch database for this module's daemons."""
     require()
     with new_database("sd_ui") as url:
-        started = ThreadedProxy(url)
-        try:
-            yield started
-        finally:
-            started.close()
+        yield url
+
+
+@pytest.fixture(scope="module")
+def proxy(ui_database: str) -> Iterator[ThreadedProxy]:
+    """The way to the database for the module's daemon: a proxy that can fail."""
+    started = ThreadedProxy(ui_database)
+    try:
+        yield started
+    finally:
+        started.close()
 
 
 @pytest.fixture(scope="module")
@@ -468,6 +474,34 @@ def test_writes_need_the_token_and_say_so(page: Browser, daemon: Daemon, unique_
     assert not dialog_open(page, "token-dialog")
 
 
+def test_protected_reads_ask_for_the_token_first(
+    browser: Browser, ui_database: str, tmp_path: Path, unique_name: str
+) -> None:
+    """Under SD_PROTECT_READS the page loads (its files are open), its reads are refused: it
+    asks for the token, says so when one is refused, and shows the registry with the right one."""
+    env = {"DATABASE_URL": ui_database, "SD_API_TOKENS": TOKEN, "SD_PROTECT_READS": "true"}
+    with Daemon(tmp_path / "daemon.log", env) as daemon:
+        ok(daemon.base, "PUT", "/service", {"name": unique_name})
+        b = browser
+        b.open(daemon.base + "/ui/")
+        b.js("sessionStorage.clear()")
+        b.open(daemon.base + "/ui/")
+        b.wait(lambda: dialog_open(b, "token-dialog"), 10, "the token dialog")
+        assert "Reading this registry needs a bearer token" in b.text("#token-text")
+        assert b.text("#live") == "token needed"
+        b.js("document.getElementById('token-input').value = 'wrong'")
+        click(b, '#token-dialog button[value="ok"]')
+        b.wait(lambda: "token was refused" in b.text("#token-text"), 10, "the refusal")
+        b.js("document.getElementById('token-input').value = arguments[0]", TOKEN)
+        click(b, '#token-dialog button[value="ok"]')
+        b.wait(lambda: unique_name in services_shown(b), 10, "the services")
+        assert b.text("#live") == "live" and not b.js("return document.getElementById("
+                                                       "'token-state').hidden")  # fmt: skip
+        click(b, "#forget-token")
+        b.js("sessionStorage.clear()")
+    b.console()  # the refused reads are logged there, as expected
+
+
 def test_values_are_shown_as_text_never_run(
     page: Browser, daemon: Daemon, unique_name: str
 ) -> None:
@@ -580,6 +614,14 @@ def test_keyboard_alone_reaches_everything(page: Browser, daemon: Daemon, unique
         )
     assert focused[:3] == ["#main", "#/", "filter"], focused
     assert f"#/service/{unique_name}" in focused, focused
+    # a change re-renders the list: the focused link keeps the focus
+    while page.js("return document.activeElement.getAttribute('href')") != (
+        f"#/service/{unique_name}"):  # fmt: skip
+        ActionChains(page.driver).send_keys(Keys.SHIFT, Keys.TAB).perform()
+    ok(base, "PUT", "/service", {"name": f"{unique_name}-x"})
+    page.wait(lambda: f"{unique_name}-x" in services_shown(page), 10, "the new service")
+    assert page.js("return document.activeElement.getAttribute('href')") == (
+        f"#/service/{unique_name}")  # fmt: skip
     while page.js("return document.activeElement.getAttribute('href')") != (
         f"#/service/{unique_name}"):  # fmt: skip
         ActionChains(page.driver).send_keys(Keys.SHIFT, Keys.TAB).perform()

@@ -31,6 +31,26 @@ export function fill(el, ...children) {
   return append(el, children);
 }
 
+/**
+ * Run `render` (which rebuilds part of `container`) without losing the keyboard's place: the
+ * element that had focus in it gets focus back in its new form (same row, same control).
+ * Views re-render on every answer of their watch, so without this focus would jump away.
+ */
+export function keepFocus(container, render) {
+  const active = document.activeElement;
+  const key = active && container.contains(active) ? focusKey(active) : null;
+  render();
+  if (key === null) return;
+  const again = [...container.querySelectorAll(active.tagName)].find((el) => focusKey(el) === key);
+  again?.focus({preventScroll: true});
+}
+
+function focusKey(el) {
+  const row = el.closest('[data-key]');
+  return [row?.dataset.key ?? '', el.tagName, el.getAttribute('href') ?? '', el.textContent]
+    .join('\n');
+}
+
 /** A visually hidden text, read by screen readers. */
 export function sr(text) {
   return h('span', {class: 'sr-only'}, text);

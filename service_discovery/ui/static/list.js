@@ -1,7 +1,7 @@
 // The services: a filter, a page of rows, live through one blocking query on /services.
 
 import {watch} from './api.js';
-import {h, fill, pager, sr} from './dom.js';
+import {fill, h, keepFocus, pager, sr} from './dom.js';
 import {count} from './format.js';
 
 const PAGE = 100;
@@ -28,6 +28,7 @@ export function listView(main, {askForReads, refreshState}) {
       h('th', {scope: 'col'}, 'Attributes'))),
     body);
   const status = h('p', {class: 'muted', role: 'status'}, 'Loading…');
+  document.title = 'Services · service-discovery';
   const pages = h('div');
   fill(main, h('section', {'aria-labelledby': 'services-title'},
     h('div', {class: 'bar'}, h('div', {}, heading, ' ', total),
@@ -35,7 +36,10 @@ export function listView(main, {askForReads, refreshState}) {
     status, table, pages));
 
   function render() {
-    if (services === null) return;
+    if (services !== null) keepFocus(main, show);
+  }
+
+  function show() {
     const words = saved.filter.toLowerCase().split(/\s+/).filter(Boolean);
     shown = words.length
       ? services.filter((s) => words.every((w) => s.text.includes(w)))
@@ -79,7 +83,9 @@ export function listView(main, {askForReads, refreshState}) {
     onError(err) {
       if (err.status === 401) {
         status.hidden = false;
-        status.textContent = 'Reading this registry needs a bearer token.';
+        fill(status, 'Reading this registry needs a bearer token. ',
+          h('button', {type: 'button', class: 'link', onclick: () => askForReads(err)},
+            'Enter token…'));
         askForReads(err);
       } else if (services === null) {
         status.hidden = false;
@@ -100,7 +106,7 @@ function searchText(s) {
 function row(s) {
   const ports = Object.entries(s.named_ports).sort(([a], [b]) => a.localeCompare(b));
   const attrs = Object.entries(s.attributes);
-  return h('tr', {},
+  return h('tr', {dataset: {key: s.name}},
     h('th', {scope: 'row', 'data-label': 'Service'},
       h('a', {href: `#/service/${encodeURIComponent(s.name)}`}, s.name)),
     h('td', {class: 'num', 'data-label': 'Endpoints', dataset: {zero: s.endpoint_count === 0}},

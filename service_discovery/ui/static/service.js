@@ -5,7 +5,7 @@
 
 import {ApiError, apiUrl, getJson, token, watch} from './api.js';
 import {confirmAction} from './dialogs.js';
-import {command, fill, h, pager, shellWord, sr} from './dom.js';
+import {command, fill, h, keepFocus, pager, shellWord, sr} from './dom.js';
 import {count, duration, expiresIn, secondsLeft} from './format.js';
 
 const PAGE = 100;
@@ -57,6 +57,10 @@ export function serviceView(main, name, ctx) {
 
   // ---- rendering -----------------------------------------------------------------------
   function render() {
+    keepFocus(main, show);
+  }
+
+  function show() {
     details.hidden = svc === null;
     remove.disabled = svc === null;
     if (svc === null) return;
@@ -109,7 +113,7 @@ export function serviceView(main, name, ctx) {
         h('tbody', {}, rows)),
       pager('Pages of endpoints', shown.length, page, PAGE, (p) => {
         page = p;
-        renderEndpoints();
+        keepFocus(endpoints, renderEndpoints);
       }));
     tick();
   }
@@ -123,7 +127,7 @@ export function serviceView(main, name, ctx) {
     const button = h('button', {type: 'button', class: 'small',
       'aria-label': `Deregister ${e.ip}`}, 'Deregister…');
     button.addEventListener('click', () => deregister(e.ip));
-    return h('tr', {dataset: {ip: e.ip}},
+    return h('tr', {dataset: {ip: e.ip, key: e.ip}},
       h('th', {scope: 'row', 'data-label': 'Address'}, h('code', {}, e.ip)),
       h('td', {'data-label': 'Family'}, e.ip.includes(':') ? 'IPv6' : 'IPv4'),
       h('td', {'data-label': 'Tags'}, e.tags.length
@@ -166,7 +170,7 @@ export function serviceView(main, name, ctx) {
     dnsBusy = true;
     try {
       const {body} = await getJson(`${path}/dns`, {signal: stop.signal});
-      renderRecords(body);
+      keepFocus(records, () => renderRecords(body));
     } catch (err) {
       if (stop.signal.aborted || !(err instanceof ApiError)) return;
       if (err.status !== 404) fill(records, h('p', {class: 'muted'}, err.describe()));
@@ -184,7 +188,8 @@ export function serviceView(main, name, ctx) {
     const dig = (n, type) => ['dig', ...(dns.dns_port === 53 ? [] : [`-p${dns.dns_port}`]),
       `@${server}`, shellWord(n), type].join(' ');
     fill(records, dns.records.map((set) => h('article', {class: 'rrset',
-      dataset: {name: set.name, type: set.type, status: set.status}},
+      dataset: {name: set.name, type: set.type, status: set.status,
+        key: `${set.name} ${set.type}`}},
     h('h3', {}, h('code', {}, `${set.name} ${set.type}`), ' ',
       h('span', {class: 'badge', dataset: {tone: set.status === 'NOERROR' ? 'ok' : 'warn'}},
         set.status)),
@@ -261,7 +266,9 @@ export function serviceView(main, name, ctx) {
           : `There is no service ${name}. This page shows it as soon as it is created.`;
       } else if (err.status === 401) {
         status.hidden = false;
-        status.textContent = 'Reading this registry needs a bearer token.';
+        fill(status, 'Reading this registry needs a bearer token. ',
+          h('button', {type: 'button', class: 'link', onclick: () => ctx.askForReads(err)},
+            'Enter token…'));
         ctx.askForReads(err);
       } else if (svc === null) {
         status.hidden = false;
