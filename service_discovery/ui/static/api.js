@@ -107,9 +107,12 @@ export async function watch(path, {signal, onData, onError}) {
       delay = 500;
       index = next;
       onData(body, next);
-    } catch (err) {
+    } catch (caught) {
       if (signal.aborted) return;
-      if (!(err instanceof ApiError)) throw err;
+      // an answer that is not the API's (a proxy's page instead of JSON) counts as no answer
+      const err = caught instanceof ApiError
+        ? caught
+        : new ApiError(0, 'bad_answer', `an answer the page cannot read (${caught})`, null);
       if (err.status === 401) {
         setConnection('token');
         onError(err);

@@ -65,7 +65,10 @@ async function fetchState() {
     const res = await fetch(new URL('../ready', document.baseURI), {cache: 'no-store'});
     state = await res.json();
   } catch {
-    badge('ready', 'daemon unreachable', 'bad');
+    state = null;
+  }
+  if (typeof state?.ready !== 'boolean' || typeof state.version !== 'number') {
+    badge('ready', state === null ? 'daemon unreachable' : 'state unknown', 'bad');
     badge('database', 'database unknown', 'wait');
     return;
   }
