@@ -43,14 +43,16 @@ DASH = "\u2013"  # the en dash of the pager's "1-100 of 1,000"
 
 # ---- HTTP: the files, their headers, the routes --------------------------------------------
 async def test_page_and_assets_are_served_with_strict_headers(app: App) -> None:
-    """1. / and /ui redirect to /ui/; 2. the page: CSP, revalidated, ETag then 304; 3. every asset
-    it names: under the build id, cached for good; 4. another build id: today's file,
-    revalidated; 5. unknown files 404."""
+    """1. / and /ui redirect to /ui/ (relatively, for proxies that add a prefix); 2. the page:
+    CSP, revalidated, ETag then 304; 3. every asset it names: under the build id, cached for
+    good; 4. another build id: today's file, revalidated; 5. unknown files 404."""
     base = f"http://127.0.0.1:{app.http_port}"
     async with aiohttp.ClientSession(base) as http:
         for path in ("/", "/ui"):
             async with http.get(path, allow_redirects=False) as resp:
-                assert (resp.status, resp.headers["Location"]) == (302, "/ui/")
+                assert (resp.status, resp.headers["Location"]) == (302, "ui/")
+            async with http.get(path) as resp:
+                assert str(resp.url) == base + "/ui/"
         async with http.get("/ui/") as resp:
             assert resp.status == 200
             assert resp.headers["Content-Type"] == "text/html; charset=utf-8"

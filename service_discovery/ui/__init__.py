@@ -156,7 +156,9 @@ def _send(request: web.Request, file: _File, cache: str) -> web.Response:
 
 
 async def to_dashboard(request: web.Request) -> web.Response:
-    raise web.HTTPFound("/ui/")
+    # relative, so that it holds behind a proxy that serves us under a prefix: / and /ui both
+    # resolve it to /ui/
+    return web.Response(status=302, headers={"Location": "ui/"})
 
 
 async def page(request: web.Request) -> web.Response:
