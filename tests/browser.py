@@ -128,8 +128,19 @@ class Browser:
             value = check()
             if value:
                 return value, time.monotonic() - started
-            assert time.monotonic() - started < timeout, f"not within {timeout}s: {what}"
+            if time.monotonic() - started >= timeout:
+                raise AssertionError(f"not within {timeout}s: {what}\n{self.state()}")
             time.sleep(interval)
+
+    def state(self) -> str:
+        """What the page shows and logged, for a failure's message."""
+        try:
+            url = self.driver.current_url
+            text = self.js("return document.body.innerText")
+            console = [f"{e['level']} {e['message']}" for e in self.console()]
+        except Exception as exc:  # the browser itself is in trouble: say that instead
+            return f"(the page cannot be read: {exc!r})"
+        return f"page {url}:\n{str(text)[:1500]}\nconsole:\n" + "\n".join(console[-20:])
 
     def text(self, css: str) -> str:
         """The text of the first element matching `css` ('' if none)."""
