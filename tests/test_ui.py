@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 STATIC = REPO / "service_discovery" / "ui" / "static"
 OUTPUT = Path(__file__).resolve().parent / "output"  # screenshots (git-ignored)
 TOKEN = "ui-test-token"
-XSS = "<img src=x onerror=alert(1)>"
+XSS = "<img src=x onerror=alert(1)>"  # an attribute's value: free text
+XSS_WORD = "<svg/onload=alert(2)>"  # attribute names and tags: printable ASCII without spaces
 DASH = "\u2013"  # the en dash of the pager's "1-100 of 1,000"
 
 
@@ -507,26 +508,29 @@ def test_protected_reads_ask_for_the_token_first(
 def test_values_are_shown_as_text_never_run(
     page: Browser, daemon: Daemon, unique_name: str
 ) -> None:
-    """An attribute (name and value) and a tag holding markup: nothing runs, nothing is
-    parsed as HTML, the text is shown as given, on the list and on the service page."""
+    """Markup in an attribute's value, an attribute's name and a tag: nothing runs, nothing is
+    parsed as HTML, the text is shown as given, on the list and on the service page (the tag
+    also in the DNS names shown, escaped as dig prints them)."""
     from selenium.common.exceptions import NoAlertPresentException
 
     base = daemon.base
-    ok(base, "PUT", "/service", {"name": unique_name, "attributes": {XSS: XSS}})
-    ok(base, "PUT", f"/service/{unique_name}/register", {"ip": "10.25.0.1", "tags": [XSS]})
+    ok(base, "PUT", "/service", {"name": unique_name, "attributes": {XSS_WORD: XSS}})
+    ok(base, "PUT", f"/service/{unique_name}/register", {"ip": "10.25.0.1", "tags": [XSS_WORD]})
     page.open(base + "/ui/")
     page.wait(lambda: unique_name in services_shown(page), 15, "the list")
+    injected = "main img, main svg, main script, [onerror], [onload]"
     for where in ("list", "service page"):
         if where == "service page":
             show_service(page, base, unique_name)
             page.wait(lambda: page.js("return document.querySelectorAll('.rrset').length > 1"),
                       15, "the tag's DNS records")  # fmt: skip
-        time.sleep(0.5)  # an onerror handler would have run by now
+        time.sleep(0.5)  # an onerror or onload handler would have run by now
         with pytest.raises(NoAlertPresentException):
             _ = page.driver.switch_to.alert.text
-        assert page.js("return document.querySelectorAll('img[src=\"x\"], [onerror]').length") == 0
-        assert XSS in page.js("return document.body.innerText"), where
-    assert "<img\\032src=x\\032onerror=alert\\(1\\)>" in page.js("return document.body.innerText")
+        assert page.js("return document.querySelectorAll(arguments[0]).length", injected) == 0
+        text = page.js("return document.body.innerText")
+        assert XSS in text and XSS_WORD in text, where
+    assert "<svg/onload=alert\\(2\\)>.svc-" in page.js("return document.body.innerText")
     assert page.errors() == []
 
 
