@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format constraints system-deps bench bench-http bench-dns bench-grpc bench-leases bench-watches bench-scale slow clean
+.PHONY: run test lint format constraints system-deps bench bench-http bench-dns bench-grpc bench-leases bench-watches bench-scale bench-writes slow clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,7 +61,7 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-http bench-dns bench-grpc bench-leases bench-watches bench-scale
+bench: bench-http bench-dns bench-grpc bench-leases bench-watches bench-scale bench-writes
 
 bench-http: $(VENV)/.installed-dev
 	$(BIN)/python bench/http_bench.py
@@ -80,6 +80,9 @@ bench-watches: $(VENV)/.installed-dev
 
 bench-scale: $(VENV)/.installed-dev
 	$(BIN)/python bench/scale.py
+
+bench-writes: $(VENV)/.installed-dev
+	$(BIN)/python bench/writes.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache dist build
