@@ -21,6 +21,7 @@ from typing import Protocol
 from service_discovery import migrate, ui
 from service_discovery.auth import Auth, warn_if_exposed
 from service_discovery.catalog import Catalog
+from service_discovery.commit import GroupCommit
 from service_discovery.config import Config
 from service_discovery.consul_api import ConsulApi, ConsulSettings
 from service_discovery.dns import DnsServer
@@ -63,6 +64,7 @@ class Parts:
 
     store: Store
     leases: Leases
+    commit: GroupCommit
     catalog: Catalog
     sync: Sync
     answers: AnswerCache
@@ -133,6 +135,10 @@ class App:
     @property
     def leases(self) -> Leases:
         return self.parts.leases
+
+    @property
+    def commit(self) -> GroupCommit:
+        return self.parts.commit
 
     @property
     def catalog(self) -> Catalog:
@@ -212,7 +218,8 @@ class App:
         config, registry, metrics = self.config, self.registry, self.metrics
         store = Store(config, self.database_url)
         leases = Leases(config, store, registry, metrics)
-        catalog = Catalog(Limits.from_config(config), store, registry, leases, metrics)
+        commit = GroupCommit(config, store, registry, metrics)
+        catalog = Catalog(Limits.from_config(config), commit, registry, leases, metrics)
         auth = Auth(config.tokens(), config.protect_reads)
         warn_if_exposed(auth, config.bind_address)
         # one watch limit per client address and one answer cache, whatever the front-end
@@ -231,6 +238,7 @@ class App:
         return Parts(
             store=store,
             leases=leases,
+            commit=commit,
             catalog=catalog,
             sync=Sync(config, self.database_url, registry, metrics),
             answers=answers,
@@ -316,6 +324,8 @@ class App:
         if parts is not None:
             parts.consul.close()
             parts.answers.close()
+            # writes still queued or in flight (their callers are gone with the listeners)
+            await parts.commit.stop(self.config.shutdown_timeout_seconds)
             await parts.leases.stop()
             await parts.sync.stop()
             await parts.store.close(self.config.shutdown_timeout_seconds)

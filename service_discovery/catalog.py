@@ -2,24 +2,25 @@
 
 HTTP, gRPC and DNS (and the front-ends to come) translate their wire formats into calls here and
 never reach the registry copy, the store or the leases themselves. Writes validate (model),
-commit (store), then apply the committed state to this replica's copy before returning, so a
-client reads its own writes here. Reads come from the copy only.
+then go through the group commit (`commit.py`), which answers once the write is committed and
+applied to this replica's copy, so a client reads its own writes here. Reads come from the copy
+only.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from service_discovery import writes
 from service_discovery.changes import ChangeFeed, Encoder
+from service_discovery.commit import GroupCommit
 from service_discovery.errors import Conflict, InvalidInput, NotFound, NotReady, StoreUnavailable
 from service_discovery.leases import Leases
 from service_discovery.metrics import Metrics
 from service_discovery.model import (
     Endpoint,
-    EndpointChange,
     EndpointSpec,
     Limits,
     NamedPort,
@@ -27,11 +28,7 @@ from service_discovery.model import (
     ServiceSpec,
 )
 from service_discovery.registry import ChangeCallback, Registry
-from service_discovery.store import Store
 
-_CATCH_UP_SECONDS = 0.5  # how long a write waits for earlier changes before reading it all
-
-T = TypeVar("T")
 M = TypeVar("M")
 
 
@@ -46,18 +43,29 @@ class Registered:
     index: int
 
 
+@dataclass(frozen=True, slots=True)
+class RegisteredMany:
+    """What a bulk registration answers with: the endpoints as stored, the addresses it
+    removed (replace), the service's name as it was created and its index after the write."""
+
+    service_name: str
+    endpoints: tuple[Endpoint, ...]
+    removed: tuple[str, ...]
+    index: int
+
+
 class Catalog:
     def __init__(
         self,
         limits: Limits,
-        store: Store,
+        commit: GroupCommit,
         registry: Registry,
         leases: Leases,
         metrics: Metrics,
     ) -> None:
         self.limits = limits  # what writes accept: front-ends parse their input with it
         self._registry = registry
-        self._store = store
+        self._commit = commit
         self._leases = leases
         self._metrics = metrics
         self.find = registry.get  # hot-path aliases: see the reads below
@@ -142,64 +150,41 @@ class Catalog:
         return ChangeFeed(self._registry, encoder, queue_size)
 
     # ---- writes --------------------------------------------------------------------------
-    async def _write(self, pending: Awaitable[T]) -> T:
-        try:
-            return await pending
-        except StoreUnavailable:
-            self._metrics.store_errors.inc()
-            raise
-
-    def _applied(self, svc: Service) -> Service:
-        self._registry.apply(svc.version, svc.key, svc)
-        return self._registry.get(svc.name) or svc
-
     async def create_service(self, spec: ServiceSpec) -> Service:
-        return self._applied(await self._write(self._store.create_service(spec)))
+        done = await self._commit.submit(writes.CreateService(spec))
+        assert done.state is not None  # a creation's answer is the service it made
+        return self._registry.get(spec.name) or done.state
 
     async def delete_service(self, name: str) -> None:
-        version = await self._write(self._store.delete_service(name))
-        self._registry.apply(version, name, None)
+        await self._commit.submit(writes.DeleteService(name))
 
     async def add_named_ports(self, name: str, ports: dict[str, NamedPort]) -> Service:
         if not ports:
             raise InvalidInput("give at least one named port")
-        return self._applied(await self._write(self._store.add_named_ports(name, ports)))
-
-    async def _apply_change(self, change: EndpointChange) -> None:
-        """Reflect our committed change in our copy before answering (read-your-writes).
-
-        The copy may not hold the version just before ours yet: a concurrent write to the same
-        service (ours, answered a moment later, or another replica's, on its way through
-        LISTEN) committed first. Those arrive within milliseconds and in order, so wait for
-        them briefly; only a copy that stays behind is fixed by reading the whole service.
-        """
-        registry = self._registry
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _CATCH_UP_SECONDS
-        while not registry.apply_endpoint(change):
-            remaining = deadline - loop.time()
-            if remaining <= 0 or registry.closed or registry.get(change.service) is None:
-                snapshot = await self._write(self._store.snapshot([change.service]))
-                svc = snapshot.services.get(change.service)
-                registry.apply(snapshot.version, change.service, svc)
-                return
-            await registry.wait_for_change(
-                change.service, registry.index(change.service), remaining
-            )
+        done = await self._commit.submit(writes.AddPorts(name, ports))
+        assert done.state is not None  # new ports are answered with the service
+        return self._registry.get(name) or done.state
 
     async def register(self, name: str, spec: EndpointSpec) -> Registered:
         """Register (or update) an endpoint; returns it as stored, with the service's name and
         index to answer with."""
-        change = await self._write(self._store.register_endpoint(name, spec))
-        await self._apply_change(change)
-        assert change.endpoint is not None  # a registration's change always carries it
+        done = await self._commit.submit(writes.Register(name, spec))
         registry = self._registry
-        return Registered(
-            registry.display_name(name) or name, change.endpoint, registry.index(name)
+        return Registered(registry.display_name(name) or name, done.stored[0], registry.index(name))
+
+    async def register_many(
+        self, name: str, specs: tuple[EndpointSpec, ...], *, replace: bool = False
+    ) -> RegisteredMany:
+        """Register (or update) many endpoints as one change (one index move); with `replace`,
+        the service's other endpoints go."""
+        done = await self._commit.submit(writes.RegisterMany(name, specs, replace))
+        registry = self._registry
+        return RegisteredMany(
+            registry.display_name(name) or name, done.stored, done.removed, registry.index(name)
         )
 
     async def deregister(self, name: str, ip: str) -> None:
-        await self._apply_change(await self._write(self._store.deregister_endpoint(name, ip)))
+        await self._commit.submit(writes.Deregister(name, ip))
 
     async def heartbeat(self, name: str, ip: str) -> float:
         """Renew a lease; NotFound tells the client to register again. Returns the new expiry."""
@@ -209,4 +194,8 @@ class Catalog:
             raise NotFound(f"endpoint {ip} of service {svc.name!r} not found (register it again)")
         if endpoint.ttl_seconds is None:
             raise Conflict(f"endpoint {ip} of service {svc.name!r} has no lease (no ttl)")
-        return await self._write(self._leases.renew(svc.name, ip))
+        try:
+            return await self._leases.renew(svc.name, ip)
+        except StoreUnavailable:
+            self._metrics.store_errors.inc()
+            raise

@@ -25,8 +25,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class _Parser:
-    """How a setting's text becomes its value (ValueError if it cannot), and what it accepts,
-    for the error message."""
+    """How a setting's text becomes its value (else ValueError), and what it accepts (errors)."""
 
     parse: Callable[[str], Any]
     accepts: str
@@ -86,8 +85,7 @@ _ip = _Parser(_parse_ip, "an IPv4 or IPv6 address")
 
 def _parse_domain(raw: str) -> str:
     value = raw.strip().strip(".").lower()
-    labels = value.split(".")
-    if not value or any(not 0 < len(label) <= 63 for label in labels) or len(value) > 253:
+    if not value or any(not 0 < len(label) <= 63 for label in value.split(".")) or len(value) > 253:
         raise ValueError
     return value
 
@@ -227,6 +225,8 @@ class Config:
     watch_max_wait_seconds: float = _setting(
         "SD_WATCH_MAX_WAIT_SECONDS", 600.0, _float_range(0.1, 3600), "cap of ?wait="
     )
+    write_batch_max: int = _setting("SD_WRITE_BATCH_MAX", 500, _int_range(1, 100_000),
+        "writes per batch at most (group commit; bulk: its endpoints)")  # fmt: skip
     lease_reap_interval_seconds: float = _setting(
         "SD_LEASE_REAP_INTERVAL_SECONDS", 1.0, _float_range(0.05, 3600), "reaper period"
     )

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
 
 
 class _HttpStats(Collector):
@@ -117,6 +118,25 @@ class Metrics:
         )  # fmt: skip
         self.internal_errors = Counter(
             "sd_internal_errors_total", "unexpected errors, by front-end", ["frontend"], registry=r
+        )
+        # group commit of writes
+        self.write_batch_size = Histogram(
+            "sd_write_batch_writes", "writes per batch written (group commit)",
+            buckets=_BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.write_commit_latency = Histogram(
+            "sd_write_commit_duration_seconds", "time to write and commit one batch of writes",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.write_waiting = Gauge(
+            "sd_write_waiting",
+            "writes not committed yet (queued, or in the batch being written)",
+            registry=r,
+        )
+        self.write_batch_retries = Counter(
+            "sd_write_batch_retries_total",
+            "batches that failed as a whole and were written one write at a time",
+            registry=r,
         )
         # leases
         self.lease_heartbeats = Counter(

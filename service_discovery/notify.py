@@ -8,7 +8,13 @@ of every change of a service, as a JSON object:
      "ip": "<the endpoint's address, or null>"}
 
 `ip` is set when exactly one endpoint changed: a copy at version `pv` patches that endpoint, any
-other copy reads the whole service. Python only decodes it (`decode_bump`).
+other copy reads the whole service. A batch of writes (`sd_write_batch`,
+migrations/0005.group-commit.sql) sends that same object when it made one change, and else its
+changes in order, as many to a payload as fit in 8000 bytes:
+
+    {"b": [["<service>", <version>, <previous version or null>, "<ip>" or null], ...]}
+
+Python only decodes them (`decode_bumps`).
 
 `sd_leases` carries lease renewals, which move no version, sent by the store (`encode_leases`) as
 a JSON array of `[service, ip, expires_at]` triples: lowercased name, canonical address, unix
@@ -43,22 +49,26 @@ class Bump:
     ip: str | None  # the one endpoint that changed, or None (ports, deletion, several)
 
 
-def decode_bump(payload: str) -> Bump:
-    """The change one `sd_registry` payload names (ValueError if it is malformed)."""
+def decode_bumps(payload: str) -> list[Bump]:
+    """The changes one `sd_registry` payload names, in order (ValueError if it is malformed)."""
     data: Any = json.loads(payload)
     if not isinstance(data, dict):
         raise ValueError("sd_registry payload is not a JSON object")
     try:
-        pv = data.get("pv")
-        ip = data.get("ip")
-        return Bump(
-            service=str(data["s"]),
-            version=int(data["v"]),
-            prev_version=None if pv is None else int(pv),
-            ip=None if ip is None else str(ip),
-        )
+        if "b" in data:
+            return [_bump(s, v, pv, ip) for s, v, pv, ip in data["b"]]
+        return [_bump(data["s"], data["v"], data.get("pv"), data.get("ip"))]
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed sd_registry payload: {exc!r}") from exc
+
+
+def _bump(service: Any, version: Any, prev_version: Any, ip: Any) -> Bump:
+    return Bump(
+        service=str(service),
+        version=int(version),
+        prev_version=None if prev_version is None else int(prev_version),
+        ip=None if ip is None else str(ip),
+    )
 
 
 def encode_leases(renewals: Sequence[LeaseRenewal]) -> list[str]:

@@ -1,9 +1,11 @@
-"""PostgreSQL storage: every write is one transaction that ends in `sd_bump`, and every error
-leaves here as a typed RegistryError (23505 -> AlreadyExists, lost connection -> StoreUnavailable)
-whose message says nothing of the database: what PostgreSQL and the driver said (hosts, ports,
-constraint names, values) is its `detail`, for the log only (pgerrors.py).
+"""PostgreSQL storage: writes go in batches, each one statement and one transaction
+(`sd_write_batch`, migration 0005) that moves the registry version once per write and notifies
+the replicas; every error leaves here as a typed RegistryError (23505 -> AlreadyExists, lost
+connection -> StoreUnavailable) whose message says nothing of the database: what PostgreSQL and
+the driver said (hosts, ports, constraint names, values) is its `detail`, for the log only
+(pgerrors.py).
 
-Writes return the service as committed, so the caller can update its own registry copy before
+Writes return what they committed, so the caller can update its own registry copy before
 answering (read-your-writes). Reads for serving never come here: they use the copy.
 """
 
@@ -18,22 +20,18 @@ from typing import Any
 
 import asyncpg
 
+from service_discovery import writes
 from service_discovery.config import Config
 from service_discovery.errors import (
-    AlreadyExists,
-    NotFound,
     RegistryError,
     StoreUnavailable,
 )
 from service_discovery.model import (
     Endpoint,
-    EndpointChange,
-    EndpointSpec,
     LeaseRenewal,
     NamedPort,
     ReapResult,
     Service,
-    ServiceSpec,
     Snapshot,
     mass_expiry,
 )
@@ -217,6 +215,54 @@ class Store:
             self._log_failure(error)
             raise error from exc
 
+    async def write_batch(
+        self, batch: Sequence[writes.Write]
+    ) -> list[writes.Committed | RegistryError]:
+        """Write a batch in one statement (one transaction), in order; each write's outcome in
+        its place: what it committed, or the error it alone failed with. StoreUnavailable: the
+        database is away (nothing written, or all if the commit itself was cut); another error:
+        the statement failed as a whole, nothing written (write them one at a time to know)."""
+        if len(batch) == 1 and isinstance(batch[0], writes.Register | writes.Deregister):
+            return [await self._write_one(batch[0])]
+        async with self._one() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM sd_write_batch($1::jsonb, $2)",
+                [writes.to_json(w) for w in batch],
+                self._config.max_endpoints_per_service,
+            )
+        return [writes.outcome(w, r) for w, r in zip(batch, rows, strict=True)]
+
+    async def _write_one(
+        self, write: writes.Register | writes.Deregister
+    ) -> writes.Committed | RegistryError:
+        """A batch of one registration or deregistration, by the single-statement function made
+        for it (`sd_register`, `sd_deregister`): a lone client's latency."""
+        try:
+            async with self._one() as conn:
+                if isinstance(write, writes.Register):
+                    spec, limit = write.spec, self._config.max_endpoints_per_service
+                    r = await conn.fetchrow(
+                        "SELECT * FROM sd_register($1, $2::inet, $3, $4, $5, $6)",
+                        *(write.service, spec.ip, list(spec.tags), spec.ttl_seconds, limit),
+                        spec.instance_id,
+                    )
+                else:
+                    r = await conn.fetchrow(
+                        "SELECT * FROM sd_deregister($1, $2::inet)", write.service, write.ip
+                    )
+        except StoreUnavailable:
+            raise
+        except RegistryError as exc:
+            return exc
+        if isinstance(write, writes.Deregister):
+            change: tuple[str, Endpoint | None] = (write.ip, None)
+        else:
+            cols = ("ip", "tags", "ttl_seconds", "expires_at", "instance_id")
+            change = (r["ip"], writes.endpoint_of([r[c] for c in cols]))
+        return writes.Committed(
+            r["service"], r["version"], r["prev_version"], False, endpoints=(change,)
+        )
+
     async def snapshot(self, names: Iterable[str] | None = None) -> Snapshot:
         """Read services in one snapshot (a writer whose copy missed a change uses this)."""
         if self._pool is None:
@@ -231,92 +277,6 @@ class Store:
         except StoreUnavailable as error:  # the read itself failed
             self._log_failure(error)
             raise
-
-    @staticmethod
-    async def _service_id(conn: asyncpg.Connection, name: str) -> tuple[Any, str, int]:
-        # FOR UPDATE serialises writers of one service, so limit checks cannot race.
-        row = await conn.fetchrow(
-            "SELECT id, name, version FROM services WHERE lower(name) = lower($1) FOR UPDATE",
-            name,
-        )
-        if row is None:
-            raise NotFound(f"service {name!r} not found")
-        return row["id"], row["name"], row["version"]
-
-    @staticmethod
-    async def _commit(conn: asyncpg.Connection, sid: Any, name: str) -> Service:
-        await conn.fetchval("SELECT sd_bump($1, $2)", sid, name)
-        services = await _read_services(conn, [sid])
-        return services[name.lower()]
-
-    async def create_service(self, spec: ServiceSpec) -> Service:
-        async with self._tx() as conn:
-            exists = await conn.fetchval(
-                "SELECT 1 FROM services WHERE lower(name) = lower($1)", spec.name
-            )
-            if exists:
-                raise AlreadyExists(f"service {spec.name!r} already exists")
-            try:
-                sid = await conn.fetchval(
-                    "INSERT INTO services (name, attributes) VALUES ($1, $2) RETURNING id",
-                    spec.name,
-                    spec.attributes,
-                )
-            except asyncpg.exceptions.UniqueViolationError as exc:
-                if exc.constraint_name != "services_name_key":
-                    raise  # another rule: `_one` says so, without its name
-                raise AlreadyExists(f"service {spec.name!r} already exists") from exc
-            await self._upsert_ports(conn, sid, spec.named_ports.values())
-            return await self._commit(conn, sid, spec.name)
-
-    async def delete_service(self, name: str) -> int:
-        """Delete a service with its ports and endpoints; returns the new registry version."""
-        async with self._tx() as conn:
-            sid, stored, _ = await self._service_id(conn, name)
-            await conn.execute("DELETE FROM services WHERE id = $1", sid)
-            version: int = await conn.fetchval("SELECT sd_bump($1, $2)", sid, stored)
-            return version
-
-    @staticmethod
-    async def _upsert_ports(conn: asyncpg.Connection, sid: Any, ports: Iterable[NamedPort]) -> None:
-        rows = [(sid, p.name, p.protocol, p.port, p.priority, p.weight) for p in ports]
-        if rows:
-            await conn.executemany(
-                """INSERT INTO named_ports (service_id, name, protocol, port, priority, weight)
-                   VALUES ($1, $2, $3, $4, $5, $6)
-                   ON CONFLICT (service_id, name) DO UPDATE
-                   SET protocol = EXCLUDED.protocol, port = EXCLUDED.port,
-                       priority = EXCLUDED.priority, weight = EXCLUDED.weight,
-                       updated_at = now()""",
-                rows,
-            )
-
-    async def add_named_ports(self, name: str, ports: dict[str, NamedPort]) -> Service:
-        async with self._tx() as conn:
-            sid, stored, _ = await self._service_id(conn, name)
-            await self._upsert_ports(conn, sid, ports.values())
-            return await self._commit(conn, sid, stored)
-
-    async def register_endpoint(self, name: str, spec: EndpointSpec) -> EndpointChange:
-        async with self._one() as conn:
-            r = await conn.fetchrow(
-                "SELECT * FROM sd_register($1, $2::inet, $3, $4, $5, $6)",
-                name,
-                spec.ip,
-                list(spec.tags),
-                spec.ttl_seconds,
-                self._config.max_endpoints_per_service,
-                spec.instance_id,
-            )
-        endpoint = Endpoint(
-            r["ip"], tuple(r["tags"]), r["ttl_seconds"], r["expires_at"], r["instance_id"]
-        )
-        return EndpointChange(r["service"], r["version"], r["prev_version"], r["ip"], endpoint)
-
-    async def deregister_endpoint(self, name: str, ip: str) -> EndpointChange:
-        async with self._one() as conn:
-            r = await conn.fetchrow("SELECT * FROM sd_deregister($1, $2::inet)", name, ip)
-        return EndpointChange(r["service"], r["version"], r["prev_version"], ip, None)
 
     async def renew_leases(self, leases: Sequence[tuple[str, str]]) -> list[LeaseRenewal]:
         """Renew many (lowercased service, ip) leases in one transaction and tell the replicas.

@@ -18,7 +18,7 @@ from service_discovery.config import Config
 from service_discovery.errors import StoreUnavailable
 from service_discovery.metrics import Metrics
 from service_discovery.model import EndpointChange, LeaseRenewal
-from service_discovery.notify import CHANNELS, LEASES_CHANNEL, Bump, decode_bump, decode_leases
+from service_discovery.notify import CHANNELS, LEASES_CHANNEL, Bump, decode_bumps, decode_leases
 from service_discovery.registry import Registry
 from service_discovery.store import connect, read_endpoints, read_snapshot
 
@@ -138,8 +138,8 @@ class Sync:
             if channel == LEASES_CHANNEL:
                 self._pending_leases.extend(decode_leases(payload))
             else:
-                bump = decode_bump(payload)
-                self._pending.setdefault(bump.service, []).append(bump)
+                for bump in decode_bumps(payload):
+                    self._pending.setdefault(bump.service, []).append(bump)
         except ValueError:
             log.warning("ignoring malformed notification on %s", channel)
             return

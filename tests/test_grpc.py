@@ -748,7 +748,8 @@ def test_sigterm_ends_watch_streams_cleanly(
 async def test_stop_lets_in_flight_calls_finish(
     make_config: Callable[..., Config], database_url: str, unique_name: str
 ) -> None:
-    """1. hold the service's row lock in PostgreSQL, so five writes wait inside their handlers;
+    """1. hold the service's row lock in PostgreSQL, so five writes wait inside their handlers
+    (a batch waits for the lock inside PostgreSQL, the writes not in it queue behind it);
     2. stop the app: it waits for them (within the grace) instead of cutting them off;
     3. release the lock: every write completes OK, then stop returns."""
     app = App(make_config(shutdown_timeout_seconds=5, db_timeout_seconds=10))
@@ -770,8 +771,12 @@ async def test_stop_lets_in_flight_calls_finish(
             results = asyncio.gather(*(code_of(c) for c in calls))
 
             async def all_waiting() -> bool:
-                # counted from another connection: pg_stat_activity is frozen in a transaction
-                return await asyncpg_fetchval(database_url, _WAITING_ON_LOCKS) >= 5
+                # counted from another connection: pg_stat_activity is frozen in a transaction;
+                # one batch waits for the lock, the other writes queue behind it
+                waiting = app.metrics.collector_registry.get_sample_value("sd_write_waiting")
+                return await asyncpg_fetchval(database_url, _WAITING_ON_LOCKS) >= 1 and (
+                    waiting == 5
+                )
 
             await eventually(all_waiting, 5, "the writes reached the database")
             stop = asyncio.create_task(app.stop())
@@ -802,3 +807,4 @@ async def asyncpg_fetchval(url: str, sql: str) -> Any:
 
 def reg_request(name: str, ip: str) -> pb.RegisterEndpointRequest:
     return pb.RegisterEndpointRequest(service_name=name, endpoint=endpoint(ip))
+

@@ -1,8 +1,11 @@
-"""The NOTIFY payload codec: what sd_bump sends decodes, and lease payloads fit a NOTIFY."""
+"""The NOTIFY payload codec: what sd_bump and a batch of writes send decodes, and payloads fit
+a NOTIFY."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 
 import asyncpg
 import pytest
@@ -12,7 +15,7 @@ from service_discovery.notify import (
     LEASES_PER_NOTIFICATION,
     REGISTRY_CHANNEL,
     Bump,
-    decode_bump,
+    decode_bumps,
     decode_leases,
     encode_leases,
 )
@@ -32,13 +35,13 @@ _NOTIFY_LIMIT = 8000  # bytes: PostgreSQL refuses a longer payload
     ],
 )
 def test_registry_payloads_decode(payload: str, bump: Bump) -> None:
-    assert decode_bump(payload) == bump
+    assert decode_bumps(payload) == [bump]
 
 
 @pytest.mark.parametrize("payload", ["", "[]", '{"v": 1}', '{"s": "web", "v": "x"}', "null"])
 def test_malformed_registry_payloads_raise_value_error(payload: str) -> None:
     with pytest.raises(ValueError):
-        decode_bump(payload)
+        decode_bumps(payload)
 
 
 def test_lease_payloads_round_trip_and_fit_a_notify() -> None:
@@ -75,12 +78,42 @@ async def test_what_sd_bump_sends_decodes(database_url: str, unique_name: str) -
                 "INSERT INTO services (name) VALUES ($1) RETURNING id", unique_name
             )
             version = await conn.fetchval("SELECT sd_bump($1, $2)", sid, unique_name)
-        bump = decode_bump(await asyncio.wait_for(heard.get(), 10))
-        assert bump == Bump(unique_name, version, 0, None)
+        bumps = decode_bumps(await asyncio.wait_for(heard.get(), 10))
+        assert bumps == [Bump(unique_name, version, 0, None)]
         async with conn.transaction():
             await conn.execute("DELETE FROM services WHERE id = $1", sid)
             deleted = await conn.fetchval("SELECT sd_bump($1, $2)", sid, unique_name)
-        bump = decode_bump(await asyncio.wait_for(heard.get(), 10))
-        assert bump == Bump(unique_name, deleted, None, None)
+        bumps = decode_bumps(await asyncio.wait_for(heard.get(), 10))
+        assert bumps == [Bump(unique_name, deleted, None, None)]
     finally:
         await conn.close()
+
+
+async def test_what_a_batch_of_writes_sends_decodes_and_fits(database_url: str) -> None:
+    """1. LISTEN on sd_registry; 2. one sd_write_batch call creates a service with the longest
+    name and registers 300 endpoints with full IPv6 addresses in it; 3. the changes arrive in
+    several payloads, each under PostgreSQL's limit; 4. decoded, they are the batch's changes
+    in order: consecutive versions, each naming the one before, with its endpoint."""
+    name = "b" + uuid.uuid4().hex + "b" * 30  # 63 characters
+    ips = [f"2001:db8:ffff:ffff:ffff:ffff:ffff:{0xF000 + i:x}" for i in range(300)]
+    ops = [{"k": "create", "s": name}] + [
+        {"k": "register", "s": name, "ip": ip, "t": [], "ttl": None} for ip in ips
+    ]
+    conn = await asyncpg.connect(database_url)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        await conn.add_listener(REGISTRY_CHANNEL, lambda *args: heard.put_nowait(args[3]))
+        rows = await conn.fetch("SELECT * FROM sd_write_batch($1::jsonb, 100000)", json.dumps(ops))
+        assert [r["code"] for r in rows] == ["ok"] * len(ops)
+        payloads = []
+        bumps: list[Bump] = []
+        while len(bumps) < len(ops):
+            payloads.append(await asyncio.wait_for(heard.get(), 10))
+            bumps.extend(decode_bumps(payloads[-1]))
+    finally:
+        await conn.close()
+    assert len(payloads) > 1
+    assert all(len(p.encode()) < _NOTIFY_LIMIT for p in payloads)
+    first = rows[0]["version"]
+    assert bumps[0] == Bump(name, first, 0, None)
+    assert bumps[1:] == [Bump(name, first + 1 + i, first + i, ip) for i, ip in enumerate(ips)]
