@@ -428,6 +428,206 @@ async def test_kill_9_mid_writes_loses_no_acknowledged_write(
         daemon.stop()
 
 
+# ---- 2b. group commit: a batch hit by an outage, kill -9 while batches are in flight ----------
+# a batch of one registration calls sd_register, a larger one sd_write_batch
+_BATCH_WAITING = """SELECT pid FROM pg_stat_activity
+    WHERE datname = current_database() AND wait_event_type = 'Lock'
+      AND (query LIKE '%sd_write_batch%' OR query LIKE '%sd_register%')"""
+
+
+async def _fetchval(database_url: str, sql: str, *args: object) -> object:
+    # a connection per probe: pg_stat_activity is frozen inside a transaction
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def test_batch_hit_by_outage_fails_every_caller_and_leaves_nothing(
+    make_config: Callable[..., Config], database_url: str, proxy: TcpProxy, unique_name: str
+) -> None:
+    """1. a replica through the proxy; services `gate` and `web`;
+    2. a write to `gate` waits inside PostgreSQL for `gate`'s row lock (the test holds it);
+       meanwhile the test begins creating a service `late` in a transaction it does not commit,
+       and four writes queue: two registrations in `web`, a new service `fresh`, and `late`;
+    3. the lock is released: the first batch commits and the four go as one batch, which
+       writes the registrations and `fresh`, then waits for `late`;
+    4. the database goes away (the proxy refuses and cuts every connection, the batch's backend
+       is terminated): each of the four callers gets 503;
+    5. after recovery none of the four writes is in the database or the copy; writes work."""
+    gate, web = f"{unique_name}-gate", f"{unique_name}-web"
+    fresh, late = f"{unique_name}-fresh", f"{unique_name}-late"
+    config = make_config(database_url=proxy.url(database_url), db_timeout_seconds=2.0)
+    blocker = await asyncpg.connect(database_url)
+    creator = await asyncpg.connect(database_url)
+    async with (
+        run_app(config) as app,
+        aiohttp.ClientSession(base_url=f"http://127.0.0.1:{app.http_port}") as http,
+    ):
+        try:
+            for name in (gate, web):
+                assert (await put(http, "/service", {"name": name})).status == 201
+            # Step 2.
+            held = blocker.transaction()
+            await held.start()
+            await blocker.execute("SELECT 1 FROM services WHERE name = $1 FOR UPDATE", gate)
+            first = asyncio.create_task(put(http, f"/service/{gate}/register", {"ip": "10.7.0.1"}))
+
+            async def first_waits() -> bool:
+                return await _fetchval(database_url, _BATCH_WAITING) is not None
+
+            await eventually(first_waits, 10, "the first batch waits for the lock", 0.01)
+            creating = creator.transaction()
+            await creating.start()
+            await creator.execute("INSERT INTO services (name) VALUES ($1)", late)
+            writes = [
+                put(http, f"/service/{web}/register", {"ip": "10.7.1.1"}),
+                put(http, f"/service/{web}/register", {"ip": "10.7.1.2"}),
+                put(http, "/service", {"name": fresh}),
+                put(http, "/service", {"name": late}),
+            ]
+            queued = []
+            for write in writes:  # one at a time, so they queue in this order
+                queued.append(asyncio.create_task(write))
+                want = len(queued) + 1
+
+                async def arrived(want: int = want) -> bool:
+                    return await scrape(http, "sd_write_waiting") >= want
+
+                await eventually(arrived, 10, f"{want} writes waiting", 0.01)
+            # Step 3.
+            await held.rollback()
+            assert (await first).status == 200
+
+            async def second_waits() -> bool:
+                return await _fetchval(database_url, _BATCH_WAITING) is not None
+
+            await eventually(second_waits, 10, "the batch of four waits for `late`", 0.01)
+            # Step 4.
+            pid = await _fetchval(database_url, _BATCH_WAITING)
+            await proxy.refuse()
+            assert await _fetchval(database_url, "SELECT pg_terminate_backend($1)", pid)
+            answers = await asyncio.wait_for(asyncio.gather(*queued), 10)
+            assert [a.status for a in answers] == [503] * 4, [a.status for a in answers]
+            await creating.rollback()
+            # Step 5.
+            await proxy.restore()
+
+            async def writable() -> bool:
+                return (
+                    await put(http, f"/service/{web}/register", {"ip": "10.7.2.1"})
+                ).status == 200
+
+            await eventually(writable, 15, "writes accepted again", interval=0.2)
+            rows = await blocker.fetch(
+                """SELECT host(e.ip) AS ip FROM endpoints e JOIN services s
+                   ON s.id = e.service_id WHERE s.name = $1""",
+                web,
+            )
+            assert [r["ip"] for r in rows] == ["10.7.2.1"]
+            assert not await blocker.fetchval(
+                "SELECT count(*) FROM services WHERE name = ANY($1)", [fresh, late]
+            )
+            async with http.get(f"/service/{fresh}") as resp:
+                assert resp.status == 404
+            async with http.get(f"/service/{web}") as resp:
+                assert [e["ip"] for e in (await resp.json())["endpoints"]] == ["10.7.2.1"]
+        finally:
+            await blocker.close()
+            await creator.close()
+
+
+async def test_kill_9_while_batches_are_in_flight(database_url: str, tmp_path: Path) -> None:
+    """1. start the daemon; 2. 50 clients each create services with 4 named ports, register 3
+    endpoints in each, add a port, and deregister one endpoint, recording every acknowledged
+    write; 3. once batches of several writes are being written (sd_write_waiting > 1), kill -9;
+    4. restart; 5. every acknowledged write is there, no service is half written (4 or 5
+    ports, one transaction per batch), and versions are distinct."""
+    prefix = f"k9b-{uuid.uuid4().hex[:6]}"
+    daemon = Daemon(tmp_path / "daemon.log", {"DATABASE_URL": database_url})
+    services: dict[str, int] = {}  # acknowledged service -> ports acknowledged
+    endpoints: set[tuple[str, str]] = set()
+    leaving: set[tuple[str, str]] = set()  # deregistrations sent (acknowledged or not)
+    gone: set[tuple[str, str]] = set()  # acknowledged deregistrations
+    try:
+        daemon.start()
+        await daemon.wait_ready()
+
+        async def client(n: int, http: aiohttp.ClientSession) -> None:
+            for i in range(10_000):  # bounded; the kill ends it long before
+                name = f"{prefix}-{n}-{i}"
+                try:
+                    body = {"name": name, "named_ports": ports_body(4)}
+                    if (await put(http, "/service", body)).status != 201:
+                        return
+                    services[name] = 4
+                    for j in range(3):
+                        ip = f"10.{n}.{i % 256}.{j + 1}"
+                        if (await put(http, f"/service/{name}/register", {"ip": ip})).status != 200:
+                            return
+                        endpoints.add((name, ip))
+                    more = {"extra": {"protocol": "udp", "port": 53}}
+                    if (await put(http, f"/service/{name}/ports", more)).status != 200:
+                        return
+                    services[name] = 5
+                    leaving.add((name, f"10.{n}.{i % 256}.1"))
+                    async with http.delete(f"/service/{name}/endpoints/10.{n}.{i % 256}.1") as r:
+                        if r.status != 204:
+                            return
+                    gone.add((name, f"10.{n}.{i % 256}.1"))
+                except aiohttp.ClientError:
+                    return  # the daemon died under us: this write was not acknowledged
+
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(base_url=daemon.base, timeout=timeout) as http:
+            clients = [asyncio.create_task(client(n, http)) for n in range(50)]
+            await eventually(lambda: len(endpoints) >= 300, 60, "writes flowing")
+
+            async def batching() -> bool:
+                return await scrape(http, "sd_write_waiting") > 1
+
+            await eventually(batching, 30, "batches of several writes in flight", 0.005)
+            daemon.kill(signal.SIGKILL)
+            await asyncio.wait_for(asyncio.gather(*clients), 20)
+        assert await daemon.wait_exit(5) == -signal.SIGKILL
+
+        daemon.start()
+        await daemon.wait_ready()
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch(
+                """SELECT s.name, s.version,
+                          (SELECT count(*) FROM named_ports p WHERE p.service_id = s.id) AS ports,
+                          ARRAY(SELECT host(e.ip) FROM endpoints e WHERE e.service_id = s.id)
+                              AS ips
+                   FROM services s WHERE s.name LIKE $1""",
+                f"{prefix}-%",
+            )
+            registry = await conn.fetchval("SELECT version FROM registry_state")
+        finally:
+            await conn.close()
+        stored = {r["name"]: r for r in rows}
+        for name, ports in services.items():
+            assert name in stored, f"acknowledged service {name} lost"
+            assert stored[name]["ports"] >= ports, f"acknowledged ports of {name} lost"
+        for name, ip in endpoints - leaving:
+            assert ip in stored[name]["ips"], f"acknowledged endpoint {name}/{ip} lost"
+        for name, ip in gone:
+            assert ip not in stored[name]["ips"], f"acknowledged deregistration {name}/{ip} lost"
+        half = [r["name"] for r in rows if r["ports"] not in (4, 5)]
+        assert half == [], f"half-written services: {half}"
+        versions = [r["version"] for r in rows]
+        assert len(set(versions)) == len(versions) and max(versions) <= registry
+        async with aiohttp.ClientSession(base_url=daemon.base) as http:
+            async with http.get("/services") as resp:
+                listed = {s["name"] for s in await resp.json()}
+        assert set(services) <= listed
+        assert "Traceback" not in daemon.log.read_text()
+    finally:
+        daemon.stop()
+
+
 # ---- 3. SIGTERM under load -------------------------------------------------------------------
 class Balancer:
     """A client-side load balancer: polls /ready of every replica every `poll` seconds and
