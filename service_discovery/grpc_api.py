@@ -30,6 +30,7 @@ from service_discovery.grpc_codec import (
     WatchMessages,
     endpoint_pb,
     endpoint_spec,
+    endpoint_specs,
     lenient,
     named_ports,
     peer_address,
@@ -197,6 +198,19 @@ class DiscoveryServicer:
         done = await self.catalog.register(name, spec)
         return pb.RegisterEndpointResponse(
             endpoint=endpoint_pb(done.service_name, done.endpoint), index=done.index
+        )
+
+    @_unary(write=True)
+    async def RegisterEndpoints(
+        self, request: pb.RegisterEndpointsRequest
+    ) -> pb.RegisterEndpointsResponse:
+        name = model.service_name(request.service_name)
+        specs = endpoint_specs(name, request.endpoints, self.catalog.limits)
+        done = await self.catalog.register_many(name, specs, replace=request.replace)
+        return pb.RegisterEndpointsResponse(
+            endpoints=[endpoint_pb(done.service_name, e) for e in done.endpoints],
+            removed=done.removed,
+            index=done.index,
         )
 
     @_unary(write=True)

@@ -105,7 +105,8 @@ def service_spec(request: pb.CreateServiceRequest, limits: model.Limits) -> mode
     return model.service_spec(body, limits)
 
 
-def endpoint_spec(name: str, e: pb.Endpoint, limits: model.Limits) -> model.EndpointSpec:
+def _endpoint_body(name: str, e: pb.Endpoint) -> dict[str, Any]:
+    """An Endpoint message as the dict `model.endpoint_spec` parses."""
     if e.service_name and e.service_name.lower() != name.lower():
         raise InvalidInput(
             f"endpoint.service_name {e.service_name[:80]!r} does not match service_name {name!r}"
@@ -113,7 +114,18 @@ def endpoint_spec(name: str, e: pb.Endpoint, limits: model.Limits) -> model.Endp
     body: dict[str, Any] = {"tags": list(e.tags), "ttl_seconds": e.ttl_seconds}
     if e.ip:
         body["ip"] = e.ip
-    return model.endpoint_spec(body, limits)
+    return body
+
+
+def endpoint_spec(name: str, e: pb.Endpoint, limits: model.Limits) -> model.EndpointSpec:
+    return model.endpoint_spec(_endpoint_body(name, e), limits)
+
+
+def endpoint_specs(
+    name: str, endpoints: Any, limits: model.Limits
+) -> tuple[model.EndpointSpec, ...]:
+    """A bulk registration's Endpoint messages, by the model's rules for a list of them."""
+    return model.endpoint_list([_endpoint_body(name, e) for e in endpoints], limits)
 
 
 def peer_address(peer: str) -> str:

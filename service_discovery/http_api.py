@@ -184,6 +184,31 @@ async def register_endpoint(request: web.Request) -> web.Response:
     return _json(request, endpoint_json(done.service_name, done.endpoint), index=done.index)
 
 
+async def register_endpoints(request: web.Request) -> web.Response:
+    """Bulk registration: many endpoints as one change (one index move); with "replace": true
+    they become the service's whole set."""
+    catalog = request.app[CATALOG]
+    name = model.service_name(request.match_info["name"])
+    body = await _body(request)
+    if isinstance(body, dict) and "endpoints" in body:  # {"endpoints": [...], "replace"?: bool}
+        endpoints, replace = body["endpoints"], body.get("replace", False)
+        if not isinstance(replace, bool):
+            raise InvalidInput("replace must be true or false")
+    elif isinstance(body, list):
+        endpoints, replace = body, False
+    else:
+        raise InvalidInput('the body must be an array of endpoints or {"endpoints": [...]}')
+    specs = model.endpoint_list(endpoints, catalog.limits)
+    done = await catalog.register_many(name, specs, replace=replace)
+    answer = {
+        "service_name": done.service_name,
+        "endpoints": [endpoint_json(done.service_name, e) for e in done.endpoints],
+        "removed": list(done.removed),
+        "index": done.index,
+    }
+    return _json(request, answer, index=done.index)
+
+
 async def deregister_endpoint(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     name = model.service_name(request.match_info["name"])
@@ -252,6 +277,7 @@ def build_app(
     app.router.add_delete("/service/{name}", delete_service)
     app.router.add_get("/service/{name}/endpoints", list_endpoints)
     app.router.add_put("/service/{name}/register", register_endpoint)
+    app.router.add_put("/service/{name}/endpoints", register_endpoints)
     app.router.add_delete("/service/{name}/endpoints/{ip}", deregister_endpoint)
     app.router.add_put("/service/{name}/endpoints/{ip}/heartbeat", heartbeat)
     app.router.add_put("/service/{name}/ports", add_ports)

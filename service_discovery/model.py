@@ -376,3 +376,15 @@ def endpoint_spec(body: Any, limits: Limits) -> EndpointSpec:
         tags=tags(body.get("tags"), limits),
         ttl_seconds=ttl_seconds(body.get("ttl_seconds")),
     )
+
+
+def endpoint_list(value: Any, limits: Limits) -> tuple[EndpointSpec, ...]:
+    """A bulk registration's endpoints, each as `endpoint_spec` parses it: at most the
+    endpoints-per-service limit; an address given twice counts once (the last one wins)."""
+    if not isinstance(value, list | tuple):
+        raise InvalidInput("endpoints must be an array of objects with an ip")
+    limit = limits.max_endpoints_per_service
+    if len(value) > limit:
+        raise LimitExceeded(f"a service may have at most {limit} endpoints; {len(value)} given")
+    specs = {spec.ip: spec for spec in (endpoint_spec(body, limits) for body in value)}
+    return tuple(specs.values())

@@ -156,6 +156,34 @@ def spec(limits: Limits) -> dict[str, Any]:
                 "ttl_seconds": _range((0, model.MAX_TTL_SECONDS)),  # 0: no lease
             },
         },
+        "NewEndpoints": {
+            "oneOf": [
+                _ref("NewEndpointList"),
+                {
+                    "type": "object",
+                    "required": ["endpoints"],
+                    "properties": {
+                        "endpoints": _ref("NewEndpointList"),
+                        "replace": {"type": "boolean"},
+                    },
+                },
+            ]
+        },
+        "NewEndpointList": {
+            "type": "array",
+            "maxItems": limits.max_endpoints_per_service,
+            "items": _ref("NewEndpoint"),
+        },
+        "Registered": {
+            "type": "object",
+            "required": ["service_name", "endpoints", "removed", "index"],
+            "properties": {
+                "service_name": {"type": "string"},
+                "endpoints": {"type": "array", "items": _ref("Endpoint")},
+                "removed": {"type": "array", "items": {"type": "string"}},
+                "index": {"type": "integer"},
+            },
+        },
         "Lease": {
             "type": "object",
             "properties": {
@@ -256,7 +284,17 @@ def spec(limits: Limits) -> dict[str, Any]:
                     "200": _json({"type": "array", "items": _ref("Endpoint")}, "endpoints"),
                     **_errors(400, 401, 404, 503),
                 },
-            }
+            },
+            "put": {
+                "summary": "Register many endpoints as one change (upsert); with replace, they "
+                "become the service's whole set",
+                "parameters": [_NAME_PARAM],
+                "requestBody": _body(_ref("NewEndpoints")),
+                "responses": {
+                    "200": _json(_ref("Registered"), "registered (and removed)"),
+                    **_errors(*_WRITE_ERRORS),
+                },
+            },
         },
         "/service/{name}/register": {
             "put": {

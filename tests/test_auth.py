@@ -61,6 +61,7 @@ def _writes(name: str) -> list[tuple[str, str, object, int]]:
         ("PUT", "/service", {"name": name}, 201),
         ("PUT", f"/service/{name}/ports", {"http": {"port": 80}}, 200),
         ("PUT", f"/service/{name}/port", {"grpc": {"port": 81}}, 200),
+        ("PUT", f"/service/{name}/endpoints", [{"ip": "10.8.0.3"}], 200),
         ("PUT", f"/service/{name}/register", {"ip": "10.8.0.1", "ttl_seconds": 30}, 200),
         ("PUT", f"/service/{name}/endpoints/10.8.0.1/heartbeat", None, 200),
         ("DELETE", f"/service/{name}/endpoints/10.8.0.1", None, 204),

@@ -808,3 +808,57 @@ async def asyncpg_fetchval(url: str, sql: str) -> Any:
 def reg_request(name: str, ip: str) -> pb.RegisterEndpointRequest:
     return pb.RegisterEndpointRequest(service_name=name, endpoint=endpoint(ip))
 
+
+async def test_register_endpoints_in_bulk(
+    stub: pb_grpc.DiscoveryServiceStub, unique_name: str
+) -> None:
+    """RegisterEndpoints: upsert as one change with the endpoints as stored; with replace the
+    list becomes the whole set and the answer names what went; a mismatched service_name is
+    INVALID_ARGUMENT and a missing service NOT_FOUND, registering nothing."""
+    await create(stub, unique_name)
+    first = await stub.RegisterEndpoints(
+        pb.RegisterEndpointsRequest(
+            service_name=unique_name,
+            endpoints=[endpoint("10.6.0.1", "a"), endpoint("10.6.0.2", ttl=60)],
+        ),
+        timeout=TIMEOUT,
+    )
+    assert [(e.ip, list(e.tags)) for e in first.endpoints] == [
+        ("10.6.0.1", ["a"]),
+        ("10.6.0.2", []),
+    ]
+    assert first.endpoints[1].expires_at > 0 and list(first.removed) == []
+    looked = await stub.LookupEndpoints(
+        pb.LookupEndpointsRequest(service_name=unique_name), timeout=TIMEOUT
+    )
+    assert looked.index == first.index and len(looked.endpoints) == 2
+
+    second = await stub.RegisterEndpoints(
+        pb.RegisterEndpointsRequest(
+            service_name=unique_name, endpoints=[endpoint("10.6.0.3")], replace=True
+        ),
+        timeout=TIMEOUT,
+    )
+    assert sorted(second.removed) == ["10.6.0.1", "10.6.0.2"] and second.index > first.index
+    looked = await stub.LookupEndpoints(
+        pb.LookupEndpointsRequest(service_name=unique_name), timeout=TIMEOUT
+    )
+    assert [e.ip for e in looked.endpoints] == ["10.6.0.3"]
+
+    wrong = pb.Endpoint(service_name="other", ip="10.6.0.4")
+    code, _ = await code_of(
+        stub.RegisterEndpoints(
+            pb.RegisterEndpointsRequest(service_name=unique_name, endpoints=[wrong]),
+            timeout=TIMEOUT,
+        )
+    )
+    assert code == Code.INVALID_ARGUMENT
+    code, _ = await code_of(
+        stub.RegisterEndpoints(
+            pb.RegisterEndpointsRequest(
+                service_name=f"{unique_name}-none", endpoints=[endpoint("10.6.0.5")]
+            ),
+            timeout=TIMEOUT,
+        )
+    )
+    assert code == Code.NOT_FOUND

@@ -6,7 +6,7 @@ import asyncio
 
 import aiohttp
 import pytest
-from helpers import eventually, put
+from helpers import eventually, put, sample
 
 from service_discovery.app import App
 
@@ -299,3 +299,72 @@ async def test_two_instances_converge(
                     return resp.status == 404
 
             await eventually(deleted, what="the deletion on the first instance")
+
+
+# ---- bulk registration -------------------------------------------------------------------
+async def test_bulk_registration_upserts_as_one_change(
+    app: App, http: aiohttp.ClientSession, unique_name: str
+) -> None:
+    """1. three endpoints in one call (a bare array; one address twice, the last one wins):
+    one write, one index move, each endpoint as stored; 2. again without replace: the given
+    ones are updated, the others stay; 3. with replace: the list becomes the whole set and the
+    answer names what was removed; 4. an empty list with replace removes every endpoint."""
+    assert (await put(http, "/service", {"name": unique_name})).status == 201
+    path = f"/service/{unique_name}/endpoints"
+    writes_before = sample(app.metrics, "sd_write_batch_writes_sum")
+    body = [
+        {"ip": "10.8.0.1", "tags": ["old"]},
+        {"ip": "10.8.0.2", "ttl_seconds": 30},
+        {"ip": "10.8.0.1", "tags": ["a"]},
+        {"ip": "::ffff:10.8.0.3"},
+    ]
+    resp = await put(http, path, body)
+    assert resp.status == 200, await resp.text()
+    answer = await resp.json()
+    assert sample(app.metrics, "sd_write_batch_writes_sum") == writes_before + 1
+    assert answer["removed"] == [] and answer["service_name"] == unique_name
+    assert int(resp.headers["X-Index"]) == answer["index"]
+    stored = {e["ip"]: e for e in answer["endpoints"]}
+    assert sorted(stored) == ["10.8.0.1", "10.8.0.2", "::ffff:10.8.0.3"]
+    assert stored["10.8.0.1"]["tags"] == ["a"] and stored["10.8.0.2"]["ttl_seconds"] == 30
+    assert stored["10.8.0.2"]["expires_at"] > 0
+    async with http.get(f"/service/{unique_name}") as got:
+        svc = await got.json()
+        assert svc["index"] == answer["index"]
+    assert sorted(e["ip"] for e in svc["endpoints"]) == sorted(stored)
+
+    resp = await put(http, path, {"endpoints": [{"ip": "10.8.0.2", "tags": ["b"]}]})
+    assert resp.status == 200
+    assert (await resp.json())["index"] > answer["index"]
+    async with http.get(path) as got:
+        now = {e["ip"]: e["tags"] for e in await got.json()}
+    assert now == {"10.8.0.1": ["a"], "10.8.0.2": ["b"], "::ffff:10.8.0.3": []}
+
+    body2 = {"endpoints": [{"ip": "10.8.0.2"}, {"ip": "10.8.0.4"}], "replace": True}
+    resp = await put(http, path, body2)
+    replaced = await resp.json()
+    assert sorted(replaced["removed"]) == ["10.8.0.1", "::ffff:10.8.0.3"]
+    async with http.get(path) as got:
+        assert sorted(e["ip"] for e in await got.json()) == ["10.8.0.2", "10.8.0.4"]
+
+    resp = await put(http, path, {"endpoints": [], "replace": True})
+    assert sorted((await resp.json())["removed"]) == ["10.8.0.2", "10.8.0.4"]
+    async with http.get(path) as got:
+        assert await got.json() == []
+
+
+async def test_bulk_registration_refusals_register_nothing(
+    http: aiohttp.ClientSession, unique_name: str
+) -> None:
+    """A missing service is 404, a malformed endpoint anywhere in the list or a malformed body
+    is 400, and none of them registers anything."""
+    path = f"/service/{unique_name}/endpoints"
+    await _error(await put(http, path, [{"ip": "10.8.1.1"}]), 404, "not_found")
+    assert (await put(http, "/service", {"name": unique_name})).status == 201
+    bad = [{"ip": "10.8.1.1"}, {"ip": "10.8.1.999"}]
+    await _error(await put(http, path, bad), 400, "invalid_input")
+    await _error(await put(http, path, {"endpoints": [], "replace": "yes"}), 400, "invalid_input")
+    await _error(await put(http, path, {"ip": "10.8.1.1"}), 400, "invalid_input")
+    await _error(await put(http, path, "10.8.1.1"), 400, "invalid_input")
+    async with http.get(path) as got:
+        assert await got.json() == []

@@ -151,6 +151,12 @@ async def test_grpc_applies_the_same_limits(limited: App, unique_name: str) -> N
             await stub.RegisterEndpoint(request, timeout=5)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "at most 2 tags" in (err.value.details() or "")
+        four = [pb.Endpoint(ip=f"10.9.5.{i}") for i in range(4)]
+        bulk = pb.RegisterEndpointsRequest(service_name=unique_name, endpoints=four)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RegisterEndpoints(bulk, timeout=5)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "at most 3 endpoints" in (err.value.details() or "")
 
 
 async def test_watches_count_once_per_address_across_front_ends(
@@ -188,3 +194,26 @@ async def test_watches_count_once_per_address_across_front_ends(
         assert (await asyncio.wait_for(third.read(), 5)).kind == pb.SNAPSHOT
         for call in (*streams, third):
             call.cancel()
+
+
+async def test_bulk_registration_within_the_endpoint_limit(
+    http: aiohttp.ClientSession, unique_name: str
+) -> None:
+    """A list longer than the limit is refused before the database; a list that would take the
+    service over the limit is refused whole; with replace only the list counts; a body over
+    HTTP_MAX_BODY_BYTES is 413."""
+    path = f"/service/{unique_name}/endpoints"
+    assert (await put(http, "/service", {"name": unique_name})).status == 201
+    four = [{"ip": f"10.9.1.{i}"} for i in range(4)]
+    await refused(await put(http, path, four), 422, "limit_exceeded", "at most 3 endpoints")
+    assert (await put(http, path, four[:2])).status == 200
+    over = [{"ip": "10.9.2.1"}, {"ip": "10.9.2.2"}]
+    await refused(await put(http, path, over), 422, "limit_exceeded", "4 endpoints", "limit of 3")
+    async with http.get(path) as resp:
+        assert sorted(e["ip"] for e in await resp.json()) == ["10.9.1.0", "10.9.1.1"]
+    three = {"endpoints": [{"ip": f"10.9.3.{i}"} for i in range(3)], "replace": True}
+    assert (await put(http, path, three)).status == 200
+    async with http.get(path) as resp:
+        assert len(await resp.json()) == 3
+    big = [{"ip": "10.9.4.1", "tags": ["x" * 8]}] * 40
+    await refused(await put(http, path, big), 413, "too_large")

@@ -177,6 +177,26 @@ class DeleteServiceResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class RegisterEndpointsRequest(_message.Message):
+    __slots__ = ("service_name", "endpoints", "replace")
+    SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    service_name: str
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    replace: bool
+    def __init__(self, service_name: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class RegisterEndpointsResponse(_message.Message):
+    __slots__ = ("endpoints", "removed", "index")
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    index: int
+    def __init__(self, endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., removed: _Optional[_Iterable[str]] = ..., index: _Optional[int] = ...) -> None: ...
+
 class DeregisterEndpointRequest(_message.Message):
     __slots__ = ("service_name", "ip")
     SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]

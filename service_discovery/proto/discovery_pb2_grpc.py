@@ -87,6 +87,11 @@ class DiscoveryServiceStub:
                 request_serializer=service__discovery_dot_proto_dot_discovery__pb2.WatchRequest.SerializeToString,
                 response_deserializer=service__discovery_dot_proto_dot_discovery__pb2.WatchResponse.FromString,
                 _registered_method=True)
+        self.RegisterEndpoints = channel.unary_unary(
+                '/sd.DiscoveryService/RegisterEndpoints',
+                request_serializer=service__discovery_dot_proto_dot_discovery__pb2.RegisterEndpointsRequest.SerializeToString,
+                response_deserializer=service__discovery_dot_proto_dot_discovery__pb2.RegisterEndpointsResponse.FromString,
+                _registered_method=True)
 
 
 class DiscoveryServiceServicer:
@@ -169,6 +174,16 @@ class DiscoveryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterEndpoints(self, request, context):
+        """Registers (or updates) many endpoints of one service as one change (the index moves once);
+        with replace, they become the service's whole set and its other endpoints are removed.
+        Bounded by the endpoints-per-service limit (FAILED_PRECONDITION, nothing registered) and the
+        message size. An address given twice counts once (the last one given wins).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DiscoveryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +236,11 @@ def add_DiscoveryServiceServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=service__discovery_dot_proto_dot_discovery__pb2.WatchRequest.FromString,
                     response_serializer=service__discovery_dot_proto_dot_discovery__pb2.WatchResponse.SerializeToString,
+            ),
+            'RegisterEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterEndpoints,
+                    request_deserializer=service__discovery_dot_proto_dot_discovery__pb2.RegisterEndpointsRequest.FromString,
+                    response_serializer=service__discovery_dot_proto_dot_discovery__pb2.RegisterEndpointsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -496,6 +516,33 @@ class DiscoveryService:
             '/sd.DiscoveryService/Watch',
             service__discovery_dot_proto_dot_discovery__pb2.WatchRequest.SerializeToString,
             service__discovery_dot_proto_dot_discovery__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sd.DiscoveryService/RegisterEndpoints',
+            service__discovery_dot_proto_dot_discovery__pb2.RegisterEndpointsRequest.SerializeToString,
+            service__discovery_dot_proto_dot_discovery__pb2.RegisterEndpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,
