@@ -416,6 +416,18 @@ def test_pods_are_locked_down(kustomization: str) -> None:
                 ), "the Pod runs as the image's USER"
 
 
+@pytest.mark.parametrize("kustomization", [*DEPLOYABLE, "postgres"])
+def test_no_volume_is_mounted_through_a_symlink(kustomization: str) -> None:
+    """/var/run is a symlink to /run in Debian-based images (the official postgres one too):
+    mounted through it, podman put the host's directory there and PostgreSQL could not create
+    its lock file. Mount at the real path."""
+    for workload in workloads(render(kustomization)):
+        for container in all_containers(pod_spec(workload)):
+            for mount in container.get("volumeMounts", []):
+                path = mount["mountPath"]
+                assert not re.match(r"/var/(run|lock)(/|$)", path), f"{path}: use /run"
+
+
 @pytest.mark.parametrize("kustomization", DEPLOYABLE)
 def test_secrets_are_never_literals(kustomization: str) -> None:
     docs = render(kustomization)
