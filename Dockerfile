@@ -38,7 +38,10 @@ ENTRYPOINT ["service-discovery"]
 CMD ["serve"]
 
 FROM ${PYTHON_IMAGE}
-RUN useradd --no-log-init --system --user-group --uid 10001 \
+# The group explicitly: useradd --user-group would give it the next system gid (999), not the
+# 10001 of USER and of the manifests' runAsGroup.
+RUN groupadd --system --gid 10001 service-discovery \
+    && useradd --no-log-init --system --uid 10001 --gid 10001 \
         --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin service-discovery
 COPY --from=builder /opt/venv /opt/venv
 # Bytecode was compiled at install time; the root filesystem is read-only in Kubernetes.

@@ -172,6 +172,16 @@ def test_embedded_extra_is_not_installed() -> None:
     assert "[embedded]" not in runs and "pgserver" not in runs
 
 
+def test_final_stage_creates_the_user_and_group_of_its_user() -> None:
+    """USER's uid and gid have /etc/passwd and /etc/group entries: `useradd --user-group` would
+    give the group the next system gid (999), not the gid of USER and of runAsGroup."""
+    stage = final_stage()
+    uid, gid = stage.all("USER")[-1].split(":")
+    runs = " ".join(stage.all("RUN"))
+    assert re.search(rf"groupadd [^&;]*--gid {gid}\b", runs), runs
+    assert re.search(rf"useradd [^&;]*--uid {uid} [^&;]*--gid {gid}\b", runs), runs
+
+
 def dockerignore_excludes(path: str) -> bool:
     """Whether .dockerignore keeps `path` out of the build context: the last matching rule
     wins, and a rule matching a parent directory matches what is inside (Docker's rules, for
