@@ -25,11 +25,15 @@ RUN pip wheel --no-deps --wheel-dir /wheels . \
 
 # Tilt's live-update target (see Tiltfile), not for deployment: the installed virtualenv plus
 # the sources at /app/src, first on sys.path and owned by the app user so Tilt can sync over
-# them. The layout is the wheel's (migrations and protos inside the package).
-FROM builder AS dev
+# them. The layout is the wheel's (migrations and protos inside the package). Not built on
+# `builder`: its /src copy of the sources would be the working directory, which `python -m`
+# puts before PYTHONPATH.
+FROM ${PYTHON_IMAGE} AS dev
+COPY --from=builder /opt/venv /opt/venv
 COPY --chown=10001:10001 service_discovery/ /app/src/service_discovery/
 COPY --chown=10001:10001 migrations/ /app/src/service_discovery/migrations/
 COPY --chown=10001:10001 protos/ /app/src/service_discovery/protos/
+WORKDIR /app/src
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app/src \
     BIND_ADDRESS=0.0.0.0

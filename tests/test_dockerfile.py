@@ -182,6 +182,16 @@ def test_final_stage_creates_the_user_and_group_of_its_user() -> None:
     assert re.search(rf"useradd [^&;]*--uid {uid} [^&;]*--gid {gid}\b", runs), runs
 
 
+def test_dev_stage_runs_the_synced_sources() -> None:
+    """`python -m service_discovery` in the dev stage imports the sources Tilt syncs: the stage
+    has no other copy of them (it does not start from the builder, whose working directory
+    holds one) and works in the directory on PYTHONPATH."""
+    [dev] = [s for s in dockerfile()[1] if s.name == "dev"]
+    assert dev.base == "${PYTHON_IMAGE}", dev.base
+    pythonpath = re.search(r"PYTHONPATH=(\S+)", " ".join(dev.all("ENV")))[1]
+    assert dev.all("WORKDIR")[-1] == pythonpath
+
+
 def dockerignore_excludes(path: str) -> bool:
     """Whether .dockerignore keeps `path` out of the build context: the last matching rule
     wins, and a rule matching a parent directory matches what is inside (Docker's rules, for
