@@ -11,17 +11,28 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md constraints.txt ./
+# Dependencies first, in a layer keyed on pyproject.toml and constraints.txt alone, so that a
+# change to the sources reuses it instead of downloading every dependency again. Their names are
+# read from pyproject.toml: the daemon's go into /opt/venv, what builds the wheel (hatchling)
+# into /opt/build, which stays in this stage. Only prebuilt wheels (--only-binary): if one has
+# none for this platform the build fails here rather than needing a compiler. Their versions are
+# the ones CI tested (constraints.txt, `make constraints`).
+COPY pyproject.toml constraints.txt ./
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); \
+print(*p["project"]["dependencies"], sep="\n", file=open("/tmp/daemon.txt", "w")); \
+print(*p["build-system"]["requires"], sep="\n", file=open("/tmp/build.txt", "w"))' \
+    && python -m venv /opt/venv /opt/build \
+    && /opt/venv/bin/pip install --only-binary=:all: -c constraints.txt -r /tmp/daemon.txt \
+    && /opt/build/bin/pip install --only-binary=:all: -c constraints.txt -r /tmp/build.txt
+COPY README.md ./
 COPY migrations/ migrations/
 COPY protos/ protos/
 COPY service_discovery/ service_discovery/
-# Dependencies come only as prebuilt wheels (--only-binary): if one has none for this platform
-# the build fails here rather than needing a compiler. Their versions are the ones CI tested
-# (constraints.txt, `make constraints`).
-RUN pip wheel --no-deps --wheel-dir /wheels . \
-    && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --only-binary=:all: -c constraints.txt \
-        /wheels/service_discovery-*.whl
+# The wheel, with nothing downloaded: built without isolation by /opt/build's hatchling, installed
+# without dependencies (`pip check`: the layer above has them all).
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+    && /opt/venv/bin/pip install --no-deps -c constraints.txt /wheels/service_discovery-*.whl \
+    && /opt/venv/bin/pip check
 
 # Tilt's live-update target (see Tiltfile), not for deployment: the installed virtualenv plus
 # the sources at /app/src, first on sys.path and owned by the app user so Tilt can sync over

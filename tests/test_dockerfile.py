@@ -182,6 +182,22 @@ def test_final_stage_creates_the_user_and_group_of_its_user() -> None:
     assert re.search(rf"useradd [^&;]*--uid {uid} [^&;]*--gid {gid}\b", runs), runs
 
 
+def test_dependencies_are_installed_before_the_sources_are_copied() -> None:
+    """A change to the sources rebuilds from their COPY on: the step that downloads the
+    dependencies comes before it, after copying only what names them; the steps after it
+    download nothing (no dependencies, no isolated build environment)."""
+    builder = dockerfile()[1][0]
+    steps = [(kw, args) for kw, args in builder.instructions if kw in ("COPY", "RUN")]
+    download = next(i for i, (kw, args) in enumerate(steps) if kw == "RUN" and "-r " in args)
+    before = {src for kw, args in steps[:download] if kw == "COPY" for src in args.split()[:-1]}
+    assert before <= {"pyproject.toml", "constraints.txt"}, before
+    after = [args for kw, args in steps[download + 1 :] if kw == "RUN"]
+    assert after, "no step builds the wheel"
+    for run in after:
+        assert "pip install" not in run or "--no-deps" in run, run
+        assert "pip wheel" not in run or "--no-build-isolation" in run, run
+
+
 def test_dev_stage_runs_the_synced_sources() -> None:
     """`python -m service_discovery` in the dev stage imports the sources Tilt syncs: the stage
     has no other copy of them (it does not start from the builder, whose working directory
