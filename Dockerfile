@@ -4,7 +4,8 @@
 # base image plus that virtualenv: no compiler, no sources, no build tools.
 #   docker build -t service-discovery .
 # The base image is an argument so a mirror or a newer patch release needs no edit; the stages
-# share it, so the virtualenv's interpreter path exists in the final stage.
+# share it, so the virtualenv's interpreter path exists in the final stage. (`make image` builds
+# with this file unchanged, passing a local stand-in where the image cannot be pulled.)
 ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
@@ -17,8 +18,13 @@ WORKDIR /src
 # into /opt/build, which stays in this stage. Only prebuilt wheels (--only-binary): if one has
 # none for this platform the build fails here rather than needing a compiler. Their versions are
 # the ones CI tested (constraints.txt, `make constraints`).
+# The package index is reached with the pip configuration and CA bundle given as build secrets
+# (`make image` passes the machine's, for a TLS-intercepting proxy; without them pip uses its
+# defaults): mounted for this step only, they are in no layer of the image.
 COPY pyproject.toml constraints.txt ./
-RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); \
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=ca-bundle \
+    python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); \
 print(*p["project"]["dependencies"], sep="\n", file=open("/tmp/daemon.txt", "w")); \
 print(*p["build-system"]["requires"], sep="\n", file=open("/tmp/build.txt", "w"))' \
     && python -m venv /opt/venv /opt/build \

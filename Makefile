@@ -40,6 +40,14 @@ run: $(VENV)/.installed-run
 system-deps:
 	@bash scripts/system-deps.sh
 
+# The image, built with Docker or, without a Docker engine, podman (README: Deploy to Kubernetes).
+# podman and buildah read scripts/containers.conf, which this kind of machine needs.
+export CONTAINERS_CONF ?= $(CURDIR)/scripts/containers.conf
+
+.PHONY: image
+image:
+	bash scripts/image.sh
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -198,6 +198,23 @@ def test_dependencies_are_installed_before_the_sources_are_copied() -> None:
         assert "pip wheel" not in run or "--no-build-isolation" in run, run
 
 
+def test_the_package_index_settings_are_build_secrets_only() -> None:
+    """The step that downloads mounts the pip configuration and CA bundle that `make image`
+    passes as build secrets (scripts/image.sh), the same ids; no instruction copies or sets
+    them, so no layer holds them."""
+    text = DOCKERFILE.read_text()
+    mounted = set(re.findall(r"--mount=type=secret,id=([\w.-]+)", text))
+    passed = set(re.findall(r'--secret "id=([\w.-]+),', (REPO / "scripts/image.sh").read_text()))
+    assert mounted == passed == {"pip.conf", "ca-bundle"}, (mounted, passed)
+    for stage in dockerfile()[1]:
+        for run in stage.all("RUN"):
+            if "-r " in run:
+                assert all(f"id={secret}" in run for secret in mounted), run
+        for keyword in ("COPY", "ADD", "ENV", "ARG"):
+            for args in stage.all(keyword):
+                assert not re.search(r"pip\.conf|cert|CA_BUNDLE|PIP_INDEX", args), args
+
+
 def test_dev_stage_runs_the_synced_sources() -> None:
     """`python -m service_discovery` in the dev stage imports the sources Tilt syncs: the stage
     has no other copy of them (it does not start from the builder, whose working directory
