@@ -40,13 +40,21 @@ run: $(VENV)/.installed-run
 system-deps:
 	@bash scripts/system-deps.sh
 
-# The image, built with Docker or, without a Docker engine, podman (README: Deploy to Kubernetes).
+# The image and the dev overlay's pods without Docker or a cluster (README: Deploy to Kubernetes).
 # podman and buildah read scripts/containers.conf, which this kind of machine needs.
 export CONTAINERS_CONF ?= $(CURDIR)/scripts/containers.conf
 
-.PHONY: image
+.PHONY: image kube-up kube-down
 image:
 	bash scripts/image.sh
+
+# KUBE_REPLICAS=2: a second replica of the daemon, published on 127.0.0.2.
+kube-up: $(VENV)/.installed-dev
+	bash -c '. scripts/engine.sh && need_podman'
+	$(BIN)/python scripts/kube.py up
+
+kube-down: $(VENV)/.installed-dev
+	$(BIN)/python scripts/kube.py down
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
