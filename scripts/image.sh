@@ -6,7 +6,7 @@
 # instead: the Python one is passed as --build-arg PYTHON_IMAGE, so the Dockerfile stays the one
 # users build. Stand-ins are kept by tag and rebuilt only when their recipe changes.
 # The machine's pip configuration and CA bundle reach the RUN steps as build secrets, never a layer.
-#   IMAGE=service-discovery:dev  ENGINE=docker|podman (default: detected)
+#   IMAGE=service-discovery:dev  ENGINE=docker|podman (default: detected)  TARGET=<a stage>
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/engine.sh
@@ -175,7 +175,8 @@ build_started=$SECONDS
 if [ "$ENGINE" = docker ]; then
   export DOCKER_BUILDKIT=1
 fi
-"$ENGINE" build --tag "$IMAGE" --build-arg "PYTHON_IMAGE=$python_base" \
+"$ENGINE" build --tag "$IMAGE" ${TARGET:+--target "$TARGET"} \
+  --build-arg "PYTHON_IMAGE=$python_base" \
   --secret "id=pip.conf,src=$secrets/pip.conf" --secret "id=ca-bundle,src=$ca_bundle" \
   --file Dockerfile .
 log "built $IMAGE in $((SECONDS - build_started)) s ($((SECONDS - started)) s with the base images);" \
