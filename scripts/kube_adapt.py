@@ -132,6 +132,7 @@ def adapt(
         if not is_job:
             restart_policy(name, spec, note)
         pod_ip(name, spec, play.ip, note)
+        readiness_probes(name, spec, note)
         plan.secrets |= env_secrets(spec, secrets, note)
         plan.secrets |= expand_references(name, spec, configmaps, secrets, note)
         plan.files |= secret_volumes(name, spec, secrets, volume_dir, note)
@@ -228,6 +229,17 @@ def restart_policy(pod: str, spec: Doc, note: Note) -> None:
             "podman 4.3 gives init containers the pod's restart policy: with Always, an init "
             "container that exits 0 is restarted until kube play fails",
         )
+
+
+def readiness_probes(pod: str, spec: Doc, note: Note) -> None:
+    for container in spec["containers"]:
+        if "readinessProbe" in container:
+            note(
+                f"Pod {pod}",
+                f"readinessProbe of {container['name']} kept, not run",
+                "podman 4.3 runs no readiness probes; kube-up polls the published httpGet "
+                "ones from the host, and nothing here routes by readiness",
+            )
 
 
 def pod_ip(pod: str, spec: Doc, ip: str, note: Note) -> None:
@@ -366,8 +378,14 @@ def own_empty_dirs(pod: str, spec: Doc, note: Note) -> list[str]:
                 f"Pod {pod}",
                 f"emptyDir {volume['name']} is the volume {renamed[volume['name']]}",
                 "podman 4.3 makes an emptyDir a named volume, shared by all pods naming one "
-                "alike, and removed by kube-down",
+                "alike; kube-down removes it",
             )
+            if volume["emptyDir"]:
+                note(
+                    f"Pod {pod}",
+                    f"emptyDir {volume['name']}: {volume['emptyDir']} not applied",
+                    "podman 4.3 puts every emptyDir on disk, unbounded",
+                )
             volume["name"] = renamed[volume["name"]]
     for container in all_containers(spec):
         for mount in container.get("volumeMounts", []):

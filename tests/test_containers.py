@@ -546,6 +546,8 @@ def test_adapter_notes_every_adaptation_and_refuses_the_unknown() -> None:
         "status.podIP",
         "$(VAR) references in env DATABASE_URL",
         "emptyDir tmp",
+        "{'medium': 'Memory', 'sizeLimit': '16Mi'} not applied",
+        "readinessProbe of service-discovery kept, not run",
         "containerPort 5432 not published",
         "image service-discovery:dev",
     ):
