@@ -59,6 +59,7 @@ kube-down: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/mypy --strict clients/python/src
 
 # python-consul2 installs the same `consul` package as py-consul (the dev extra), so it lives in
