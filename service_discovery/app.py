@@ -35,6 +35,7 @@ from service_discovery.readiness import Readiness
 from service_discovery.registry import Registry
 from service_discovery.store import Store
 from service_discovery.sync import Sync
+from service_discovery.tls import Certificates, TlsSettings
 from service_discovery.watch import AnswerCache, WatchLimiter
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Parts:
     consul: ConsulApi  # served by `http` under /v1/
     dns: DnsServer
     grpc: GrpcServer
+    tls: Certificates | None  # reloads the certificate files while serving
 
     @property
     def front_ends(self) -> tuple[FrontEnd, ...]:
@@ -77,7 +79,7 @@ class Parts:
         return (self.http, self.dns, self.grpc)
 
 
-def http_settings(config: Config) -> HttpSettings:
+def http_settings(config: Config, tls: Certificates | None = None) -> HttpSettings:
     return HttpSettings(
         bind_address=config.bind_address,
         port=config.http_port,
@@ -86,15 +88,17 @@ def http_settings(config: Config) -> HttpSettings:
         max_body_bytes=config.http_max_body_bytes,
         body_timeout_seconds=config.http_body_timeout_seconds,
         watch_max_wait_seconds=config.watch_max_wait_seconds,
+        ssl_context=tls.ssl_context if tls is not None else None,
     )
 
 
-def grpc_settings(config: Config) -> GrpcSettings:
+def grpc_settings(config: Config, tls: Certificates | None = None) -> GrpcSettings:
     return GrpcSettings(
         bind_address=config.bind_address,
         port=config.grpc_port,
         max_message_bytes=config.http_max_body_bytes,
         shutdown_timeout_seconds=config.shutdown_timeout_seconds,
+        credentials=tls.grpc_credentials() if tls is not None else None,
     )
 
 
@@ -218,8 +222,10 @@ class App:
         # one watch limit per client address and one answer cache, whatever the front-end
         watches = WatchLimiter(config.max_watches_per_client)
         answers = AnswerCache(catalog)
+        tls_settings = TlsSettings.from_config(config)
+        tls = Certificates(tls_settings) if tls_settings is not None else None
         http = HttpServer(
-            http_settings(config), catalog, metrics, auth, self.readiness, watches, answers
+            http_settings(config, tls), catalog, metrics, auth, self.readiness, watches, answers
         )
         consul = ConsulApi(ConsulSettings.from_config(config), catalog, metrics, auth.enabled,
                            watches, answers)  # fmt: skip
@@ -238,8 +244,9 @@ class App:
             consul=consul,
             dns=dns,
             grpc=GrpcServer(
-                grpc_settings(config), catalog, auth, metrics, self.is_ready, watches, answers
+                grpc_settings(config, tls), catalog, auth, metrics, self.is_ready, watches, answers
             ),
+            tls=tls,
         )
 
     async def start(self) -> None:
@@ -249,6 +256,8 @@ class App:
         for server in parts.front_ends:
             await server.start()
         self.metrics.before_render.append(parts.dns.flush_metrics)
+        if parts.tls is not None:
+            parts.tls.start()
         log.info(
             "listening on %s: http %d, dns %d (udp+tcp), grpc %d",
             self.config.bind_address,
@@ -315,6 +324,8 @@ class App:
                     await task
         if parts is not None:
             parts.consul.close()
+            if parts.tls is not None:
+                await parts.tls.stop()
             parts.answers.close()
             await parts.leases.stop()
             await parts.sync.stop()

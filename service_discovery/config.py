@@ -243,6 +243,26 @@ class Config:
         "SD_CONSUL_DATACENTER", "dc1", _datacenter, "datacenter the Consul-compatible API reports"
     )
 
+    # ---- TLS, client certificates and the migration role (README: Production) ----------
+    tls_cert_file: str | None = _setting(
+        "TLS_CERT_FILE", None, _verbatim, "PEM certificate chain: HTTP and gRPC serve TLS"
+    )
+    tls_key_file: str | None = _setting("TLS_KEY_FILE", None, _verbatim, "PEM private key")
+    tls_client_ca_file: str | None = _setting(
+        "TLS_CLIENT_CA_FILE", None, _verbatim, "PEM CA bundle: require client certificates (mTLS)"
+    )
+    tls_client_cert_auth: str = _setting(
+        "TLS_CLIENT_CERT_AUTH", "none", _choice("none", "read", "write"),
+        "what a verified client certificate allows without a bearer token",
+    )  # fmt: skip
+    tls_reload_seconds: float = _setting(
+        "TLS_RELOAD_SECONDS", 5.0, _float_range(0.1, 3600), "period of the certificate files check"
+    )
+    migrate_database_url: str | None = _setting(
+        "MIGRATE_DATABASE_URL", None, _verbatim,
+        "PostgreSQL URL of the schema owner for migrations (= DATABASE_URL)", secret=True,
+    )  # fmt: skip
+
     @classmethod
     def from_env(
         cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
@@ -268,7 +288,21 @@ class Config:
                 raise ConfigError("DATABASE_URL and DATABASE_URL_FILE are both set: give one")
             url = _read_url(config.database_url_file)
             config = dataclasses.replace(config, database_url=url)
+        config._check_tls()
         return config
+
+    def _check_tls(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
+        if self.tls_client_cert_auth != "none" and not self.tls_client_ca_file:
+            raise ConfigError("TLS_CLIENT_CERT_AUTH needs TLS_CLIENT_CA_FILE")
+
+    @property
+    def migration_url(self) -> str | None:
+        """The URL `migrate` connects with: the schema owner's, else the daemon's own."""
+        return self.migrate_database_url or self.database_url
 
     @property
     def negative_ttl(self) -> int:

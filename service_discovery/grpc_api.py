@@ -250,6 +250,7 @@ class GrpcSettings:
     port: int  # 0: an ephemeral port
     max_message_bytes: int  # the largest request accepted (HTTP_MAX_BODY_BYTES)
     shutdown_timeout_seconds: float  # in-flight calls get this long at stop
+    credentials: grpc.ServerCredentials | None = None  # TLS (tls.py keeps them current)
 
 
 class GrpcServer:
@@ -290,7 +291,10 @@ class GrpcServer:
         host, port = settings.bind_address, settings.port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            self.port = server.add_insecure_port(address)
+            if settings.credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, settings.credentials)
         except RuntimeError as exc:  # grpcio reports a failed bind this way
             raise OSError(errno.EADDRINUSE, f"gRPC cannot listen on {address}: {exc}") from None
         self._servicer.watches.start()

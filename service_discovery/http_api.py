@@ -6,6 +6,7 @@ registry errors become JSON errors in one middleware (http_middlewares.py).
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ class HttpSettings:
     max_body_bytes: int  # larger bodies are refused with 413
     body_timeout_seconds: float  # a body must arrive within this, else 408
     watch_max_wait_seconds: float  # the cap of a blocking query's ?wait=
+    ssl_context: ssl.SSLContext | None = None  # TLS (tls.py keeps it current)
 
 
 CATALOG = web.AppKey("catalog", Catalog)
@@ -299,7 +301,13 @@ class HttpServer:
         )
         await runner.setup()
         self._runner = runner  # from here on, stop() has something to clean up
-        site = web.TCPSite(runner, settings.bind_address, settings.port, backlog=1024)
+        site = web.TCPSite(
+            runner,
+            settings.bind_address,
+            settings.port,
+            backlog=1024,
+            ssl_context=settings.ssl_context,
+        )
         await site.start()
         self.port = runner.addresses[0][1]
 
