@@ -217,7 +217,7 @@ class App:
         store = Store(config, self.database_url)
         leases = Leases(config, store, registry, metrics)
         catalog = Catalog(Limits.from_config(config), store, registry, leases, metrics)
-        auth = Auth(config.tokens(), config.protect_reads)
+        auth = Auth.from_config(config)
         warn_if_exposed(auth, config.bind_address)
         # one watch limit per client address and one answer cache, whatever the front-end
         watches = WatchLimiter(config.max_watches_per_client)

@@ -204,8 +204,8 @@ class Config:
         "= error", secret=True, empty_is_error=_OPEN_WRITES,
     )  # fmt: skip
     api_tokens_file: str | None = _setting(
-        "SD_API_TOKENS_FILE", None, _verbatim, "file of bearer tokens, one per line; set but empty "
-        "= error", empty_is_error=_OPEN_WRITES,
+        "SD_API_TOKENS_FILE", None, _verbatim, "file of bearer tokens, one per line: TOKEN "
+        "[SCOPE]; set but empty = error", empty_is_error=_OPEN_WRITES,
     )  # fmt: skip
     protect_reads: bool = _setting("SD_PROTECT_READS", False, _bool, "require a token for reads")
     ui: bool = _setting("SD_UI", True, _bool, "serve the web dashboard at /ui/")
@@ -327,24 +327,30 @@ class Config:
         base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
         return Path(base) / "service-discovery" / "pgdata"
 
-    def tokens(self) -> frozenset[str]:
-        """Bearer tokens from SD_API_TOKENS and SD_API_TOKENS_FILE (empty = writes open)."""
-        tokens: set[str] = set()
+    def tokens(self) -> dict[str, str]:
+        """Bearer tokens from SD_API_TOKENS and SD_API_TOKENS_FILE (empty = writes open), each
+        with its scope as written: '' for SD_API_TOKENS, the text after the token on a line of
+        the file (auth.parse_scope reads it)."""
+        tokens: dict[str, str] = {}
         if self.api_tokens:
-            tokens.update(t.strip() for t in self.api_tokens.split(","))
+            tokens.update((t.strip(), "") for t in self.api_tokens.split(","))
         if self.api_tokens_file:
             try:
                 text = Path(self.api_tokens_file).read_text()
             except OSError as exc:
                 raise ConfigError(f"SD_API_TOKENS_FILE: cannot read it ({exc.strerror})") from exc
-            tokens.update(line.strip() for line in text.splitlines())
-        tokens.discard("")
+            for line in text.splitlines():
+                if line.lstrip().startswith("#"):
+                    continue  # a comment
+                token, _, scope = line.strip().partition(" ")
+                tokens[token] = scope.strip()
+        tokens.pop("", None)
         # Fail closed: a token setting that yields no token must not leave writes open.
         if (self.api_tokens is not None or self.api_tokens_file is not None) and not tokens:
             raise ConfigError("SD_API_TOKENS / SD_API_TOKENS_FILE is set but holds no token")
         if self.protect_reads and not tokens:
             raise ConfigError("SD_PROTECT_READS=true needs SD_API_TOKENS or SD_API_TOKENS_FILE")
-        return frozenset(tokens)
+        return tokens
 
     def redacted(self) -> dict[str, Any]:
         """The settings for a log line, with secrets hidden."""

@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service_discovery import model
-from service_discovery.auth import Auth
+from service_discovery.auth import Auth, Grant
 from service_discovery.catalog import Catalog
 from service_discovery.errors import InvalidInput, NotReady
 from service_discovery.grpc_calls import Call, CallStats
@@ -100,9 +100,11 @@ def _unary(*, write: bool) -> Callable[[Unary[Req, Resp]], Handler[Req, Resp]]:
             self: DiscoveryServicer, request: Req, context: grpc.aio.ServicerContext
         ) -> Resp:
             with Call(self.stats, method) as call:
-                self.authorize(context, write=write)
+                grant = self.authorize(context, write=write)
                 if isinstance(request, Malformed):
                     request.reject()
+                if grant is not None and write:
+                    grant.permit(_target(request))
                 return await fn(self, request)
             await context.abort(call.code, call.message)
             raise AssertionError("unreachable: abort raises")
@@ -110,6 +112,16 @@ def _unary(*, write: bool) -> Callable[[Unary[Req, Resp]], Handler[Req, Resp]]:
         return handler
 
     return decorate
+
+
+def _target(request: object) -> str:
+    """The service a write request changes (every write names exactly one)."""
+    if isinstance(request, pb.CreateServiceRequest):
+        return request.service.name
+    name = getattr(request, "service_name", None)
+    if not isinstance(name, str):  # a new write RPC must say here what it targets
+        raise TypeError(f"{type(request).__name__} names no service")
+    return name
 
 
 def _get_service_response(svc: Service) -> pb.GetServiceResponse:
@@ -136,15 +148,18 @@ class DiscoveryServicer:
         self._limiter = limiter
         self._get_service = answers.format(_get_service_response)
 
-    def authorize(self, context: grpc.aio.ServicerContext, *, write: bool) -> None:
+    def authorize(self, context: grpc.aio.ServicerContext, *, write: bool) -> Grant | None:
+        """The call's Grant (None: no credential needed); raises Unauthenticated, Forbidden."""
         if not self.auth.required(write=write):  # skip reading metadata when no token is needed
-            return
+            return None
         token = None
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 token = value if isinstance(value, str) else None
                 break
-        self.auth.check(token, write=write)
+        # gRPC verified the client certificate (TLS_CLIENT_CA_FILE) before the call began
+        client_cert = bool(context.auth_context().get("x509_pem_cert"))
+        return self.auth.authenticate(token, write=write, client_cert=client_cert)
 
     # ---- reads (the registry copy) --------------------------------------------------------
     @_unary(write=False)

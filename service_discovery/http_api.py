@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from service_discovery import http_middlewares, model
-from service_discovery.auth import Auth
+from service_discovery.auth import Auth, checks_services, permit
 from service_discovery.catalog import Catalog
 from service_discovery.errors import InvalidInput
 from service_discovery.http_middlewares import X_INDEX
@@ -160,9 +160,11 @@ async def get_service(request: web.Request) -> web.Response:
     )
 
 
+@checks_services
 async def create_service(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     spec = model.service_spec(await _body(request), catalog.limits)
+    permit(request, spec.name)
     svc = await catalog.create_service(spec)
     return _json(request, service_json(svc), status=201, index=svc.version)
 

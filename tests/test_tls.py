@@ -248,3 +248,53 @@ async def test_mtls_refuses_a_client_without_a_certificate(
         subprocess.run, [*args, "--cert", cert, "--key", key], capture_output=True, timeout=10
     )
     assert with_cert.stdout == b"200", with_cert.stderr
+
+
+@pytest.mark.parametrize("cert_auth", ["write", "read"])
+async def test_a_client_certificate_stands_in_for_a_token(
+    make_config: Callable[..., Config],
+    server_files: tuple[str, str],
+    ca: CA,
+    tmp_path: Path,
+    unique_name: str,
+    cert_auth: str,
+) -> None:
+    """TLS_CLIENT_CERT_AUTH=write: a verified client certificate writes without a token;
+    =read: it reads (SD_PROTECT_READS) but a write is 403 until a token is sent."""
+    cert, key = server_files
+    (tmp_path / "ca.crt").write_bytes(ca.pem)
+    config = make_config(
+        tls_cert_file=cert,
+        tls_key_file=key,
+        tls_client_ca_file=str(tmp_path / "ca.crt"),
+        tls_client_cert_auth=cert_auth,
+        api_tokens="tok-for-writes",
+        protect_reads=True,
+    )
+    client = ca.issue("sidecar", client=True)
+    context = ca.client_context(client, tmp_path)
+    body = {"name": unique_name}
+    async with run_app(config) as app:
+        base = f"https://127.0.0.1:{app.http_port}"
+        async with aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(ssl=context)) as s:
+            async with s.get("/services") as r:
+                assert r.status == 200
+            async with s.put("/service", json=body) as r:
+                assert r.status == (201 if cert_auth == "write" else 403), await r.text()
+            auth = {"Authorization": "Bearer tok-for-writes"}
+            ports = {"http": {"port": 80}}
+            async with s.put(f"/service/{unique_name}/ports", json=ports, headers=auth) as r:
+                # the token is still honoured beside the certificate (404: not created above)
+                assert r.status == (200 if cert_auth == "write" else 404), await r.text()
+        target = f"127.0.0.1:{app.grpc_port}"
+        creds = grpc_credentials(ca, client)
+        async with grpc.aio.secure_channel(target, creds, GRPC_OPTIONS) as channel:
+            stub = pb_grpc.DiscoveryServiceStub(channel)
+            await stub.ListServices(pb.ListServicesRequest(), timeout=5)
+            request = pb.DeleteServiceRequest(service_name=unique_name)
+            if cert_auth == "write":
+                await stub.DeleteService(request, timeout=5)
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.DeleteService(request, timeout=5)
+                assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
