@@ -196,8 +196,9 @@ class App:
             if applied:
                 log.info("embedded database: applied migrations %s", ", ".join(applied))
             return
-        if self._migrate_first:
-            applied = await asyncio.to_thread(migrate.apply, self.database_url)
+        if self._migrate_first:  # as the schema owner (MIGRATE_DATABASE_URL) when there is one
+            url = self.config.migrate_database_url or self.database_url
+            applied = await asyncio.to_thread(migrate.apply, url)
             log.info("applied migrations: %s", ", ".join(applied) or "none pending")
             return
         try:
