@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service_discovery import dburl
+
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error")
 
 
@@ -96,6 +98,10 @@ _domain = _Parser(_parse_domain, "a DNS name such as svc.cluster.local")
 
 # Free text (URLs, paths, tokens), taken as written.
 _verbatim = _Parser(str, "text")
+_postgres_url = _Parser(
+    dburl.check,
+    "a PostgreSQL URL such as postgresql://user@host1:5432,host2:5432/db?sslmode=verify-full",
+)
 
 
 def _parse_datacenter(raw: str) -> str:
@@ -136,7 +142,11 @@ class Config:
     """Every setting of the daemon. Defaults are what `serve` uses with an empty environment."""
 
     database_url: str | None = _setting(
-        "DATABASE_URL", None, _verbatim, "PostgreSQL URL; unset = embedded server", secret=True
+        "DATABASE_URL",
+        None,
+        _postgres_url,
+        "PostgreSQL URL; unset = embedded server",
+        secret=True,
     )
     database_url_file: str | None = _setting(
         "DATABASE_URL_FILE", None, _verbatim, "file holding the PostgreSQL URL (for DATABASE_URL)",
@@ -259,7 +269,7 @@ class Config:
         "TLS_RELOAD_SECONDS", 5.0, _float_range(0.1, 3600), "period of the certificate files check"
     )
     migrate_database_url: str | None = _setting(
-        "MIGRATE_DATABASE_URL", None, _verbatim,
+        "MIGRATE_DATABASE_URL", None, _postgres_url,
         "PostgreSQL URL of the schema owner for migrations (= DATABASE_URL)", secret=True,
     )  # fmt: skip
 
@@ -371,7 +381,10 @@ def _read_url(path: str) -> str:
         raise ConfigError(f"DATABASE_URL_FILE: cannot read it ({exc.strerror})") from exc
     if not url:
         raise ConfigError("DATABASE_URL_FILE holds no URL")
-    return url
+    try:
+        return dburl.check(url)
+    except dburl.BadUrl as exc:
+        raise ConfigError(f"DATABASE_URL_FILE holds an invalid URL ({exc})") from None
 
 
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
@@ -382,10 +395,11 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     parse: _Parser = f.metadata["parse"]
     try:
         return parse(raw)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError) as exc:
         shown = "***" if f.metadata["secret"] else repr(raw)
+        why = f" ({exc})" if isinstance(exc, dburl.BadUrl) else ""  # safe: no password in it
         raise ConfigError(
-            f"{f.metadata['env']}={shown} is invalid: expected {parse.accepts}"
+            f"{f.metadata['env']}={shown} is invalid: expected {parse.accepts}{why}"
         ) from None
 
 
