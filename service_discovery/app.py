@@ -225,6 +225,8 @@ class App:
         answers = AnswerCache(catalog)
         tls_settings = TlsSettings.from_config(config)
         tls = Certificates(tls_settings) if tls_settings is not None else None
+        sync = Sync(config, self.database_url, registry, metrics)
+        metrics.sync_stale.set_function(sync.stale_seconds)
         http = HttpServer(
             http_settings(config, tls), catalog, metrics, auth, self.readiness, watches, answers
         )
@@ -239,7 +241,7 @@ class App:
             store=store,
             leases=leases,
             catalog=catalog,
-            sync=Sync(config, self.database_url, registry, metrics),
+            sync=sync,
             answers=answers,
             http=http,
             consul=consul,
