@@ -36,6 +36,7 @@ from service_discovery.readiness import Readiness
 from service_discovery.registry import Registry
 from service_discovery.store import Store
 from service_discovery.sync import Sync
+from service_discovery.tls import Certificates, TlsSettings
 from service_discovery.watch import AnswerCache, WatchLimiter
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Parts:
     consul: ConsulApi  # served by `http` under /v1/
     dns: DnsServer
     grpc: GrpcServer
+    tls: Certificates | None  # reloads the certificate files while serving
 
     @property
     def front_ends(self) -> tuple[FrontEnd, ...]:
@@ -79,7 +81,7 @@ class Parts:
         return (self.http, self.dns, self.grpc)
 
 
-def http_settings(config: Config) -> HttpSettings:
+def http_settings(config: Config, tls: Certificates | None = None) -> HttpSettings:
     return HttpSettings(
         bind_address=config.bind_address,
         port=config.http_port,
@@ -88,15 +90,17 @@ def http_settings(config: Config) -> HttpSettings:
         max_body_bytes=config.http_max_body_bytes,
         body_timeout_seconds=config.http_body_timeout_seconds,
         watch_max_wait_seconds=config.watch_max_wait_seconds,
+        ssl_context=tls.ssl_context if tls is not None else None,
     )
 
 
-def grpc_settings(config: Config) -> GrpcSettings:
+def grpc_settings(config: Config, tls: Certificates | None = None) -> GrpcSettings:
     return GrpcSettings(
         bind_address=config.bind_address,
         port=config.grpc_port,
         max_message_bytes=config.http_max_body_bytes,
         shutdown_timeout_seconds=config.shutdown_timeout_seconds,
+        credentials=tls.grpc_credentials() if tls is not None else None,
     )
 
 
@@ -198,8 +202,9 @@ class App:
             if applied:
                 log.info("embedded database: applied migrations %s", ", ".join(applied))
             return
-        if self._migrate_first:
-            applied = await asyncio.to_thread(migrate.apply, self.database_url)
+        if self._migrate_first:  # as the schema owner (MIGRATE_DATABASE_URL) when there is one
+            url = self.config.migrate_database_url or self.database_url
+            applied = await asyncio.to_thread(migrate.apply, url)
             log.info("applied migrations: %s", ", ".join(applied) or "none pending")
             return
         try:
@@ -220,13 +225,17 @@ class App:
         leases = Leases(config, store, registry, metrics)
         commit = GroupCommit(config, store, registry, metrics)
         catalog = Catalog(Limits.from_config(config), commit, registry, leases, metrics)
-        auth = Auth(config.tokens(), config.protect_reads)
+        auth = Auth.from_config(config)
         warn_if_exposed(auth, config.bind_address)
         # one watch limit per client address and one answer cache, whatever the front-end
         watches = WatchLimiter(config.max_watches_per_client)
         answers = AnswerCache(catalog)
+        tls_settings = TlsSettings.from_config(config)
+        tls = Certificates(tls_settings) if tls_settings is not None else None
+        sync = Sync(config, self.database_url, registry, metrics)
+        metrics.sync_stale.set_function(sync.stale_seconds)
         http = HttpServer(
-            http_settings(config), catalog, metrics, auth, self.readiness, watches, answers
+            http_settings(config, tls), catalog, metrics, auth, self.readiness, watches, answers
         )
         consul = ConsulApi(ConsulSettings.from_config(config), catalog, metrics, auth.enabled,
                            watches, answers)  # fmt: skip
@@ -240,14 +249,15 @@ class App:
             leases=leases,
             commit=commit,
             catalog=catalog,
-            sync=Sync(config, self.database_url, registry, metrics),
+            sync=sync,
             answers=answers,
             http=http,
             consul=consul,
             dns=dns,
             grpc=GrpcServer(
-                grpc_settings(config), catalog, auth, metrics, self.is_ready, watches, answers
+                grpc_settings(config, tls), catalog, auth, metrics, self.is_ready, watches, answers
             ),
+            tls=tls,
         )
 
     async def start(self) -> None:
@@ -257,6 +267,8 @@ class App:
         for server in parts.front_ends:
             await server.start()
         self.metrics.before_render.append(parts.dns.flush_metrics)
+        if parts.tls is not None:
+            parts.tls.start()
         log.info(
             "listening on %s: http %d, dns %d (udp+tcp), grpc %d",
             self.config.bind_address,
@@ -323,6 +335,8 @@ class App:
                     await task
         if parts is not None:
             parts.consul.close()
+            if parts.tls is not None:
+                await parts.tls.stop()
             parts.answers.close()
             # writes still queued or in flight (their callers are gone with the listeners)
             await parts.commit.stop(self.config.shutdown_timeout_seconds)

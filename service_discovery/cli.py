@@ -64,17 +64,18 @@ def setup_logging(level: str) -> None:
 def _migrate(config: Config, check: bool, wait: float) -> int:
     from service_discovery import migrate
 
-    if not config.database_url:
+    url = config.migration_url  # the schema owner's (MIGRATE_DATABASE_URL), else DATABASE_URL
+    if not url:
         print("migrate: DATABASE_URL is not set", file=sys.stderr)
         return EXIT_CONFIG
     if check:
-        todo = migrate.wait_until_current(config.database_url, wait)
+        todo = migrate.wait_until_current(url, wait)
         if todo:
             print(f"migrate: pending migrations: {', '.join(todo)}", file=sys.stderr)
             return EXIT_PENDING
         print("migrate: database is at the latest migration")
         return EXIT_OK
-    applied = migrate.apply(config.database_url)
+    applied = migrate.apply(url)
     print(f"migrate: applied {', '.join(applied)}" if applied else "migrate: nothing to apply")
     return EXIT_OK
 

@@ -10,11 +10,24 @@ import argparse
 import dataclasses
 import ipaddress
 import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from service_discovery import dburl
+from service_discovery.config_parsers import (
+    Parser,
+    boolean,
+    choice,
+    datacenter,
+    domain,
+    float_range,
+    int_range,
+    ip,
+    postgres_url,
+    verbatim,
+)
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error")
 
@@ -23,93 +36,10 @@ class ConfigError(ValueError):
     """An invalid setting; the message names the variable and what it accepts."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Parser:
-    """How a setting's text becomes its value (else ValueError), and what it accepts (errors)."""
-
-    parse: Callable[[str], Any]
-    accepts: str
-
-    def __call__(self, raw: str) -> Any:
-        return self.parse(raw)
-
-
-def _int_range(lo: int, hi: int) -> _Parser:
-    def parse(raw: str) -> int:
-        value = int(raw)
-        if not lo <= value <= hi:
-            raise ValueError
-        return value
-
-    return _Parser(parse, f"an integer from {lo} to {hi}")
-
-
-def _float_range(lo: float, hi: float) -> _Parser:
-    def parse(raw: str) -> float:
-        value = float(raw)
-        if not lo <= value <= hi:
-            raise ValueError
-        return value
-
-    return _Parser(parse, f"a number from {lo:g} to {hi:g}")
-
-
-def _choice(*choices: str) -> _Parser:
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in choices:
-            raise ValueError
-        return value
-
-    return _Parser(parse, "one of " + ", ".join(choices))
-
-
-def _parse_bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError
-
-
-_bool = _Parser(_parse_bool, "true or false")
-
-
-def _parse_ip(raw: str) -> str:
-    return str(ipaddress.ip_address(raw.strip()))
-
-
-_ip = _Parser(_parse_ip, "an IPv4 or IPv6 address")
-
-
-def _parse_domain(raw: str) -> str:
-    value = raw.strip().strip(".").lower()
-    if not value or any(not 0 < len(label) <= 63 for label in value.split(".")) or len(value) > 253:
-        raise ValueError
-    return value
-
-
-_domain = _Parser(_parse_domain, "a DNS name such as svc.cluster.local")
-
-# Free text (URLs, paths, tokens), taken as written.
-_verbatim = _Parser(str, "text")
-
-
-def _parse_datacenter(raw: str) -> str:
-    value = raw.strip().lower()
-    if not re.fullmatch(r"[a-z0-9_-]{1,64}", value):
-        raise ValueError
-    return value
-
-
-_datacenter = _Parser(_parse_datacenter, "1-64 letters, digits, _ and -, such as dc1")
-
-
 def _setting(
     env: str,
     default: Any,
-    parse: _Parser,
+    parse: Parser,
     help: str,
     *,
     secret: bool = False,
@@ -134,114 +64,138 @@ class Config:
     """Every setting of the daemon. Defaults are what `serve` uses with an empty environment."""
 
     database_url: str | None = _setting(
-        "DATABASE_URL", None, _verbatim, "PostgreSQL URL; unset = embedded server", secret=True
+        "DATABASE_URL",
+        None,
+        postgres_url,
+        "PostgreSQL URL; unset = embedded server",
+        secret=True,
     )
     database_url_file: str | None = _setting(
-        "DATABASE_URL_FILE", None, _verbatim, "file holding the PostgreSQL URL (for DATABASE_URL)",
+        "DATABASE_URL_FILE", None, verbatim, "file holding the PostgreSQL URL (for DATABASE_URL)",
         empty_is_error="unset it to use DATABASE_URL or the embedded server",
     )  # fmt: skip
     data_dir: str | None = _setting(
-        "SD_DATA_DIR", None, _verbatim, "data directory of the embedded PostgreSQL"
+        "SD_DATA_DIR", None, verbatim, "data directory of the embedded PostgreSQL"
     )
-    bind_address: str = _setting("BIND_ADDRESS", "127.0.0.1", _ip, "address every listener binds")
-    http_port: int = _setting("HTTP_PORT", 3000, _int_range(0, 65535), "HTTP API port")
-    dns_port: int = _setting("DNS_PORT", 8053, _int_range(0, 65535), "DNS port (UDP and TCP)")
-    grpc_port: int = _setting("GRPC_PORT", 8081, _int_range(0, 65535), "gRPC port")
-    dns_domain: str = _setting("DNS_DOMAIN", "svc.cluster.local", _domain, "DNS zone served")
-    dns_ttl: int = _setting("DNS_TTL", 5, _int_range(0, 86400), "TTL of positive answers")
+    bind_address: str = _setting("BIND_ADDRESS", "127.0.0.1", ip, "address every listener binds")
+    http_port: int = _setting("HTTP_PORT", 3000, int_range(0, 65535), "HTTP API port")
+    dns_port: int = _setting("DNS_PORT", 8053, int_range(0, 65535), "DNS port (UDP and TCP)")
+    grpc_port: int = _setting("GRPC_PORT", 8081, int_range(0, 65535), "gRPC port")
+    dns_domain: str = _setting("DNS_DOMAIN", "svc.cluster.local", domain, "DNS zone served")
+    dns_ttl: int = _setting("DNS_TTL", 5, int_range(0, 86400), "TTL of positive answers")
     dns_negative_ttl: int | None = _setting(
-        "DNS_NEGATIVE_TTL", None, _int_range(0, 86400), "SOA minimum / negative TTL (= DNS_TTL)"
+        "DNS_NEGATIVE_TTL", None, int_range(0, 86400), "SOA minimum / negative TTL (= DNS_TTL)"
     )
     dns_max_udp_size: int = _setting(
-        "DNS_MAX_UDP_SIZE", 1232, _int_range(512, 65535), "largest UDP answer with EDNS0"
+        "DNS_MAX_UDP_SIZE", 1232, int_range(512, 65535), "largest UDP answer with EDNS0"
     )
     dns_ns_name: str | None = _setting(
-        "DNS_NS_NAME", None, _domain, "name of the zone's NS record (= ns.<zone>)"
+        "DNS_NS_NAME", None, domain, "name of the zone's NS record (= ns.<zone>)"
     )
     node_ip: str | None = _setting(
-        "NODE_IP", None, _ip, "this replica's address, for the NS A record (= bind address)"
+        "NODE_IP", None, ip, "this replica's address, for the NS A record (= bind address)"
     )
     dns_consul_names: bool = _setting(
-        "SD_DNS_CONSUL_NAMES", False, _bool,
+        "SD_DNS_CONSUL_NAMES", False, boolean,
         "also answer <svc>.service.<zone>, <tag>.<svc>.service.<zone>, _<svc>._tcp.service.<zone>",
     )  # fmt: skip
     dns_cache_size: int = _setting(
-        "DNS_CACHE_SIZE", 50000, _int_range(0, 10_000_000), "encoded answers kept"
+        "DNS_CACHE_SIZE", 50000, int_range(0, 10_000_000), "encoded answers kept"
     )
     dns_tcp_max_connections: int = _setting(
-        "DNS_TCP_MAX_CONNECTIONS", 1000, _int_range(1, 1_000_000), "open DNS TCP connections"
+        "DNS_TCP_MAX_CONNECTIONS", 1000, int_range(1, 1_000_000), "open DNS TCP connections"
     )
     dns_tcp_idle_seconds: float = _setting(
-        "DNS_TCP_IDLE_SECONDS", 10.0, _float_range(0.1, 3600), "idle DNS TCP connection timeout"
+        "DNS_TCP_IDLE_SECONDS", 10.0, float_range(0.1, 3600), "idle DNS TCP connection timeout"
     )
-    logger_level: str = _setting("LOGGER_LEVEL", "info", _choice(*LOG_LEVELS), "log level")
+    logger_level: str = _setting("LOGGER_LEVEL", "info", choice(*LOG_LEVELS), "log level")
     shutdown_drain_seconds: float = _setting(
-        "SHUTDOWN_DRAIN_SECONDS", 5.0, _float_range(0, 3600), "wait after /ready turns 503"
+        "SHUTDOWN_DRAIN_SECONDS", 5.0, float_range(0, 3600), "wait after /ready turns 503"
     )
     shutdown_timeout_seconds: float = _setting(
-        "SHUTDOWN_TIMEOUT_SECONDS", 10.0, _float_range(0, 3600), "in-flight work deadline"
+        "SHUTDOWN_TIMEOUT_SECONDS", 10.0, float_range(0, 3600), "in-flight work deadline"
     )
-    db_pool_min_size: int = _setting("DB_POOL_MIN_SIZE", 1, _int_range(0, 1000), "pool minimum")
-    db_pool_max_size: int = _setting("DB_POOL_MAX_SIZE", 10, _int_range(1, 1000), "pool maximum")
+    db_pool_min_size: int = _setting("DB_POOL_MIN_SIZE", 1, int_range(0, 1000), "pool minimum")
+    db_pool_max_size: int = _setting("DB_POOL_MAX_SIZE", 10, int_range(1, 1000), "pool maximum")
     db_timeout_seconds: float = _setting(
-        "DB_TIMEOUT_SECONDS", 5.0, _float_range(0.1, 600), "connect/statement timeout of writes"
+        "DB_TIMEOUT_SECONDS", 5.0, float_range(0.1, 600), "connect/statement timeout of writes"
     )
     http_idle_timeout_seconds: float = _setting(
-        "HTTP_IDLE_TIMEOUT_SECONDS", 15.0, _float_range(0.1, 3600),
+        "HTTP_IDLE_TIMEOUT_SECONDS", 15.0, float_range(0.1, 3600),
         "close an HTTP connection idle (or still sending its headers) this long",
     )  # fmt: skip
     http_body_timeout_seconds: float = _setting(
-        "HTTP_BODY_TIMEOUT_SECONDS", 10.0, _float_range(0.1, 3600),
+        "HTTP_BODY_TIMEOUT_SECONDS", 10.0, float_range(0.1, 3600),
         "a request body must arrive within this (else 408)",
     )  # fmt: skip
     http_max_body_bytes: int = _setting(
-        "HTTP_MAX_BODY_BYTES", 1024 * 1024, _int_range(1024, 1 << 30), "largest request body"
+        "HTTP_MAX_BODY_BYTES", 1024 * 1024, int_range(1024, 1 << 30), "largest request body"
     )
     api_tokens: str | None = _setting(
-        "SD_API_TOKENS", None, _verbatim, "comma-separated bearer tokens for writes; set but empty "
+        "SD_API_TOKENS", None, verbatim, "comma-separated bearer tokens for writes; set but empty "
         "= error", secret=True, empty_is_error=_OPEN_WRITES,
     )  # fmt: skip
     api_tokens_file: str | None = _setting(
-        "SD_API_TOKENS_FILE", None, _verbatim, "file of bearer tokens, one per line; set but empty "
-        "= error", empty_is_error=_OPEN_WRITES,
+        "SD_API_TOKENS_FILE", None, verbatim, "file of bearer tokens, one per line: TOKEN "
+        "[SCOPE]; set but empty = error", empty_is_error=_OPEN_WRITES,
     )  # fmt: skip
-    protect_reads: bool = _setting("SD_PROTECT_READS", False, _bool, "require a token for reads")
-    ui: bool = _setting("SD_UI", True, _bool, "serve the web dashboard at /ui/")
+    protect_reads: bool = _setting("SD_PROTECT_READS", False, boolean, "require a token for reads")
+    ui: bool = _setting("SD_UI", True, boolean, "serve the web dashboard at /ui/")
     max_endpoints_per_service: int = _setting(
-        "SD_MAX_ENDPOINTS_PER_SERVICE", 10000, _int_range(1, 10_000_000), "endpoints per service"
+        "SD_MAX_ENDPOINTS_PER_SERVICE", 10000, int_range(1, 10_000_000), "endpoints per service"
     )
     max_tags_per_endpoint: int = _setting(
-        "SD_MAX_TAGS_PER_ENDPOINT", 32, _int_range(0, 10000), "tags per endpoint"
+        "SD_MAX_TAGS_PER_ENDPOINT", 32, int_range(0, 10000), "tags per endpoint"
     )
     max_attributes: int = _setting(
-        "SD_MAX_ATTRIBUTES", 64, _int_range(0, 10000), "attributes per service"
+        "SD_MAX_ATTRIBUTES", 64, int_range(0, 10000), "attributes per service"
     )
     max_value_length: int = _setting(
-        "SD_MAX_VALUE_LENGTH", 1024, _int_range(1, 1 << 20), "length of attribute values, tags"
+        "SD_MAX_VALUE_LENGTH", 1024, int_range(1, 1 << 20), "length of attribute values, tags"
     )
     max_watches_per_client: int = _setting(
-        "SD_MAX_WATCHES_PER_CLIENT", 2000, _int_range(1, 1_000_000), "open watches per address"
+        "SD_MAX_WATCHES_PER_CLIENT", 2000, int_range(1, 1_000_000), "open watches per address"
     )
     watch_max_wait_seconds: float = _setting(
-        "SD_WATCH_MAX_WAIT_SECONDS", 600.0, _float_range(0.1, 3600), "cap of ?wait="
+        "SD_WATCH_MAX_WAIT_SECONDS", 600.0, float_range(0.1, 3600), "cap of ?wait="
     )
-    write_batch_max: int = _setting("SD_WRITE_BATCH_MAX", 500, _int_range(1, 100_000),
+    write_batch_max: int = _setting("SD_WRITE_BATCH_MAX", 500, int_range(1, 100_000),
         "writes per batch at most (group commit; bulk: its endpoints)")  # fmt: skip
     lease_reap_interval_seconds: float = _setting(
-        "SD_LEASE_REAP_INTERVAL_SECONDS", 1.0, _float_range(0.05, 3600), "reaper period"
+        "SD_LEASE_REAP_INTERVAL_SECONDS", 1.0, float_range(0.05, 3600), "reaper period"
     )
     lease_flush_interval_seconds: float = _setting(
-        "SD_LEASE_FLUSH_INTERVAL_SECONDS", 0.2, _float_range(0.01, 60), "heartbeat batch window"
+        "SD_LEASE_FLUSH_INTERVAL_SECONDS", 0.2, float_range(0.01, 60), "heartbeat batch window"
     )
     lease_mass_expiry_share: float = _setting(
-        "SD_LEASE_MASS_EXPIRY_SHARE", 0.5, _float_range(0, 1), "expired share that stops expiry"
+        "SD_LEASE_MASS_EXPIRY_SHARE", 0.5, float_range(0, 1), "expired share that stops expiry"
     )
     lease_mass_expiry_min: int = _setting(
-        "SD_LEASE_MASS_EXPIRY_MIN", 10, _int_range(0, 1_000_000), "leases before the guard applies"
+        "SD_LEASE_MASS_EXPIRY_MIN", 10, int_range(0, 1_000_000), "leases before the guard applies"
     )
     consul_datacenter: str = _setting(
-        "SD_CONSUL_DATACENTER", "dc1", _datacenter, "datacenter the Consul-compatible API reports"
+        "SD_CONSUL_DATACENTER", "dc1", datacenter, "datacenter the Consul-compatible API reports"
     )
+
+    # ---- TLS, client certificates and the migration role (README: Production) ----------
+    tls_cert_file: str | None = _setting(
+        "TLS_CERT_FILE", None, verbatim, "PEM certificate chain: HTTP and gRPC serve TLS"
+    )
+    tls_key_file: str | None = _setting("TLS_KEY_FILE", None, verbatim, "PEM private key")
+    tls_client_ca_file: str | None = _setting(
+        "TLS_CLIENT_CA_FILE", None, verbatim, "PEM CA bundle: require client certificates (mTLS)"
+    )
+    tls_client_cert_auth: str = _setting(
+        "TLS_CLIENT_CERT_AUTH", "none", choice("none", "read", "write"),
+        "what a verified client certificate allows without a bearer token",
+    )  # fmt: skip
+    tls_reload_seconds: float = _setting(
+        "TLS_RELOAD_SECONDS", 5.0, float_range(0.1, 3600), "period of the certificate files check"
+    )
+    migrate_database_url: str | None = _setting(
+        "MIGRATE_DATABASE_URL", None, postgres_url,
+        "PostgreSQL URL of the schema owner for migrations (= DATABASE_URL)", secret=True,
+    )  # fmt: skip
 
     @classmethod
     def from_env(
@@ -268,7 +222,21 @@ class Config:
                 raise ConfigError("DATABASE_URL and DATABASE_URL_FILE are both set: give one")
             url = _read_url(config.database_url_file)
             config = dataclasses.replace(config, database_url=url)
+        config._check_tls()
         return config
+
+    def _check_tls(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
+        if self.tls_client_cert_auth != "none" and not self.tls_client_ca_file:
+            raise ConfigError("TLS_CLIENT_CERT_AUTH needs TLS_CLIENT_CA_FILE")
+
+    @property
+    def migration_url(self) -> str | None:
+        """The URL `migrate` connects with: the schema owner's, else the daemon's own."""
+        return self.migrate_database_url or self.database_url
 
     @property
     def negative_ttl(self) -> int:
@@ -293,24 +261,30 @@ class Config:
         base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
         return Path(base) / "service-discovery" / "pgdata"
 
-    def tokens(self) -> frozenset[str]:
-        """Bearer tokens from SD_API_TOKENS and SD_API_TOKENS_FILE (empty = writes open)."""
-        tokens: set[str] = set()
+    def tokens(self) -> dict[str, str]:
+        """Bearer tokens from SD_API_TOKENS and SD_API_TOKENS_FILE (empty = writes open), each
+        with its scope as written: '' for SD_API_TOKENS, the text after the token on a line of
+        the file (auth.parse_scope reads it)."""
+        tokens: dict[str, str] = {}
         if self.api_tokens:
-            tokens.update(t.strip() for t in self.api_tokens.split(","))
+            tokens.update((t.strip(), "") for t in self.api_tokens.split(","))
         if self.api_tokens_file:
             try:
                 text = Path(self.api_tokens_file).read_text()
             except OSError as exc:
                 raise ConfigError(f"SD_API_TOKENS_FILE: cannot read it ({exc.strerror})") from exc
-            tokens.update(line.strip() for line in text.splitlines())
-        tokens.discard("")
+            for line in text.splitlines():
+                if line.lstrip().startswith("#"):
+                    continue  # a comment
+                token, _, scope = line.strip().partition(" ")
+                tokens[token] = scope.strip()
+        tokens.pop("", None)
         # Fail closed: a token setting that yields no token must not leave writes open.
         if (self.api_tokens is not None or self.api_tokens_file is not None) and not tokens:
             raise ConfigError("SD_API_TOKENS / SD_API_TOKENS_FILE is set but holds no token")
         if self.protect_reads and not tokens:
             raise ConfigError("SD_PROTECT_READS=true needs SD_API_TOKENS or SD_API_TOKENS_FILE")
-        return frozenset(tokens)
+        return tokens
 
     def redacted(self) -> dict[str, Any]:
         """The settings for a log line, with secrets hidden."""
@@ -331,7 +305,10 @@ def _read_url(path: str) -> str:
         raise ConfigError(f"DATABASE_URL_FILE: cannot read it ({exc.strerror})") from exc
     if not url:
         raise ConfigError("DATABASE_URL_FILE holds no URL")
-    return url
+    try:
+        return dburl.check(url)
+    except dburl.BadUrl as exc:
+        raise ConfigError(f"DATABASE_URL_FILE holds an invalid URL ({exc})") from None
 
 
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
@@ -339,13 +316,14 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
         raise ConfigError(
             f"{f.metadata['env']} is set but empty: give a value, or {f.metadata['empty_is_error']}"
         )
-    parse: _Parser = f.metadata["parse"]
+    parse: Parser = f.metadata["parse"]
     try:
         return parse(raw)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError) as exc:
         shown = "***" if f.metadata["secret"] else repr(raw)
+        why = f" ({exc})" if isinstance(exc, dburl.BadUrl) else ""  # safe: no password in it
         raise ConfigError(
-            f"{f.metadata['env']}={shown} is invalid: expected {parse.accepts}"
+            f"{f.metadata['env']}={shown} is invalid: expected {parse.accepts}{why}"
         ) from None
 
 

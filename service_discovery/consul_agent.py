@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from service_discovery import __version__, consul_model
+from service_discovery.auth import checks_services, permit
 from service_discovery.consul_model import DEFAULT_PORT_NAME
 from service_discovery.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from service_discovery.model import Endpoint, EndpointSpec, NamedPort, Service, ServiceSpec
@@ -124,9 +125,11 @@ class ConsulAgent:
             request, consul_model.agent_service(svc, e, port, self.api.datacenter)
         )
 
+    @checks_services
     async def register(self, request: web.Request) -> web.Response:
         self.api.check_query(request)
         reg = consul_model.registration(await _body(request), self.api.catalog.limits)
+        permit(request, reg.name)
         svc = self.api.catalog.find(reg.name)
         ports = {}
         if reg.port is not None:
@@ -143,6 +146,7 @@ class ConsulAgent:
         # registered again under its ID: the old endpoint goes first.
         held = self.api.catalog.instance(reg.instance_id)
         if held is not None and held != (svc.key, reg.ip):
+            permit(request, held[0])  # the ID moves away from that service
             try:
                 await self.api.catalog.deregister(*held)
             except NotFound:
@@ -151,6 +155,7 @@ class ConsulAgent:
         await self.api.catalog.register(svc.name, spec)
         return web.Response(status=200)
 
+    @checks_services
     async def deregister(self, request: web.Request) -> web.Response:
         self.api.check_query(request)
         instance = request.match_info["service_id"]
@@ -158,13 +163,14 @@ class ConsulAgent:
         if held is None and self._derived_names_endpoint(instance):
             held = consul_model.derived_target(instance)
         if held is not None:
+            permit(request, held[0])
             try:
                 await self.api.catalog.deregister(*held)
             except NotFound:
                 pass  # as Consul: deregistering what is not there changes nothing
         return web.Response(status=200)
 
-    async def _heartbeat(self, check_id: str) -> None:
+    async def _heartbeat(self, request: web.Request, check_id: str) -> None:
         found = None
         for instance in consul_model.check_targets(check_id):
             found = self._resolve(instance)
@@ -175,15 +181,18 @@ class ConsulAgent:
                 f"unknown check ID {check_id!r} (a lapsed lease is gone: register again)"
             )
         svc, e = found
+        permit(request, svc.name)
         if e.ttl_seconds is None:
             raise NotFound(f"{check_id!r} is no TTL check: its instance was registered without")
         await self.api.catalog.heartbeat(svc.name, e.ip)
 
+    @checks_services
     async def check_pass(self, request: web.Request) -> web.Response:
         self.api.check_query(request)
-        await self._heartbeat(request.match_info["check_id"])
+        await self._heartbeat(request, request.match_info["check_id"])
         return web.Response(status=200)
 
+    @checks_services
     async def check_update(self, request: web.Request) -> web.Response:
         self.api.check_query(request)
         body = await _body(request)
@@ -193,7 +202,7 @@ class ConsulAgent:
                 "Status must be 'passing' (renews the lease): there is no warning or critical "
                 "state here; a lease lapses by itself, or deregister the instance"
             )
-        await self._heartbeat(request.match_info["check_id"])
+        await self._heartbeat(request, request.match_info["check_id"])
         return web.Response(status=200)
 
     async def leader(self, request: web.Request) -> web.Response:

@@ -45,6 +45,12 @@ class Unauthenticated(RegistryError):
     code = "unauthenticated"
 
 
+class Forbidden(RegistryError):
+    """A valid credential that does not allow this request (read-only, or another service)."""
+
+    code = "forbidden"
+
+
 class StoreUnavailable(RegistryError):
     code = "unavailable"
 
@@ -73,6 +79,7 @@ class Status(NamedTuple):
 STATUS: dict[type[RegistryError], Status] = {
     InvalidInput: Status(400, "INVALID_ARGUMENT"),
     Unauthenticated: Status(401, "UNAUTHENTICATED"),
+    Forbidden: Status(403, "PERMISSION_DENIED"),
     NotFound: Status(404, "NOT_FOUND"),
     AlreadyExists: Status(409, "ALREADY_EXISTS"),
     Conflict: Status(409, "FAILED_PRECONDITION"),

@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service_discovery import model
-from service_discovery.auth import Auth
+from service_discovery.auth import Auth, Grant
 from service_discovery.catalog import Catalog
 from service_discovery.errors import InvalidInput, NotReady
 from service_discovery.grpc_calls import Call, CallStats
@@ -101,9 +101,11 @@ def _unary(*, write: bool) -> Callable[[Unary[Req, Resp]], Handler[Req, Resp]]:
             self: DiscoveryServicer, request: Req, context: grpc.aio.ServicerContext
         ) -> Resp:
             with Call(self.stats, method) as call:
-                self.authorize(context, write=write)
+                grant = self.authorize(context, write=write)
                 if isinstance(request, Malformed):
                     request.reject()
+                if grant is not None and write:
+                    grant.permit(_target(request))
                 return await fn(self, request)
             await context.abort(call.code, call.message)
             raise AssertionError("unreachable: abort raises")
@@ -111,6 +113,16 @@ def _unary(*, write: bool) -> Callable[[Unary[Req, Resp]], Handler[Req, Resp]]:
         return handler
 
     return decorate
+
+
+def _target(request: object) -> str:
+    """The service a write request changes (every write names exactly one)."""
+    if isinstance(request, pb.CreateServiceRequest):
+        return request.service.name
+    name = getattr(request, "service_name", None)
+    if not isinstance(name, str):  # a new write RPC must say here what it targets
+        raise TypeError(f"{type(request).__name__} names no service")
+    return name
 
 
 def _get_service_response(svc: Service) -> pb.GetServiceResponse:
@@ -137,15 +149,18 @@ class DiscoveryServicer:
         self._limiter = limiter
         self._get_service = answers.format(_get_service_response)
 
-    def authorize(self, context: grpc.aio.ServicerContext, *, write: bool) -> None:
+    def authorize(self, context: grpc.aio.ServicerContext, *, write: bool) -> Grant | None:
+        """The call's Grant (None: no credential needed); raises Unauthenticated, Forbidden."""
         if not self.auth.required(write=write):  # skip reading metadata when no token is needed
-            return
+            return None
         token = None
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 token = value if isinstance(value, str) else None
                 break
-        self.auth.check(token, write=write)
+        # gRPC verified the client certificate (TLS_CLIENT_CA_FILE) before the call began
+        client_cert = bool(context.auth_context().get("x509_pem_cert"))
+        return self.auth.authenticate(token, write=write, client_cert=client_cert)
 
     # ---- reads (the registry copy) --------------------------------------------------------
     @_unary(write=False)
@@ -264,6 +279,7 @@ class GrpcSettings:
     port: int  # 0: an ephemeral port
     max_message_bytes: int  # the largest request accepted (HTTP_MAX_BODY_BYTES)
     shutdown_timeout_seconds: float  # in-flight calls get this long at stop
+    credentials: grpc.ServerCredentials | None = None  # TLS (tls.py keeps them current)
 
 
 class GrpcServer:
@@ -304,7 +320,10 @@ class GrpcServer:
         host, port = settings.bind_address, settings.port
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            self.port = server.add_insecure_port(address)
+            if settings.credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, settings.credentials)
         except RuntimeError as exc:  # grpcio reports a failed bind this way
             raise OSError(errno.EADDRINUSE, f"gRPC cannot listen on {address}: {exc}") from None
         self._servicer.watches.start()

@@ -6,6 +6,7 @@ registry errors become JSON errors in one middleware (http_middlewares.py).
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from service_discovery import http_middlewares, model
-from service_discovery.auth import Auth
+from service_discovery.auth import Auth, checks_services, permit
 from service_discovery.catalog import Catalog
 from service_discovery.errors import InvalidInput
 from service_discovery.http_middlewares import X_INDEX
@@ -35,6 +36,7 @@ class HttpSettings:
     max_body_bytes: int  # larger bodies are refused with 413
     body_timeout_seconds: float  # a body must arrive within this, else 408
     watch_max_wait_seconds: float  # the cap of a blocking query's ?wait=
+    ssl_context: ssl.SSLContext | None = None  # TLS (tls.py keeps it current)
 
 
 CATALOG = web.AppKey("catalog", Catalog)
@@ -158,9 +160,11 @@ async def get_service(request: web.Request) -> web.Response:
     )
 
 
+@checks_services
 async def create_service(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     spec = model.service_spec(await _body(request), catalog.limits)
+    permit(request, spec.name)
     svc = await catalog.create_service(spec)
     return _json(request, service_json(svc), status=201, index=svc.version)
 
@@ -325,7 +329,13 @@ class HttpServer:
         )
         await runner.setup()
         self._runner = runner  # from here on, stop() has something to clean up
-        site = web.TCPSite(runner, settings.bind_address, settings.port, backlog=1024)
+        site = web.TCPSite(
+            runner,
+            settings.bind_address,
+            settings.port,
+            backlog=1024,
+            ssl_context=settings.ssl_context,
+        )
         await site.start()
         self.port = runner.addresses[0][1]
 

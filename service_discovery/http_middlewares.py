@@ -4,8 +4,9 @@
 2. `report_index`: the index a read reports (X-Index), also on its error answers;
 3. `errors`: registry and HTTP errors become JSON errors, `{"error": code, "message": ...}`,
    the only place they do (statuses from errors.STATUS); anything else is a logged 500;
-4. `authorize`: bearer tokens for writes (and reads under SD_PROTECT_READS), probes and the
-   dashboard's static files open;
+4. `authorize`: bearer tokens or client certificates for writes (and reads under
+   SD_PROTECT_READS), probes and the dashboard's static files open; a write limited to services
+   checks the one the path names;
 5. `bounded_body`: a body is refused when declared too large, and must arrive in time.
 """
 
@@ -18,8 +19,8 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from service_discovery.auth import Auth
-from service_discovery.errors import RegistryError, wire_status
+from service_discovery.auth import GRANT, Auth, handler_checks_services
+from service_discovery.errors import Forbidden, RegistryError, wire_status
 from service_discovery.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -122,12 +123,29 @@ def authorization(request: web.Request) -> str | None:
     return given
 
 
+def _client_cert(request: web.Request) -> bool:
+    """Whether the connection presented a verified client certificate (mTLS)."""
+    transport = request.transport
+    return transport is not None and bool(transport.get_extra_info("peercert"))
+
+
 def authorize(auth: Auth) -> Middleware:
     @web.middleware
     async def authorize(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in OPEN_PATHS and route_of(request) not in OPEN_ROUTES:
             write = request.method not in ("GET", "HEAD")
-            auth.check(authorization(request), write=write)
+            grant = auth.authenticate(
+                authorization(request), write=write, client_cert=_client_cert(request)
+            )
+            if grant is not None and write and grant.limited:
+                # The service a write targets: named by the path (native routes), else the
+                # handler checks each one it changes (auth.checks_services), else refused.
+                name = request.match_info.get("name")
+                if name is not None:
+                    grant.permit(name)
+                elif not handler_checks_services(request.match_info.handler):
+                    raise Forbidden("this route is not open to a credential limited to services")
+                request[GRANT] = grant
         return await handler(request)
 
     return authorize

@@ -112,6 +112,10 @@ class Metrics:
         self.sync_connected = Gauge(
             "sd_sync_listen_connected", "1 while the LISTEN connection is up", registry=r
         )
+        self.sync_stale = Gauge(
+            "sd_sync_stale_seconds",
+            "seconds since the copy was last known current (0 while LISTEN is up)", registry=r,
+        )  # fmt: skip
         self.store_errors = Counter(
             "sd_store_unavailable_total", "writes refused because the database was unavailable",
             registry=r,

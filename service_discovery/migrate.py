@@ -1,13 +1,24 @@
-"""Schema migrations with yoyo-migrations, from the SQL files shipped inside the package."""
+"""Schema migrations with yoyo-migrations, from the SQL files shipped inside the package.
+
+yoyo parses URLs itself and cannot read several hosts (`host1:5432,host2:5432`), so its
+PostgreSQL backend is handed a connection that libpq opened from the whole URL: the same hosts,
+`target_session_attrs`, `sslmode` and sockets that `serve` uses, the primary found the same way.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
-from yoyo import get_backend, read_migrations
+from yoyo import read_migrations
 from yoyo.backends import DatabaseBackend
+from yoyo.backends.core.postgresql import PostgresqlBackend
+from yoyo.connections import DatabaseURI
+from yoyo.migrations import default_migration_table
 
+from service_discovery import dburl
+from service_discovery.config import ConfigError
 from service_discovery.errors import StoreUnavailable
 
 
@@ -19,11 +30,34 @@ def migrations_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "migrations"
 
 
+class _LibpqBackend(PostgresqlBackend):  # type: ignore[misc]
+    """yoyo's PostgreSQL backend on a connection libpq opens from the URL as written (carried
+    in the DatabaseURI's args: yoyo copies a backend with the URI it was made with)."""
+
+    def connect(self, dburi: Any) -> Any:
+        connection = self.driver.connect(dburi.args["dsn"])
+        connection.autocommit = True  # as yoyo does: it opens its transactions explicitly
+        return connection
+
+
 def _backend(url: str) -> DatabaseBackend:
     try:
-        return get_backend(url)
-    except Exception as exc:  # psycopg2 raises its own OperationalError for refused connections
+        dburl.check(url)
+    except dburl.BadUrl as exc:
+        raise ConfigError(f"the database URL is invalid: {exc}") from None
+    import psycopg2
+
+    try:
+        dburi = DatabaseURI("postgresql", None, None, None, None, None, {"dsn": url})
+        backend = _LibpqBackend(dburi, default_migration_table)
+    except psycopg2.Error as exc:  # refused, timed out, no read-write host, bad password
         raise StoreUnavailable("database unreachable", str(exc).strip()) from exc
+    try:
+        backend.init_database()  # yoyo's own tables
+    except psycopg2.Error as exc:
+        backend.connection.close()
+        raise StoreUnavailable("database error", str(exc).strip()) from exc
+    return backend
 
 
 def pending(url: str) -> list[str]:

@@ -45,8 +45,17 @@ _OUTAGE_LOG_INTERVAL = 10.0  # seconds between log lines about failing database 
 def database_address(url: str) -> str:
     """host:port/database of a PostgreSQL URL, without its credentials: for log lines."""
     parts = urlsplit(url)
-    host = parts.hostname or parse_qs(parts.query).get("host", ["localhost"])[0]
-    return f"{host}:{parts.port or 5432}{parts.path}"
+    # The network location may list several hosts (host1:5432,host2:5432), which urlsplit's
+    # hostname and port cannot read: take it apart by hand, dropping the credentials.
+    hosts = parts.netloc.rpartition("@")[2]
+    if not hosts:
+        hosts = parse_qs(parts.query).get("host", ["localhost"])[0]
+    return ",".join(_with_port(h) for h in hosts.split(",")) + parts.path
+
+
+def _with_port(host: str) -> str:
+    has_port = "]:" in host if host.startswith("[") else ":" in host  # [::1]:5432 or db:5432
+    return host if has_port else f"{host}:5432"
 
 
 def unavailable(exc: BaseException, where: str = "") -> StoreUnavailable:

@@ -24,7 +24,12 @@ from service_discovery.store import connect, read_endpoints, read_snapshot
 
 log = logging.getLogger(__name__)
 
-_BACKOFF_MAX = 5.0
+# Reconnect attempts: 50 ms, doubling to at most 0.5 s, each drawn at random from its upper half
+# (replicas that lost the database together do not knock together). The cap bounds how long the
+# copy stays stale once the database accepts connections again, as after a failover; an attempt
+# costs the server one connection start, so a few replicas at two a second are harmless.
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 0.5
 _PING_SECONDS = 5.0
 
 
@@ -69,7 +74,7 @@ class Sync:
         return self._conn.get_server_pid() if self._conn is not None else None
 
     async def _run(self) -> None:
-        delay = 0.1
+        delay = _BACKOFF_FIRST
         first = True
         while True:
             try:
@@ -77,7 +82,7 @@ class Sync:
                 if not first:
                     self._metrics.sync_reconnects.inc()
                 first = False
-                delay = 0.1
+                delay = _BACKOFF_FIRST
                 await self._serve_notifications()
             except asyncio.CancelledError:
                 raise
@@ -96,7 +101,7 @@ class Sync:
             if self._conn is not None:
                 self._conn.terminate()
                 self._conn = None
-            await asyncio.sleep(delay * (0.5 + random.random()))
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, _BACKOFF_MAX)
 
     def _set_connected(self, up: bool) -> None:

@@ -115,12 +115,14 @@ async def test_database_outage_reads_serve_writes_503_then_recover(
             "database connection lost or refused" in r.getMessage() for r in caplog.records
         ), [r.getMessage() for r in caplog.records]
 
-        # Step 4: reads keep working from memory: /ready 200, HTTP, DNS (UDP and TCP), gRPC.
+        # Step 4: reads keep working from memory: /ready 200 (saying the copy is stale, and
+        # since when, as the metric does), HTTP, DNS (UDP and TCP), gRPC.
         async with http.get("/ready") as resp:
             assert resp.status == 200
             state = await resp.json()
         assert state["ready"] and state["database"] == "down" and state["copy"] == "stale", state
         assert state["stale_seconds"] > 0 and not state["draining"], state
+        assert await scrape(http, "sd_sync_stale_seconds") > 0
         async with http.get(f"/service/{unique_name}") as resp:
             assert resp.status == 200
             svc = await resp.json()
@@ -169,6 +171,7 @@ async def test_database_outage_reads_serve_writes_503_then_recover(
             state = await resp.json()
         assert state["database"] == "up" and state["copy"] == "live", state
         assert state["stale_seconds"] == 0, state
+        assert await scrape(http, "sd_sync_stale_seconds") == 0
         assert await scrape(http, "sd_sync_listen_reconnects_total") >= 1
         assert await dns_a(app.dns_port, unique_name) == [*ips, "10.9.2.1"]
 

@@ -35,6 +35,7 @@ from service_discovery.errors import (
     STATUS,
     AlreadyExists,
     Conflict,
+    Forbidden,
     InvalidInput,
     LimitExceeded,
     NotFound,
@@ -374,6 +375,7 @@ def test_registry_errors_map_in_one_table() -> None:
         AlreadyExists: Code.ALREADY_EXISTS,
         TooManyRequests: Code.RESOURCE_EXHAUSTED,
         Unauthenticated: Code.UNAUTHENTICATED,
+        Forbidden: Code.PERMISSION_DENIED,
         StoreUnavailable: Code.UNAVAILABLE,
         NotReady: Code.UNAVAILABLE,
     }

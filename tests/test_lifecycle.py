@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -65,6 +66,55 @@ def test_migrate_check_wait_gives_up_on_unreachable_database() -> None:
     assert res.returncode != 0
     assert 1.5 < time.monotonic() - started < 30
     assert "unreachable" in res.stderr
+
+
+def _multi_host(url: str, dead_port: int) -> str:
+    """`url` with a host that refuses connections listed first, as libpq's multi-host syntax."""
+    parts = urllib.parse.urlsplit(url)
+    user, _, hostport = parts.netloc.rpartition("@")
+    hosts = f"127.0.0.1:{dead_port},{hostport}"
+    netloc = f"{user}@{hosts}" if user else hosts
+    query = "&".join(q for q in (parts.query, "target_session_attrs=read-write") if q)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def test_migrate_takes_the_multi_host_url_serve_takes(empty_database: str, tmp_path: Path) -> None:
+    """1. a URL naming a dead host first, then the server, with target_session_attrs: --check
+    sees the pending migrations (3); 2. migrate applies them; 3. --check passes; 4. serve's
+    pending-migrations check reads the same URL (it starts and gets ready)."""
+    url = _multi_host(empty_database, free_port())
+    env = {"DATABASE_URL": url}
+    before = cli("migrate", "--check", env=env)
+    assert before.returncode == 3 and "0001.registry" in before.stderr, before.stderr
+    applied = cli("migrate", env=env)
+    assert applied.returncode == 0 and "0001.registry" in applied.stdout, applied.stderr
+    after = cli("migrate", "--check", env=env)
+    assert after.returncode == 0, after.stderr
+    with Daemon(tmp_path / "serve.log", env={"DATABASE_URL": url}) as d:
+        assert http_status(d.base + "/ready") == 200
+
+
+@pytest.mark.parametrize("command", [("migrate",), ("migrate", "--check"), ("serve",)])
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("mysql://u:hunter2@127.0.0.1/db", "the scheme must be postgresql://"),
+        ("postgresql://u:hunter2@127.0.0.1:99999/db", "every port must be an integer"),
+        ("postgresql://u:hunter2@a,b,c/db?port=1,2", "3 hosts but 2 ports"),
+        ("postgresql://u:hunter2@127.0.0.1/db?no_such_option=1", "no_such_option"),
+    ],
+)
+def test_a_bad_database_url_is_a_bad_setting(
+    command: tuple[str, ...], url: str, reason: str
+) -> None:
+    """Exit 2 with one line naming the variable and the reason, not "database unreachable";
+    the password never shows."""
+    res = cli(*command, env={"DATABASE_URL": url, "HTTP_PORT": "0", "DNS_PORT": "0",
+                             "GRPC_PORT": "0", "BIND_ADDRESS": "127.0.0.1"})  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DATABASE_URL" in lines[0] and reason in lines[0], lines
+    assert "hunter2" not in res.stderr + res.stdout and "unreachable" not in res.stderr
 
 
 def test_serve_refuses_pending_migrations(empty_database: str) -> None:
