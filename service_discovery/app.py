@@ -1,7 +1,8 @@
 """The lifecycle, in one place: start, ready, drain, stop.
 
-Start: database (embedded or given; migrations), listeners, registry load. Ready means "the
-copy is loaded with LISTEN established, and we are not draining". Shutdown order is fixed:
+Start: database (embedded or given; migrations), listeners, registry load; the write pool
+opens in the background, retried until it does. Ready means "the copy is loaded with LISTEN
+established, and we are not draining". Shutdown order is fixed:
 /ready and gRPC health turn unready, wait the drain period, stop listeners (in-flight work gets
 SHUTDOWN_TIMEOUT_SECONDS), stop background work, close the database.
 """
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import random
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -39,6 +41,8 @@ from service_discovery.sync import Sync
 from service_discovery.watch import AnswerCache, WatchLimiter
 
 log = logging.getLogger(__name__)
+
+_POOL_RETRY_FIRST, _POOL_RETRY_MAX = 0.2, 5.0  # seconds between pool attempts: doubled, capped
 
 
 class MigrationsPending(RuntimeError):
@@ -271,15 +275,31 @@ class App:
         self._ready_task = asyncio.create_task(self._mark_ready(parts), name="sd-ready")
 
     async def _open_pool(self, store: Store) -> None:
-        delay = 0.2
+        """Open the write pool, retrying with backoff until it opens or `stop` cancels this:
+        whatever the failure (the server down, a wrong password, a database not created yet),
+        the next attempt may succeed, and giving up would leave a replica whose writes answer
+        503 until restarted. A failure is logged when it first happens or changes."""
+        delay, attempts, last = _POOL_RETRY_FIRST, 0, ""
         while True:
+            attempts += 1
             try:
                 await store.open()
-                return
             except StoreUnavailable as exc:
-                log.warning("database pool: %s; retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                reason = str(exc)  # with its detail: the log is for operators
+            except Exception as exc:
+                log.exception("database pool: unexpected failure opening it")
+                self.metrics.internal_errors.labels("pool").inc()
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                if attempts > 1:
+                    log.info("database pool open after %d attempts: writes accepted", attempts)
+                return
+            level = logging.WARNING if reason != last else logging.DEBUG
+            log.log(level, "database pool: cannot open (%s); writes answer 503 until it "
+                    "does; retrying every %.1fs at most", reason, _POOL_RETRY_MAX)  # fmt: skip
+            last = reason
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, _POOL_RETRY_MAX)
 
     async def _mark_ready(self, parts: Parts) -> None:
         await parts.sync.synced.wait()

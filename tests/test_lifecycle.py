@@ -1,7 +1,10 @@
-"""The daemon as a subprocess: migrations, start-up checks, readiness and the SIGTERM drain."""
+"""The daemon as a subprocess: migrations, start-up checks, readiness, a database that is not
+valid (yet) at start, and the SIGTERM drain."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -10,12 +13,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
+import psycopg2
 import pytest
-from helpers import Daemon, free_port, http_status, with_budgets
+from helpers import Daemon, eventually, free_port, http_status, put, with_budgets
+from pgproxy import TcpProxy
+
+from service_discovery import migrate
 
 
 def cli(
@@ -218,3 +228,112 @@ def test_missing_embedded_extra_names_both_options() -> None:
                          timeout=60)  # fmt: skip
     assert res.returncode == 2
     assert "DATABASE_URL" in res.stderr and "service-discovery[embedded]" in res.stderr
+
+
+# ---- a database that is not valid at start (issue 11, item 6) -------------------------------
+@contextlib.asynccontextmanager
+async def late_database(
+    server_url: str,
+) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
+    """(the URL of a database that does not exist yet, a coroutine that creates and migrates
+    it); dropped on the way out."""
+    name = f"sd_late_{uuid.uuid4().hex[:12]}"
+    url = urlunsplit(urlsplit(server_url)._replace(path="/" + name))
+
+    def create() -> None:
+        admin = psycopg2.connect(server_url)
+        admin.autocommit = True
+        admin.cursor().execute(f'CREATE DATABASE "{name}"')
+        admin.close()
+        migrate.apply(url)
+
+    try:
+        yield url, lambda: asyncio.to_thread(create)
+    finally:
+        admin = psycopg2.connect(server_url)
+        admin.autocommit = True
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@contextlib.asynccontextmanager
+async def wrong_password(
+    database_url: str,
+) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
+    """(a URL through a proxy that answers every login "password authentication failed", a
+    coroutine after which it forwards to the run's database, as a fixed password would)."""
+    proxy = TcpProxy(database_url)
+    await proxy.start()
+    proxy.bad_password()
+    try:
+        yield proxy.url(database_url), proxy.restore
+    finally:
+        await proxy.close()
+
+
+def logged(daemon: Daemon, *lines: str) -> bool:
+    """Whether the daemon's log has `lines`, in this order."""
+    text, at = daemon.log.read_text(errors="replace"), 0
+    for line in lines:
+        at = text.find(line, at)
+        if at < 0:
+            return False
+    return True
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fault", ["database not created yet", "wrong password"])
+async def test_writes_work_once_the_database_becomes_valid(
+    fault: str, server_url: str, database_url: str, tmp_path: Path, unique_name: str
+) -> None:
+    """1. start the daemon on a database that does not exist yet, or through a proxy that
+    answers every login "password authentication failed"; 2. it keeps running, logs why the
+    pool cannot open, and /ready stays 503; 3. the database is created and migrated, or the
+    password fixed; 4. without a restart, /ready turns 200 and a write succeeds (before: the
+    pool gave up at start, and every write answered 503 "database pool is not open"); 5.
+    SIGTERM: exit 0."""
+    make = (
+        late_database(server_url) if fault.startswith("database") else wrong_password(database_url)
+    )
+    async with make as (url, fix):
+        daemon = Daemon(tmp_path / "daemon.log", {"DATABASE_URL": url, "DB_TIMEOUT_SECONDS": "2"})
+        daemon.start()
+        try:
+            await eventually(lambda: logged(daemon, "database pool: cannot open"), 30, "logged")
+            assert http_status(daemon.base + "/ready") == 503
+            await fix()
+            await daemon.wait_ready(60)
+            async with aiohttp.ClientSession(daemon.base) as http:
+
+                async def created() -> bool:
+                    return (await put(http, "/service", {"name": unique_name})).status == 201
+
+                await eventually(created, 30, "a write accepted", interval=0.5)
+            daemon.kill(signal.SIGTERM)
+            assert await daemon.wait_exit(30) == 0
+            assert logged(daemon, "database pool open after", "stopped")
+            assert "Traceback" not in daemon.output(100_000)
+        finally:
+            daemon.stop()
+
+
+@pytest.mark.asyncio
+async def test_sigterm_while_the_pool_cannot_open_stops_in_order(
+    server_url: str, tmp_path: Path
+) -> None:
+    """1. start on a database that does not exist; 2. once the pool's failure is logged,
+    SIGTERM; 3. the daemon drains, stops and exits 0, without a traceback (before: stopping
+    re-raised the pool's start-up error: a traceback, exit 1, nothing after the error was
+    stopped)."""
+    async with late_database(server_url) as (url, _create):
+        env = {"DATABASE_URL": url, "SHUTDOWN_DRAIN_SECONDS": "0.2"}
+        daemon = Daemon(tmp_path / "daemon.log", env)
+        daemon.start()
+        try:
+            await eventually(lambda: logged(daemon, "database pool: cannot open"), 30, "logged")
+            daemon.kill(signal.SIGTERM)
+            assert await daemon.wait_exit(30) == 0, daemon.output()
+            assert logged(daemon, "signal SIGTERM", "draining", "stopped")
+            assert "Traceback" not in daemon.output(100_000)
+        finally:
+            daemon.stop()
