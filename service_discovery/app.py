@@ -2,9 +2,9 @@
 
 Start: database (embedded or given; migrations), listeners, registry load; the write pool
 opens in the background, retried until it does. Ready means "the copy is loaded with LISTEN
-established, and we are not draining". Shutdown order is fixed:
-/ready and gRPC health turn unready, wait the drain period, stop listeners (in-flight work gets
-SHUTDOWN_TIMEOUT_SECONDS), stop background work, close the database.
+established, and we are not draining". Shutdown order is fixed: /ready and gRPC health turn
+unready, wait the drain period, then, all within SHUTDOWN_TIMEOUT_SECONDS: stop listeners,
+finish in-flight work, stop background work, close the database.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import gc
 import logging
 import random
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,6 +43,7 @@ from service_discovery.watch import AnswerCache, WatchLimiter
 log = logging.getLogger(__name__)
 
 _POOL_RETRY_FIRST, _POOL_RETRY_MAX = 0.2, 5.0  # seconds between pool attempts: doubled, capped
+_CLOSE_RESERVE_SECONDS = 1.0  # of the shutdown deadline, kept for cancelling and closing
 
 
 class MigrationsPending(RuntimeError):
@@ -79,8 +80,15 @@ class Parts:
 
     @property
     def front_ends(self) -> tuple[FrontEnd, ...]:
-        """The listeners in the order they start (and the reverse of the one they stop in)."""
+        """The listeners in the order they start (they stop all at once)."""
         return (self.http, self.dns, self.grpc)
+
+
+def in_flight_seconds(config: Config) -> float:
+    """How long in-flight requests and calls get at stop: SHUTDOWN_TIMEOUT_SECONDS less what
+    cancelling what is left and closing the database keep (a tenth, 1 s at most)."""
+    timeout = config.shutdown_timeout_seconds
+    return timeout - min(_CLOSE_RESERVE_SECONDS, timeout / 10)
 
 
 def http_settings(config: Config) -> HttpSettings:
@@ -88,7 +96,7 @@ def http_settings(config: Config) -> HttpSettings:
         bind_address=config.bind_address,
         port=config.http_port,
         idle_timeout_seconds=config.http_idle_timeout_seconds,
-        shutdown_timeout_seconds=config.shutdown_timeout_seconds,
+        shutdown_timeout_seconds=in_flight_seconds(config),
         max_body_bytes=config.http_max_body_bytes,
         body_timeout_seconds=config.http_body_timeout_seconds,
         watch_max_wait_seconds=config.watch_max_wait_seconds,
@@ -100,7 +108,7 @@ def grpc_settings(config: Config) -> GrpcSettings:
         bind_address=config.bind_address,
         port=config.grpc_port,
         max_message_bytes=config.http_max_body_bytes,
-        shutdown_timeout_seconds=config.shutdown_timeout_seconds,
+        shutdown_timeout_seconds=in_flight_seconds(config),
     )
 
 
@@ -328,35 +336,75 @@ class App:
         await asyncio.sleep(self.config.shutdown_drain_seconds)
 
     async def stop(self) -> None:
-        """Stop what `start` started, in the one fixed order; safe after a failed start."""
+        """Stop what `start` started, in the one fixed order, within one deadline
+        (SHUTDOWN_TIMEOUT_SECONDS from now, however the time is spent among the steps). Never
+        raises: a step that fails is logged and the next one runs. Safe after a failed start.
+
+        1. Listeners first, all at once: nothing new is accepted. Blocking queries are then
+           answered with what they have (their clients ask again elsewhere, not here: the
+           listener is closed), Watch streams end with UNAVAILABLE "server draining".
+        2. In-flight work finishes within `in_flight_seconds`; what is left is cancelled.
+        3. Background work: the pool's opener, queued writes (group commit), the lease reaper
+           and renewal batches, the sync.
+        4. The copy and the database pool (terminated if it cannot close by the deadline).
+        """
         self.draining = True
-        self.registry.close()  # blocking queries answer now with what they have
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_timeout_seconds
         parts = self._parts
         if parts is not None:
-            # in-flight requests get SHUTDOWN_TIMEOUT_SECONDS (each listener's own setting)
-            for server in reversed(parts.front_ends):
-                await server.stop()
+            await asyncio.gather(*(_stop_listener(s, deadline) for s in parts.front_ends))
         for task in (self._pool_task, self._ready_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                    await _quietly("start-up task", task, deadline)
         if parts is not None:
             parts.consul.close()
             parts.answers.close()
             # writes still queued or in flight (their callers are gone with the listeners)
-            await parts.commit.stop(self.config.shutdown_timeout_seconds)
-            await parts.leases.stop()
-            await parts.sync.stop()
-            await parts.store.close(self.config.shutdown_timeout_seconds)
+            committing = parts.commit.stop(max(0.0, deadline - loop.time()))
+            await _quietly("group commit", committing, deadline)
+            leases = parts.leases.stop(max(0.0, deadline - loop.time()))
+            await _quietly("leases", leases, deadline)
+            await _quietly("registry sync", parts.sync.stop(), deadline)
+        self.registry.close()
+        if parts is not None:
+            remaining = max(0.0, deadline - loop.time())
+            await _quietly("database pool", parts.store.close(remaining))
         if self._embedded is not None:
-            await asyncio.to_thread(self._embedded.stop)
+            await _quietly("embedded database", asyncio.to_thread(self._embedded.stop))
         leftover = [
             t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()
         ]
         if leftover:
             log.debug("%d background tasks still running at stop", len(leftover))
         log.info("stopped")
+
+
+async def _stop_listener(server: FrontEnd, deadline: float) -> None:
+    """Stop one front-end by `deadline` at the latest (each also cuts its own in-flight work at
+    `in_flight_seconds`): a stop that overruns is abandoned, one that fails is logged."""
+    name = type(server).__name__
+    try:
+        async with asyncio.timeout_at(deadline):
+            await server.stop()
+    except TimeoutError:
+        log.warning("%s: still stopping at the shutdown deadline; abandoned", name)
+    except Exception:
+        log.exception("%s: failed to stop", name)
+
+
+async def _quietly(what: str, step: Awaitable[object], deadline: float | None = None) -> None:
+    """Run one step of `stop`, abandoned at `deadline`: an error is logged, never raised (the
+    next steps must run)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await step
+    except TimeoutError:
+        log.warning("stop: %s still running at the shutdown deadline; abandoned", what)
+    except Exception:
+        log.exception("stop: %s failed", what)
 
 
 @asynccontextmanager

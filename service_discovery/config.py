@@ -179,8 +179,9 @@ class Config:
         "SHUTDOWN_DRAIN_SECONDS", 5.0, _float_range(0, 3600), "wait after /ready turns 503"
     )
     shutdown_timeout_seconds: float = _setting(
-        "SHUTDOWN_TIMEOUT_SECONDS", 10.0, _float_range(0, 3600), "in-flight work deadline"
-    )
+        "SHUTDOWN_TIMEOUT_SECONDS", 10.0, _float_range(0, 3600),
+        "deadline of everything after the drain: listeners, in-flight work, database",
+    )  # fmt: skip
     db_pool_min_size: int = _setting("DB_POOL_MIN_SIZE", 1, _int_range(0, 1000), "pool minimum")
     db_pool_max_size: int = _setting("DB_POOL_MAX_SIZE", 10, _int_range(1, 1000), "pool maximum")
     db_timeout_seconds: float = _setting(

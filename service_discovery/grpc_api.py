@@ -328,12 +328,17 @@ class GrpcServer:
         task.add_done_callback(self._health_updates.discard)
 
     async def stop(self) -> None:
-        """Refuse new calls, end watch streams (UNAVAILABLE "server draining"), give in-flight
-        calls the shutdown timeout, then cancel what is left."""
+        """Refuse new calls, then end watch streams (UNAVAILABLE "server draining": their
+        clients reconnect elsewhere, since new calls are refused here), give in-flight calls the
+        shutdown timeout, then cancel what is left."""
         if self._health_updates:
             await asyncio.gather(*self._health_updates, return_exceptions=True)
         await self._health.enter_graceful_shutdown()
+        server, self._server = self._server, None
+        if server is None:
+            self._servicer.watches.close()
+            return
+        stopping = asyncio.ensure_future(server.stop(self._settings.shutdown_timeout_seconds))
+        await asyncio.sleep(0)  # stop() refuses new calls in its first step
         self._servicer.watches.close()
-        if self._server is not None:
-            await self._server.stop(self._settings.shutdown_timeout_seconds)
-            self._server = None
+        await stopping

@@ -110,22 +110,33 @@ async def _block(request: web.Request, name: str | None) -> None:
     A waiting query is one future in the registry, woken by the change itself: no polling, so
     thousands of watchers cost memory only. Records the index to report in X-Index, also on an
     error answer (a 404 for a deleted service), so a watcher always has an index to wait on.
+    At shutdown (`_release`) no query waits: each answers with what it has.
     """
     catalog = request.app[CATALOG]
     query = request.query
     blocking = blocking_query(
         query.get("index"), query.get("wait"), request.app[SETTINGS].watch_max_wait_seconds
     )
-    if blocking is not None and catalog.index(name) <= blocking[0]:
+    watches = request.app[WATCHES]
+    if blocking is not None and catalog.index(name) <= blocking[0] and not watches.closing:
         index, wait = blocking
         metrics = request.app[METRICS]
-        with request.app[WATCHES].hold(request.remote or "?"):
+        with watches.hold(request.remote or "?"):
             metrics.http_watches.inc()
             try:
                 await catalog.wait_for_change(name, index, wait)
             finally:
                 metrics.http_watches.dec()
     request[X_INDEX] = catalog.index(name)
+
+
+async def _release(app: web.Application) -> None:
+    """on_shutdown: the listener is closed and every connection closes after its answer, so a
+    blocking query still waiting answers now, with what it has, and its client's next query
+    goes to another replica. (Released while this listener still accepted, the client would
+    ask again here at once, be answered at once, and again: a spin.)"""
+    app[WATCHES].close()
+    app[CATALOG].release_waiting()
 
 
 def _service_body(svc: Service) -> bytes:
@@ -271,6 +282,7 @@ def build_app(
     app[READINESS] = readiness
     app[WATCHES] = watches
     app[SERVICE_BODY] = answers.format(_service_body)
+    app.on_shutdown.append(_release)
     app.router.add_get("/services", list_services)
     app.router.add_put("/service", create_service)
     app.router.add_get("/service/{name}", get_service)

@@ -59,16 +59,21 @@ class WatchLimiter:
 
     A watch holds its slot for as long as it waits (`with limiter.hold(address):`); over the
     limit, TooManyRequests (HTTP 429, gRPC RESOURCE_EXHAUSTED). Behind a proxy all clients share
-    its address. `total` counts every open watch: the place for a global cap too.
+    its address. `total` counts every open watch: the place for a global cap too. Once `close`
+    ran (shutdown, the listeners closed), a blocking query no longer waits: it answers at once.
     """
 
     def __init__(self, per_client: int) -> None:
         self.per_client = per_client
         self.total = 0
+        self.closing = False
         self._held: Counter[str] = Counter()
 
     def held(self, client: str) -> int:
         return self._held[client]
+
+    def close(self) -> None:
+        self.closing = True
 
     @contextmanager
     def hold(self, client: str) -> Iterator[None]:
