@@ -235,7 +235,7 @@ class App:
         auth = Auth(config.tokens(), config.protect_reads)
         warn_if_exposed(auth, config.bind_address)
         # one watch limit per client address and one answer cache, whatever the front-end
-        watches = WatchLimiter(config.max_watches_per_client)
+        watches = WatchLimiter(config.max_watches_per_client, config.max_watches)
         answers = AnswerCache(catalog)
         http = HttpServer(
             http_settings(config), catalog, metrics, auth, self.readiness, watches, answers

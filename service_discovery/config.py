@@ -228,6 +228,7 @@ class Config:
     )
     write_batch_max: int = _setting("SD_WRITE_BATCH_MAX", 500, _int_range(1, 100_000),
         "writes per batch at most (group commit; bulk: its endpoints)")  # fmt: skip
+    max_watches: int = _setting("SD_MAX_WATCHES", 10000, _int_range(1, 10**7), "all open watches")
     lease_reap_interval_seconds: float = _setting(
         "SD_LEASE_REAP_INTERVAL_SECONDS", 1.0, _float_range(0.05, 3600), "reaper period"
     )

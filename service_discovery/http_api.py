@@ -21,7 +21,7 @@ from service_discovery.metrics import Metrics
 from service_discovery.model import Endpoint, Service
 from service_discovery.openapi import spec as openapi_spec
 from service_discovery.readiness import Readiness
-from service_discovery.watch import AnswerCache, Answers, WatchLimiter, blocking_query
+from service_discovery.watch import AnswerCache, Answers, WatchLimiter, Whole, blocking_query
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,18 @@ SETTINGS = web.AppKey("settings", HttpSettings)
 METRICS = web.AppKey("metrics", Metrics)
 READINESS = web.AppKey[Callable[[], Readiness]]("readiness")
 WATCHES = web.AppKey("watches", WatchLimiter)
-SERVICE_BODY = web.AppKey[Answers[bytes]]("service_body")
+
+
+@dataclass(frozen=True, slots=True)
+class Bodies:
+    """The encoded bodies of GET /service/{name} and GET /services in one layout, each shared
+    by every reader until what it shows changes (watch.AnswerCache)."""
+
+    service: Answers[bytes]
+    listing: Whole[bytes]
+
+
+BODIES = web.AppKey[tuple[Bodies, Bodies]]("bodies")  # indexed by ?pretty: compact, indented
 
 
 def _pretty(request: web.Request) -> bool:
@@ -139,8 +150,20 @@ async def _release(app: web.Application) -> None:
     app[CATALOG].release_waiting()
 
 
-def _service_body(svc: Service) -> bytes:
-    return json.dumps(service_json(svc), ensure_ascii=False).encode()
+def _encoded(data: Any, indent: int | None, metrics: Metrics) -> bytes:
+    body = json.dumps(data, indent=indent, ensure_ascii=False).encode()
+    metrics.http_encoded.inc(len(body))
+    return body
+
+
+def _bodies(answers: AnswerCache, catalog: Catalog, metrics: Metrics, indent: int | None) -> Bodies:
+    def listing() -> bytes:
+        return _encoded([service_json(s, endpoints=False) for s in catalog.list()], indent, metrics)
+
+    return Bodies(
+        answers.format(lambda svc: _encoded(service_json(svc), indent, metrics)),
+        answers.whole(listing),
+    )
 
 
 # ---- routes ------------------------------------------------------------------------------
@@ -148,22 +171,25 @@ async def list_services(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     catalog.ensure_loaded()
     await _block(request, None)
-    services = [service_json(s, endpoints=False) for s in catalog.list()]
-    return _json(request, services, index=catalog.index())
+    # Built once after each change and shared: 500 watchers released by one write cost one
+    # encoding of the listing, not 500.
+    body = request.app[BODIES][_pretty(request)].listing()
+    headers = {"X-Index": str(catalog.index())}
+    return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 async def get_service(request: web.Request) -> web.Response:
     name = model.service_name(request.match_info["name"])
     catalog = request.app[CATALOG]
     catalog.ensure_loaded()
+    pretty = False
     if request.query_string:
         await _block(request, name)
+        pretty = _pretty(request)
     svc = catalog.get(name)
-    if _pretty(request):
-        return _json(request, service_json(svc), index=svc.version)
     # The hot read: the encoded body is kept per view (views are rebuilt on every change).
     return web.Response(
-        body=request.app[SERVICE_BODY](svc),
+        body=request.app[BODIES][pretty].service(svc),
         content_type="application/json",
         headers={"X-Index": str(svc.version)},
     )
@@ -281,7 +307,7 @@ def build_app(
     app[METRICS] = metrics
     app[READINESS] = readiness
     app[WATCHES] = watches
-    app[SERVICE_BODY] = answers.format(_service_body)
+    app[BODIES] = (_bodies(answers, catalog, metrics, None), _bodies(answers, catalog, metrics, 2))
     app.on_shutdown.append(_release)
     app.router.add_get("/services", list_services)
     app.router.add_put("/service", create_service)

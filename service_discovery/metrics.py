@@ -65,6 +65,10 @@ class Metrics:
         self.http_watches = Gauge(
             "sd_http_blocking_queries", "HTTP blocking queries waiting for a change", registry=r
         )
+        self.http_encoded = Counter(
+            "sd_http_encoded_bytes", "JSON bodies encoded for reads and blocking queries (each "
+            "kept and shared by every reader until its state changes)", registry=r,
+        )  # fmt: skip
         # DNS
         self.dns_queries = Counter(
             "sd_dns_queries_total", "DNS queries by transport, type and rcode",
