@@ -76,12 +76,18 @@ def _add_servicer(servicer: DiscoveryServicer, server: grpc.aio.Server) -> None:
             if method.server_streaming
             else grpc.unary_unary_rpc_method_handler
         )
+        # a stream's messages come serialized (once, and shared by every stream sending them)
+        serialize = _as_is if method.server_streaming else response_cls.SerializeToString
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=lenient(request_cls),
-            response_serializer=response_cls.SerializeToString,
+            response_serializer=serialize,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
+def _as_is(message: bytes) -> bytes:
+    return message
 
 
 Req = TypeVar("Req")
@@ -133,7 +139,8 @@ class DiscoveryServicer:
         self.auth = auth
         self.stats = CallStats(metrics)
         self._metrics = metrics
-        self.watches = catalog.change_feed(WatchMessages(), WATCH_QUEUE_SIZE)
+        encoder = WatchMessages(metrics.grpc_watch_encoded.inc)
+        self.watches = catalog.change_feed(encoder, WATCH_QUEUE_SIZE)
         self._limiter = limiter
         self._get_service = answers.format(_get_service_response)
 
@@ -230,7 +237,8 @@ class DiscoveryServicer:
     # ---- Watch (server streaming) ---------------------------------------------------------
     async def Watch(
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.WatchResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Serialized WatchResponse messages (grpc_codec.WatchMessages), paged."""
         # latency is not recorded: a watch lasts as long as the client wants
         with Call(self.stats, "Watch", latency=False) as call:
             self.authorize(context, write=False)
@@ -241,7 +249,7 @@ class DiscoveryServicer:
         if call.code != grpc.StatusCode.OK:
             await context.abort(call.code, call.message)
 
-    async def _watch(self, request: pb.WatchRequest, peer: str) -> AsyncIterator[pb.WatchResponse]:
+    async def _watch(self, request: pb.WatchRequest, peer: str) -> AsyncIterator[bytes]:
         if self.watches.closing:
             raise NotReady("server draining")
         name = model.service_name(request.service_name) if request.service_name else None
