@@ -91,27 +91,6 @@ def in_flight_seconds(config: Config) -> float:
     return timeout - min(_CLOSE_RESERVE_SECONDS, timeout / 10)
 
 
-def http_settings(config: Config) -> HttpSettings:
-    return HttpSettings(
-        bind_address=config.bind_address,
-        port=config.http_port,
-        idle_timeout_seconds=config.http_idle_timeout_seconds,
-        shutdown_timeout_seconds=in_flight_seconds(config),
-        max_body_bytes=config.http_max_body_bytes,
-        body_timeout_seconds=config.http_body_timeout_seconds,
-        watch_max_wait_seconds=config.watch_max_wait_seconds,
-    )
-
-
-def grpc_settings(config: Config) -> GrpcSettings:
-    return GrpcSettings(
-        bind_address=config.bind_address,
-        port=config.grpc_port,
-        max_message_bytes=config.http_max_body_bytes,
-        shutdown_timeout_seconds=in_flight_seconds(config),
-    )
-
-
 class App:
     def __init__(self, config: Config, *, migrate_first: bool = False) -> None:
         self.config = config
@@ -237,9 +216,10 @@ class App:
         # one watch limit per client address and one answer cache, whatever the front-end
         watches = WatchLimiter(config.max_watches_per_client, config.max_watches)
         answers = AnswerCache(catalog)
-        http = HttpServer(
-            http_settings(config), catalog, metrics, auth, self.readiness, watches, answers
-        )
+        in_flight = in_flight_seconds(config)
+        http_settings = HttpSettings.from_config(config, in_flight)
+        grpc_settings = GrpcSettings.from_config(config, in_flight)
+        http = HttpServer(http_settings, catalog, metrics, auth, self.readiness, watches, answers)
         consul = ConsulApi(ConsulSettings.from_config(config), catalog, metrics, auth.enabled,
                            watches, answers)  # fmt: skip
         consul.attach(http.app)
@@ -257,9 +237,7 @@ class App:
             http=http,
             consul=consul,
             dns=dns,
-            grpc=GrpcServer(
-                grpc_settings(config), catalog, auth, metrics, self.is_ready, watches, answers
-            ),
+            grpc=GrpcServer(grpc_settings, catalog, auth, metrics, self.is_ready, watches, answers),
         )
 
     async def start(self) -> None:

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from service_discovery import model
 from service_discovery.auth import Auth
 from service_discovery.catalog import Catalog
+from service_discovery.config import Config
 from service_discovery.errors import InvalidInput, NotReady
 from service_discovery.grpc_calls import Call, CallStats
 from service_discovery.grpc_codec import (
@@ -272,6 +273,17 @@ class GrpcSettings:
     port: int  # 0: an ephemeral port
     max_message_bytes: int  # the largest request accepted (HTTP_MAX_BODY_BYTES)
     shutdown_timeout_seconds: float  # in-flight calls get this long at stop
+
+    @classmethod
+    def from_config(cls, config: Config, shutdown_timeout_seconds: float) -> GrpcSettings:
+        """The settings from Config; in-flight calls get `shutdown_timeout_seconds` (app.py
+        decides, within its one deadline)."""
+        return cls(
+            bind_address=config.bind_address,
+            port=config.grpc_port,
+            max_message_bytes=config.http_max_body_bytes,
+            shutdown_timeout_seconds=shutdown_timeout_seconds,
+        )
 
 
 class GrpcServer:

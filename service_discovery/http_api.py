@@ -15,6 +15,7 @@ from aiohttp import web
 from service_discovery import http_middlewares, model
 from service_discovery.auth import Auth
 from service_discovery.catalog import Catalog
+from service_discovery.config import Config
 from service_discovery.errors import InvalidInput
 from service_discovery.http_middlewares import X_INDEX
 from service_discovery.metrics import Metrics
@@ -35,6 +36,20 @@ class HttpSettings:
     max_body_bytes: int  # larger bodies are refused with 413
     body_timeout_seconds: float  # a body must arrive within this, else 408
     watch_max_wait_seconds: float  # the cap of a blocking query's ?wait=
+
+    @classmethod
+    def from_config(cls, config: Config, shutdown_timeout_seconds: float) -> HttpSettings:
+        """The settings from Config; in-flight requests get `shutdown_timeout_seconds` (app.py
+        decides, within its one deadline)."""
+        return cls(
+            bind_address=config.bind_address,
+            port=config.http_port,
+            idle_timeout_seconds=config.http_idle_timeout_seconds,
+            shutdown_timeout_seconds=shutdown_timeout_seconds,
+            max_body_bytes=config.http_max_body_bytes,
+            body_timeout_seconds=config.http_body_timeout_seconds,
+            watch_max_wait_seconds=config.watch_max_wait_seconds,
+        )
 
 
 CATALOG = web.AppKey("catalog", Catalog)
