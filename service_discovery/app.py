@@ -99,6 +99,7 @@ class App:
         self.draining = False
         self.database_url = config.database_url or ""
         self._migrate_first = migrate_first
+        self._schema_unchecked = False  # the database was not reachable at start (see _open_pool)
         self._embedded: EmbeddedPostgres | None = None
         self._parts: Parts | None = None  # set by `start`
         self._pool_task: asyncio.Task[None] | None = None
@@ -196,8 +197,10 @@ class App:
         try:
             todo = await asyncio.to_thread(migrate.pending, self.database_url)
         except StoreUnavailable as exc:
-            # Not fatal: the sync loop retries and /ready stays 503 until the database is back.
+            # Not fatal: the sync loop retries and /ready stays 503 until the database is back;
+            # the pool opens once the check passes (_open_pool).
             log.warning("cannot check migrations yet: %s", exc)
+            self._schema_unchecked = True
             return
         if todo:
             raise MigrationsPending(
@@ -261,14 +264,18 @@ class App:
         self._ready_task = asyncio.create_task(self._mark_ready(parts), name="sd-ready")
 
     async def _open_pool(self, store: Store) -> None:
-        """Open the write pool, retrying with backoff until it opens or `stop` cancels this:
-        whatever the failure (the server down, a wrong password, a database not created yet),
-        the next attempt may succeed, and giving up would leave a replica whose writes answer
-        503 until restarted. A failure is logged when it first happens or changes."""
+        """Open the write pool, retried with backoff until it opens or `stop` cancels this:
+        whatever the failure (the server down, a wrong password, a database not created or not
+        migrated yet), the next attempt may succeed. A reason is logged when it first appears."""
         delay, attempts, last = _POOL_RETRY_FIRST, 0, ""
         while True:
             attempts += 1
             try:
+                if self._schema_unchecked:  # a pool on a schema that is behind fails every write
+                    if todo := await asyncio.to_thread(migrate.pending, self.database_url):
+                        raise StoreUnavailable(f"pending migrations {', '.join(todo)}: run "
+                                               "'service-discovery migrate'")  # fmt: skip
+                    self._schema_unchecked = False
                 await store.open()
             except StoreUnavailable as exc:
                 reason = str(exc)  # with its detail: the log is for operators
@@ -314,13 +321,12 @@ class App:
         await asyncio.sleep(self.config.shutdown_drain_seconds)
 
     async def stop(self) -> None:
-        """Stop what `start` started, in the one fixed order, within one deadline
-        (SHUTDOWN_TIMEOUT_SECONDS from now, however the time is spent among the steps). Never
-        raises: a step that fails is logged and the next one runs. Safe after a failed start.
+        """Stop what `start` started, in the one fixed order, all by one deadline
+        (SHUTDOWN_TIMEOUT_SECONDS from now). Never raises: a failing step is logged and the next
+        one runs. Safe after a failed start.
 
-        1. Listeners first, all at once: nothing new is accepted. Blocking queries are then
-           answered with what they have (their clients ask again elsewhere, not here: the
-           listener is closed), Watch streams end with UNAVAILABLE "server draining".
+        1. Listeners, all at once; then blocking queries answer with what they have (their
+           clients ask again elsewhere: the listener is closed), Watch streams end (UNAVAILABLE).
         2. In-flight work finishes within `in_flight_seconds`; what is left is cancelled.
         3. Background work: the pool's opener, queued writes (group commit), the lease reaper
            and renewal batches, the sync.

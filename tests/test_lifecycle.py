@@ -235,44 +235,7 @@ def test_missing_embedded_extra_names_both_options() -> None:
 
 
 # ---- a database that is not valid at start (issue 11, item 6) -------------------------------
-@contextlib.asynccontextmanager
-async def late_database(
-    server_url: str,
-) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
-    """(the URL of a database that does not exist yet, a coroutine that creates and migrates
-    it); dropped on the way out."""
-    name = f"sd_late_{uuid.uuid4().hex[:12]}"
-    url = urlunsplit(urlsplit(server_url)._replace(path="/" + name))
-
-    def create() -> None:
-        admin = psycopg2.connect(server_url)
-        admin.autocommit = True
-        admin.cursor().execute(f'CREATE DATABASE "{name}"')
-        admin.close()
-        migrate.apply(url)
-
-    try:
-        yield url, lambda: asyncio.to_thread(create)
-    finally:
-        admin = psycopg2.connect(server_url)
-        admin.autocommit = True
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-@contextlib.asynccontextmanager
-async def wrong_password(
-    database_url: str,
-) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
-    """(a URL through a proxy that answers every login "password authentication failed", a
-    coroutine after which it forwards to the run's database, as a fixed password would)."""
-    proxy = TcpProxy(database_url)
-    await proxy.start()
-    proxy.bad_password()
-    try:
-        yield proxy.url(database_url), proxy.restore
-    finally:
-        await proxy.close()
+Fix = Callable[[Daemon], Awaitable[None]]
 
 
 def logged(daemon: Daemon, *lines: str) -> bool:
@@ -285,6 +248,51 @@ def logged(daemon: Daemon, *lines: str) -> bool:
     return True
 
 
+@contextlib.asynccontextmanager
+async def late_database(server_url: str) -> AsyncIterator[tuple[str, Fix]]:
+    """(the URL of a database that does not exist yet, what makes it valid: create it, see the
+    daemon wait for its migrations, migrate it); dropped on the way out."""
+    name = f"sd_late_{uuid.uuid4().hex[:12]}"
+    url = urlunsplit(urlsplit(server_url)._replace(path="/" + name))
+
+    def create() -> None:
+        admin = psycopg2.connect(server_url)
+        admin.autocommit = True
+        admin.cursor().execute(f'CREATE DATABASE "{name}"')
+        admin.close()
+
+    async def fix(daemon: Daemon) -> None:
+        await asyncio.to_thread(create)
+        # there, but empty: the pool still waits (a pool on no schema fails every write)
+        await eventually(lambda: logged(daemon, "pending migrations"), 30, "migrations awaited")
+        await asyncio.to_thread(migrate.apply, url)
+
+    try:
+        yield url, fix
+    finally:
+        admin = psycopg2.connect(server_url)
+        admin.autocommit = True
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@contextlib.asynccontextmanager
+async def wrong_password(database_url: str) -> AsyncIterator[tuple[str, Fix]]:
+    """(a URL through a proxy that answers every login "password authentication failed", what
+    makes it valid: the proxy forwards to the run's database, as a fixed password would)."""
+    proxy = TcpProxy(database_url)
+    await proxy.start()
+    proxy.bad_password()
+
+    async def fix(_daemon: Daemon) -> None:
+        await proxy.restore()
+
+    try:
+        yield proxy.url(database_url), fix
+    finally:
+        await proxy.close()
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("fault", ["database not created yet", "wrong password"])
 async def test_writes_work_once_the_database_becomes_valid(
@@ -292,10 +300,10 @@ async def test_writes_work_once_the_database_becomes_valid(
 ) -> None:
     """1. start the daemon on a database that does not exist yet, or through a proxy that
     answers every login "password authentication failed"; 2. it keeps running, logs why the
-    pool cannot open, and /ready stays 503; 3. the database is created and migrated, or the
-    password fixed; 4. without a restart, /ready turns 200 and a write succeeds (before: the
-    pool gave up at start, and every write answered 503 "database pool is not open"); 5.
-    SIGTERM: exit 0."""
+    pool cannot open, and /ready stays 503; 3. the database is created (the pool waits for its
+    migrations, and says so) and migrated, or the password fixed; 4. without a restart, /ready
+    turns 200 and a write succeeds (before: the pool gave up at start, and every write answered
+    503 "database pool is not open"); 5. SIGTERM: exit 0."""
     make = (
         late_database(server_url) if fault.startswith("database") else wrong_password(database_url)
     )
@@ -305,7 +313,7 @@ async def test_writes_work_once_the_database_becomes_valid(
         try:
             await eventually(lambda: logged(daemon, "database pool: cannot open"), 30, "logged")
             assert http_status(daemon.base + "/ready") == 503
-            await fix()
+            await fix(daemon)
             await daemon.wait_ready(60)
             async with aiohttp.ClientSession(daemon.base) as http:
 
