@@ -1,9 +1,9 @@
 """The lifecycle, in one place: start, ready, drain, stop.
 
-Start: database (embedded or given; migrations), listeners, registry load; the write pool
-opens in the background, retried until it does. Ready means "the copy is loaded with LISTEN
-established, and we are not draining". Shutdown order is fixed: /ready and gRPC health turn
-unready, wait the drain period, then, all within SHUTDOWN_TIMEOUT_SECONDS: stop listeners,
+Start: database (embedded or given; migrations: database.py), listeners, registry load; the
+write pool opens in the background, retried until it does. Ready means "the copy is loaded with
+LISTEN established, and we are not draining". Shutdown order is fixed: /ready and gRPC health
+turn unready, wait the drain period, then, all within SHUTDOWN_TIMEOUT_SECONDS: stop listeners,
 finish in-flight work, stop background work, close the database.
 """
 
@@ -13,22 +13,19 @@ import asyncio
 import contextlib
 import gc
 import logging
-import random
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from service_discovery import migrate, ui
+from service_discovery import database, ui
 from service_discovery.auth import Auth, warn_if_exposed
 from service_discovery.catalog import Catalog
 from service_discovery.commit import GroupCommit
 from service_discovery.config import Config
 from service_discovery.consul_api import ConsulApi, ConsulSettings
 from service_discovery.dns import DnsServer
-from service_discovery.embedded import EmbeddedPostgres
-from service_discovery.errors import StoreUnavailable
 from service_discovery.grpc_api import GrpcServer, GrpcSettings
 from service_discovery.http_api import HttpServer, HttpSettings
 from service_discovery.leases import Leases
@@ -42,12 +39,7 @@ from service_discovery.watch import AnswerCache, WatchLimiter
 
 log = logging.getLogger(__name__)
 
-_POOL_RETRY_FIRST, _POOL_RETRY_MAX = 0.2, 5.0  # seconds between pool attempts: doubled, capped
 _CLOSE_RESERVE_SECONDS = 1.0  # of the shutdown deadline, kept for cancelling and closing
-
-
-class MigrationsPending(RuntimeError):
-    """DATABASE_URL points at a database whose schema is behind this version."""
 
 
 class FrontEnd(Protocol):
@@ -99,8 +91,7 @@ class App:
         self.draining = False
         self.database_url = config.database_url or ""
         self._migrate_first = migrate_first
-        self._schema_unchecked = False  # the database was not reachable at start (see _open_pool)
-        self._embedded: EmbeddedPostgres | None = None
+        self._database: database.Database | None = None  # set by `start`
         self._parts: Parts | None = None  # set by `start`
         self._pool_task: asyncio.Task[None] | None = None
         self._ready_task: asyncio.Task[None] | None = None
@@ -182,32 +173,6 @@ class App:
         return self._parts.grpc.port if self._parts is not None else 0
 
     # ---- start ---------------------------------------------------------------------------
-    async def _prepare_database(self) -> None:
-        if not self.config.database_url:
-            self._embedded = EmbeddedPostgres(self.config.resolved_data_dir())
-            self.database_url = await asyncio.to_thread(self._embedded.start)
-            applied = await asyncio.to_thread(migrate.apply, self.database_url)
-            if applied:
-                log.info("embedded database: applied migrations %s", ", ".join(applied))
-            return
-        if self._migrate_first:
-            applied = await asyncio.to_thread(migrate.apply, self.database_url)
-            log.info("applied migrations: %s", ", ".join(applied) or "none pending")
-            return
-        try:
-            todo = await asyncio.to_thread(migrate.pending, self.database_url)
-        except StoreUnavailable as exc:
-            # Not fatal: the sync loop retries and /ready stays 503 until the database is back;
-            # the pool opens once the check passes (_open_pool).
-            log.warning("cannot check migrations yet: %s", exc)
-            self._schema_unchecked = True
-            return
-        if todo:
-            raise MigrationsPending(
-                f"the database has {len(todo)} pending migration(s) ({', '.join(todo)}): run "
-                "'service-discovery migrate' first, or start with 'serve --migrate'"
-            )
-
     def _build(self) -> Parts:
         config, registry, metrics = self.config, self.registry, self.metrics
         store = Store(config, self.database_url)
@@ -244,7 +209,8 @@ class App:
         )
 
     async def start(self) -> None:
-        await self._prepare_database()
+        db = await database.prepare(self.config, migrate_first=self._migrate_first)
+        self._database, self.database_url = db, db.url
         self._parts = parts = self._build()
         # Listeners come up first: probes and SERVFAIL/503 answers before the registry loads.
         for server in parts.front_ends:
@@ -258,41 +224,11 @@ class App:
             self.grpc_port,
         )
 
-        self._pool_task = asyncio.create_task(self._open_pool(parts.store), name="sd-pool")
+        opening = database.open_pool(parts.store, db, self.metrics)
+        self._pool_task = asyncio.create_task(opening, name="sd-pool")
         await parts.sync.start()
         parts.leases.start()
         self._ready_task = asyncio.create_task(self._mark_ready(parts), name="sd-ready")
-
-    async def _open_pool(self, store: Store) -> None:
-        """Open the write pool, retried with backoff until it opens or `stop` cancels this:
-        whatever the failure (the server down, a wrong password, a database not created or not
-        migrated yet), the next attempt may succeed. A reason is logged when it first appears."""
-        delay, attempts, last = _POOL_RETRY_FIRST, 0, ""
-        while True:
-            attempts += 1
-            try:
-                if self._schema_unchecked:  # a pool on a schema that is behind fails every write
-                    if todo := await asyncio.to_thread(migrate.pending, self.database_url):
-                        raise StoreUnavailable(f"pending migrations {', '.join(todo)}: run "
-                                               "'service-discovery migrate'")  # fmt: skip
-                    self._schema_unchecked = False
-                await store.open()
-            except StoreUnavailable as exc:
-                reason = str(exc)  # with its detail: the log is for operators
-            except Exception as exc:
-                log.exception("database pool: unexpected failure opening it")
-                self.metrics.internal_errors.labels("pool").inc()
-                reason = f"{type(exc).__name__}: {exc}"
-            else:
-                if attempts > 1:
-                    log.info("database pool open after %d attempts: writes accepted", attempts)
-                return
-            level = logging.WARNING if reason != last else logging.DEBUG
-            log.log(level, "database pool: cannot open (%s); writes answer 503 until it "
-                    "does; retrying every %.1fs at most", reason, _POOL_RETRY_MAX)  # fmt: skip
-            last = reason
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, _POOL_RETRY_MAX)
 
     async def _mark_ready(self, parts: Parts) -> None:
         await parts.sync.synced.wait()
@@ -356,8 +292,9 @@ class App:
         if parts is not None:
             remaining = max(0.0, deadline - loop.time())
             await _quietly("database pool", parts.store.close(remaining))
-        if self._embedded is not None:
-            await _quietly("embedded database", asyncio.to_thread(self._embedded.stop))
+        embedded = self._database.embedded if self._database is not None else None
+        if embedded is not None:
+            await _quietly("embedded database", asyncio.to_thread(embedded.stop))
         leftover = [
             t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()
         ]
