@@ -92,8 +92,7 @@ def _parse_domain(raw: str) -> str:
 
 _domain = _Parser(_parse_domain, "a DNS name such as svc.cluster.local")
 
-# Free text (URLs, paths, tokens), taken as written.
-_verbatim = _Parser(str, "text")
+_verbatim = _Parser(str, "text")  # free text (URLs, paths, tokens), taken as written
 
 
 def _parse_datacenter(raw: str) -> str:
@@ -179,9 +178,8 @@ class Config:
         "SHUTDOWN_DRAIN_SECONDS", 5.0, _float_range(0, 3600), "wait after /ready turns 503"
     )
     shutdown_timeout_seconds: float = _setting(
-        "SHUTDOWN_TIMEOUT_SECONDS", 10.0, _float_range(0, 3600),
-        "deadline of everything after the drain: listeners, in-flight work, database",
-    )  # fmt: skip
+        "SHUTDOWN_TIMEOUT_SECONDS", 10.0, _float_range(0, 3600), "deadline of all after the drain"
+    )
     db_pool_min_size: int = _setting("DB_POOL_MIN_SIZE", 1, _int_range(0, 1000), "pool minimum")
     db_pool_max_size: int = _setting("DB_POOL_MAX_SIZE", 10, _int_range(1, 1000), "pool maximum")
     db_timeout_seconds: float = _setting(
