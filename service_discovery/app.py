@@ -151,10 +151,14 @@ class App:
         """What /ready reports: whether to route to us, and how current our copy is."""
         sync = self._parts.sync if self._parts is not None else None
         up = sync is not None and sync.connected
+        pool = self._pool_task  # done without an error: the write pool is open
+        pool_open = (
+            pool is not None and pool.done() and not pool.cancelled() and not pool.exception()
+        )
         return Readiness(
             ready=self.is_ready(),
             draining=self.draining,
-            database_up=up,
+            database_up=up and pool_open,
             copy_live=up and self.registry.loaded,
             stale_seconds=sync.stale_seconds() if sync is not None else 0.0,
             version=self.registry.version,

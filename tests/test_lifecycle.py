@@ -300,10 +300,11 @@ async def test_writes_work_once_the_database_becomes_valid(
 ) -> None:
     """1. start the daemon on a database that does not exist yet, or through a proxy that
     answers every login "password authentication failed"; 2. it keeps running, logs why the
-    pool cannot open, and /ready stays 503; 3. the database is created (the pool waits for its
-    migrations, and says so) and migrated, or the password fixed; 4. without a restart, /ready
-    turns 200 and a write succeeds (before: the pool gave up at start, and every write answered
-    503 "database pool is not open"); 5. SIGTERM: exit 0."""
+    pool cannot open, and /ready stays 503, "database": "down"; 3. the database is created (the
+    pool waits for its migrations, and says so) and migrated, or the password fixed; 4. without
+    a restart, /ready turns 200 and a write succeeds (before: the pool gave up at start, and
+    every write answered 503 "database pool is not open"), then /ready says "database": "up";
+    5. SIGTERM: exit 0."""
     make = (
         late_database(server_url) if fault.startswith("database") else wrong_password(database_url)
     )
@@ -312,15 +313,22 @@ async def test_writes_work_once_the_database_becomes_valid(
         daemon.start()
         try:
             await eventually(lambda: logged(daemon, "database pool: cannot open"), 30, "logged")
-            assert http_status(daemon.base + "/ready") == 503
-            await fix(daemon)
-            await daemon.wait_ready(60)
             async with aiohttp.ClientSession(daemon.base) as http:
+
+                async def database() -> tuple[int, str]:
+                    async with http.get("/ready") as resp:
+                        return resp.status, (await resp.json())["database"]
+
+                assert await database() == (503, "down")
+                await fix(daemon)
+                await daemon.wait_ready(60)
 
                 async def created() -> bool:
                     return (await put(http, "/service", {"name": unique_name})).status == 201
 
                 await eventually(created, 30, "a write accepted", interval=0.5)
+                # "up" once the LISTEN connection and the write pool both are
+                assert await database() == (200, "up")
             daemon.kill(signal.SIGTERM)
             assert await daemon.wait_exit(30) == 0
             assert logged(daemon, "database pool open after", "stopped")
