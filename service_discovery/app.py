@@ -1,9 +1,10 @@
 """The lifecycle, in one place: start, ready, drain, stop.
 
-Start: database (embedded or given; migrations), listeners, registry load. Ready means "the
-copy is loaded with LISTEN established, and we are not draining". Shutdown order is fixed:
-/ready and gRPC health turn unready, wait the drain period, stop listeners (in-flight work gets
-SHUTDOWN_TIMEOUT_SECONDS), stop background work, close the database.
+Start: database (embedded or given; migrations: database.py), listeners, registry load; the
+write pool opens in the background, retried until it does. Ready means "the copy is loaded with
+LISTEN established, and we are not draining". Shutdown order is fixed: /ready and gRPC health
+turn unready, wait the drain period, then, all within SHUTDOWN_TIMEOUT_SECONDS: stop listeners,
+finish in-flight work, stop background work, close the database.
 """
 
 from __future__ import annotations
@@ -13,20 +14,18 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from service_discovery import migrate, ui
+from service_discovery import database, ui
 from service_discovery.auth import Auth, warn_if_exposed
 from service_discovery.catalog import Catalog
 from service_discovery.commit import GroupCommit
 from service_discovery.config import Config
 from service_discovery.consul_api import ConsulApi, ConsulSettings
 from service_discovery.dns import DnsServer
-from service_discovery.embedded import EmbeddedPostgres
-from service_discovery.errors import StoreUnavailable
 from service_discovery.grpc_api import GrpcServer, GrpcSettings
 from service_discovery.http_api import HttpServer, HttpSettings
 from service_discovery.leases import Leases
@@ -41,9 +40,7 @@ from service_discovery.watch import AnswerCache, WatchLimiter
 
 log = logging.getLogger(__name__)
 
-
-class MigrationsPending(RuntimeError):
-    """DATABASE_URL points at a database whose schema is behind this version."""
+_CLOSE_RESERVE_SECONDS = 1.0  # of the shutdown deadline, kept for cancelling and closing
 
 
 class FrontEnd(Protocol):
@@ -77,31 +74,15 @@ class Parts:
 
     @property
     def front_ends(self) -> tuple[FrontEnd, ...]:
-        """The listeners in the order they start (and the reverse of the one they stop in)."""
+        """The listeners in the order they start (they stop all at once)."""
         return (self.http, self.dns, self.grpc)
 
 
-def http_settings(config: Config, tls: Certificates | None = None) -> HttpSettings:
-    return HttpSettings(
-        bind_address=config.bind_address,
-        port=config.http_port,
-        idle_timeout_seconds=config.http_idle_timeout_seconds,
-        shutdown_timeout_seconds=config.shutdown_timeout_seconds,
-        max_body_bytes=config.http_max_body_bytes,
-        body_timeout_seconds=config.http_body_timeout_seconds,
-        watch_max_wait_seconds=config.watch_max_wait_seconds,
-        ssl_context=tls.ssl_context if tls is not None else None,
-    )
-
-
-def grpc_settings(config: Config, tls: Certificates | None = None) -> GrpcSettings:
-    return GrpcSettings(
-        bind_address=config.bind_address,
-        port=config.grpc_port,
-        max_message_bytes=config.http_max_body_bytes,
-        shutdown_timeout_seconds=config.shutdown_timeout_seconds,
-        credentials=tls.grpc_credentials() if tls is not None else None,
-    )
+def in_flight_seconds(config: Config) -> float:
+    """How long in-flight requests and calls get at stop: SHUTDOWN_TIMEOUT_SECONDS less what
+    cancelling what is left and closing the database keep (a tenth, 1 s at most)."""
+    timeout = config.shutdown_timeout_seconds
+    return timeout - min(_CLOSE_RESERVE_SECONDS, timeout / 10)
 
 
 class App:
@@ -112,7 +93,7 @@ class App:
         self.draining = False
         self.database_url = config.database_url or ""
         self._migrate_first = migrate_first
-        self._embedded: EmbeddedPostgres | None = None
+        self._database: database.Database | None = None  # set by `start`
         self._parts: Parts | None = None  # set by `start`
         self._pool_task: asyncio.Task[None] | None = None
         self._ready_task: asyncio.Task[None] | None = None
@@ -172,10 +153,14 @@ class App:
         """What /ready reports: whether to route to us, and how current our copy is."""
         sync = self._parts.sync if self._parts is not None else None
         up = sync is not None and sync.connected
+        pool = self._pool_task  # done without an error: the write pool is open
+        pool_open = (
+            pool is not None and pool.done() and not pool.cancelled() and not pool.exception()
+        )
         return Readiness(
             ready=self.is_ready(),
             draining=self.draining,
-            database_up=up,
+            database_up=up and pool_open,
             copy_live=up and self.registry.loaded,
             stale_seconds=sync.stale_seconds() if sync is not None else 0.0,
             version=self.registry.version,
@@ -194,31 +179,6 @@ class App:
         return self._parts.grpc.port if self._parts is not None else 0
 
     # ---- start ---------------------------------------------------------------------------
-    async def _prepare_database(self) -> None:
-        if not self.config.database_url:
-            self._embedded = EmbeddedPostgres(self.config.resolved_data_dir())
-            self.database_url = await asyncio.to_thread(self._embedded.start)
-            applied = await asyncio.to_thread(migrate.apply, self.database_url)
-            if applied:
-                log.info("embedded database: applied migrations %s", ", ".join(applied))
-            return
-        if self._migrate_first:  # as the schema owner (MIGRATE_DATABASE_URL) when there is one
-            url = self.config.migrate_database_url or self.database_url
-            applied = await asyncio.to_thread(migrate.apply, url)
-            log.info("applied migrations: %s", ", ".join(applied) or "none pending")
-            return
-        try:
-            todo = await asyncio.to_thread(migrate.pending, self.database_url)
-        except StoreUnavailable as exc:
-            # Not fatal: the sync loop retries and /ready stays 503 until the database is back.
-            log.warning("cannot check migrations yet: %s", exc)
-            return
-        if todo:
-            raise MigrationsPending(
-                f"the database has {len(todo)} pending migration(s) ({', '.join(todo)}): run "
-                "'service-discovery migrate' first, or start with 'serve --migrate'"
-            )
-
     def _build(self) -> Parts:
         config, registry, metrics = self.config, self.registry, self.metrics
         store = Store(config, self.database_url)
@@ -228,15 +188,19 @@ class App:
         auth = Auth.from_config(config)
         warn_if_exposed(auth, config.bind_address)
         # one watch limit per client address and one answer cache, whatever the front-end
-        watches = WatchLimiter(config.max_watches_per_client)
+        watches = WatchLimiter(config.max_watches_per_client, config.max_watches)
         answers = AnswerCache(catalog)
         tls_settings = TlsSettings.from_config(config)
         tls = Certificates(tls_settings) if tls_settings is not None else None
         sync = Sync(config, self.database_url, registry, metrics)
         metrics.sync_stale.set_function(sync.stale_seconds)
-        http = HttpServer(
-            http_settings(config, tls), catalog, metrics, auth, self.readiness, watches, answers
-        )
+        in_flight = in_flight_seconds(config)
+        http_settings = HttpSettings.from_config(config, in_flight)
+        grpc_settings = GrpcSettings.from_config(config, in_flight)
+        if tls is not None:
+            http_settings = replace(http_settings, ssl_context=tls.ssl_context)
+            grpc_settings = replace(grpc_settings, credentials=tls.grpc_credentials())
+        http = HttpServer(http_settings, catalog, metrics, auth, self.readiness, watches, answers)
         consul = ConsulApi(ConsulSettings.from_config(config), catalog, metrics, auth.enabled,
                            watches, answers)  # fmt: skip
         consul.attach(http.app)
@@ -254,14 +218,13 @@ class App:
             http=http,
             consul=consul,
             dns=dns,
-            grpc=GrpcServer(
-                grpc_settings(config, tls), catalog, auth, metrics, self.is_ready, watches, answers
-            ),
+            grpc=GrpcServer(grpc_settings, catalog, auth, metrics, self.is_ready, watches, answers),
             tls=tls,
         )
 
     async def start(self) -> None:
-        await self._prepare_database()
+        db = await database.prepare(self.config, migrate_first=self._migrate_first)
+        self._database, self.database_url = db, db.url
         self._parts = parts = self._build()
         # Listeners come up first: probes and SERVFAIL/503 answers before the registry loads.
         for server in parts.front_ends:
@@ -277,21 +240,11 @@ class App:
             self.grpc_port,
         )
 
-        self._pool_task = asyncio.create_task(self._open_pool(parts.store), name="sd-pool")
+        opening = database.open_pool(parts.store, db, self.metrics)
+        self._pool_task = asyncio.create_task(opening, name="sd-pool")
         await parts.sync.start()
         parts.leases.start()
         self._ready_task = asyncio.create_task(self._mark_ready(parts), name="sd-ready")
-
-    async def _open_pool(self, store: Store) -> None:
-        delay = 0.2
-        while True:
-            try:
-                await store.open()
-                return
-            except StoreUnavailable as exc:
-                log.warning("database pool: %s; retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def _mark_ready(self, parts: Parts) -> None:
         await parts.sync.synced.wait()
@@ -320,37 +273,77 @@ class App:
         await asyncio.sleep(self.config.shutdown_drain_seconds)
 
     async def stop(self) -> None:
-        """Stop what `start` started, in the one fixed order; safe after a failed start."""
+        """Stop what `start` started, in the one fixed order, all by one deadline
+        (SHUTDOWN_TIMEOUT_SECONDS from now). Never raises: a failing step is logged and the next
+        one runs. Safe after a failed start.
+
+        1. Listeners, all at once; then blocking queries answer with what they have (their
+           clients ask again elsewhere: the listener is closed), Watch streams end (UNAVAILABLE).
+        2. In-flight work finishes within `in_flight_seconds`; what is left is cancelled.
+        3. Background work: the pool's opener, queued writes (group commit), the lease reaper
+           and renewal batches, the sync.
+        4. The copy and the database pool (terminated if it cannot close by the deadline).
+        """
         self.draining = True
-        self.registry.close()  # blocking queries answer now with what they have
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.shutdown_timeout_seconds
         parts = self._parts
         if parts is not None:
-            # in-flight requests get SHUTDOWN_TIMEOUT_SECONDS (each listener's own setting)
-            for server in reversed(parts.front_ends):
-                await server.stop()
+            await asyncio.gather(*(_stop_listener(s, deadline) for s in parts.front_ends))
         for task in (self._pool_task, self._ready_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                    await _quietly("start-up task", task, deadline)
         if parts is not None:
             parts.consul.close()
             if parts.tls is not None:
                 await parts.tls.stop()
             parts.answers.close()
             # writes still queued or in flight (their callers are gone with the listeners)
-            await parts.commit.stop(self.config.shutdown_timeout_seconds)
-            await parts.leases.stop()
-            await parts.sync.stop()
-            await parts.store.close(self.config.shutdown_timeout_seconds)
-        if self._embedded is not None:
-            await asyncio.to_thread(self._embedded.stop)
+            committing = parts.commit.stop(max(0.0, deadline - loop.time()))
+            await _quietly("group commit", committing, deadline)
+            leases = parts.leases.stop(max(0.0, deadline - loop.time()))
+            await _quietly("leases", leases, deadline)
+            await _quietly("registry sync", parts.sync.stop(), deadline)
+        self.registry.close()
+        if parts is not None:
+            remaining = max(0.0, deadline - loop.time())
+            await _quietly("database pool", parts.store.close(remaining))
+        embedded = self._database.embedded if self._database is not None else None
+        if embedded is not None:
+            await _quietly("embedded database", asyncio.to_thread(embedded.stop))
         leftover = [
             t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()
         ]
         if leftover:
             log.debug("%d background tasks still running at stop", len(leftover))
         log.info("stopped")
+
+
+async def _stop_listener(server: FrontEnd, deadline: float) -> None:
+    """Stop one front-end by `deadline` at the latest (each also cuts its own in-flight work at
+    `in_flight_seconds`): a stop that overruns is abandoned, one that fails is logged."""
+    name = type(server).__name__
+    try:
+        async with asyncio.timeout_at(deadline):
+            await server.stop()
+    except TimeoutError:
+        log.warning("%s: still stopping at the shutdown deadline; abandoned", name)
+    except Exception:
+        log.exception("%s: failed to stop", name)
+
+
+async def _quietly(what: str, step: Awaitable[object], deadline: float | None = None) -> None:
+    """Run one step of `stop`, abandoned at `deadline`: an error is logged, never raised (the
+    next steps must run)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await step
+    except TimeoutError:
+        log.warning("stop: %s still running at the shutdown deadline; abandoned", what)
+    except Exception:
+        log.exception("stop: %s failed", what)
 
 
 @asynccontextmanager

@@ -144,6 +144,11 @@ class Catalog:
         woken by the change itself: nothing polls."""
         await self._registry.wait_for_change(name, index, timeout)
 
+    def release_waiting(self) -> None:
+        """Answer every `wait_for_change` now (shutdown: the listeners are closed, so their
+        clients ask again elsewhere); later waits wait as usual."""
+        self._registry.release()
+
     def change_feed(self, encoder: Encoder[M], queue_size: int) -> ChangeFeed[M]:
         """The change streams of one front-end (gRPC Watch), its messages built by `encoder`:
         see `changes.ChangeFeed`. The caller starts and closes it."""

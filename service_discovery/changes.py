@@ -2,10 +2,12 @@
 fanning each change out to per-stream bounded queues, so an idle watcher costs memory, never CPU.
 
 A stream starts with the full state of its scope (one service, or all of them), then carries
-each change. Messages are built by the front-end's `Encoder`, once per change (or per scope on
-a reload) and shared by every stream that sends them. A stream that falls `queue_size` events
-behind is coalesced: what it has queued is superseded by one full resend ("reload"), so a
-stalled reader costs bounded memory and never loses a change.
+each change. Messages are built by the front-end's `Encoder` (a change or a state may take
+several messages: pages), once per change and once per scope and version for a full state, and
+shared by every stream that sends them: a thousand streams opened on all services between two
+changes cost one snapshot. A stream that falls `queue_size` events behind is coalesced: what it
+has queued is superseded by one full resend ("reload"), so a stalled reader costs bounded
+memory and never loses a change.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ _KINDS: dict[str, Kind] = {"update": "update", "delete": "delete", "expire": "ex
 
 
 class Encoder(Protocol[M_co]):
-    """A front-end's messages for a stream."""
+    """A front-end's messages for a stream: each call returns the messages to send in order."""
 
-    def change(self, kind: Kind, key: str, service: Service | None, version: int) -> M_co:
+    def change(self, kind: Kind, key: str, service: Service | None, version: int) -> Sequence[M_co]:
         """One service changed (`service` None: it is gone) at registry `version`."""
         ...
 
-    def state(self, kind: Kind, version: int, services: Sequence[Service]) -> M_co:
+    def state(self, kind: Kind, version: int, services: Sequence[Service]) -> Sequence[M_co]:
         """The full state of a stream's scope: its first message ("snapshot"), or a resend
         after a reload or an overflow ("reload")."""
         ...
@@ -48,31 +50,16 @@ class _Event(Generic[M]):
         self.key = key
         self.service = service
         self.version = version
-        self._message: M | None = None
+        self._message: Sequence[M] | None = None
 
-    def message(self, encoder: Encoder[M]) -> M:
+    def message(self, encoder: Encoder[M]) -> Sequence[M]:
         if self._message is None:
             self._message = encoder.change(self.kind, self.key, self.service, self.version)
         return self._message
 
 
-class _Reload(Generic[M]):
-    """The copy reloaded everything: each stream needs the full state in its scope. The message
-    for a scope is built by the first stream that sends it and shared by the others."""
-
-    __slots__ = ("_messages",)
-
-    def __init__(self) -> None:
-        self._messages: dict[str | None, M] = {}
-
-    def message(self, key: str | None, build: Callable[[], M]) -> M:
-        msg = self._messages.get(key)
-        if msg is None:
-            msg = self._messages[key] = build()
-        return msg
-
-
 _WAKE = object()  # queue item: look at the stream's flags (closed)
+_RELOAD = object()  # queue item: the copy reloaded everything, send the scope's full state
 
 
 class _Stream:
@@ -110,6 +97,9 @@ class ChangeFeed(Generic[M]):
         self._encoder = encoder
         self._queue_size = queue_size
         self._by_key: dict[str | None, set[_Stream]] = {}
+        # (scope, kind) -> (registry version, messages): the full state of a scope, kept until
+        # a change in the scope or a version of the registry makes it stale
+        self._states: dict[tuple[str | None, Kind], tuple[int, Sequence[M]]] = {}
         self._unsubscribe: Callable[[], None] | None = None
         self.closing = False
 
@@ -129,11 +119,13 @@ class ChangeFeed(Generic[M]):
     def _on_change(self, key: str | None, reason: str) -> None:
         # Called synchronously inside the registry's update: cost is O(streams watching `key`).
         if key is None:
-            reload: _Reload[M] = _Reload()
+            self._states.clear()
             for streams in self._by_key.values():
                 for stream in streams:
-                    stream.push(reload)
+                    stream.push(_RELOAD)
             return
+        self._forget(key)
+        self._forget(None)  # a lapse moves no version: the states in scope are dropped by name
         watching = (*self._by_key.get(key, ()), *self._by_key.get(None, ()))
         if not watching:
             return  # no stream to tell: do not build the service's view for nobody
@@ -144,14 +136,23 @@ class ChangeFeed(Generic[M]):
         for stream in watching:
             stream.push(event)
 
-    def _state(self, key: str | None, kind: Kind) -> M:
+    def _forget(self, key: str | None) -> None:
+        self._states.pop((key, "snapshot"), None)
+        self._states.pop((key, "reload"), None)
+
+    def _state(self, key: str | None, kind: Kind) -> Sequence[M]:
         registry = self._registry
+        kept = self._states.get((key, kind))
+        if kept is not None and kept[0] == registry.version:
+            return kept[1]
         if key is None:
             services: Sequence[Service] = registry.services()
         else:
             one = registry.get(key)
             services = (one,) if one is not None else ()
-        return self._encoder.state(kind, registry.version, services)
+        messages = self._encoder.state(kind, registry.version, services)
+        self._states[(key, kind)] = (registry.version, messages)
+        return messages
 
     async def stream(self, name: str | None) -> AsyncIterator[M]:
         """The messages of one stream on service `name` (None: every service), until the
@@ -166,8 +167,10 @@ class ChangeFeed(Generic[M]):
         # registered before the snapshot is taken, with no await between: no change is missed
         self._by_key.setdefault(key, set()).add(stream)
         try:
-            yield self._state(key, "snapshot")
+            messages = self._state(key, "snapshot")
             while True:
+                for message in messages:
+                    yield message
                 item = await stream.queue.get()
                 if stream.closed:
                     raise NotReady("server draining")
@@ -175,14 +178,17 @@ class ChangeFeed(Generic[M]):
                     while not stream.queue.empty():  # superseded by the full state
                         stream.queue.get_nowait()
                     stream.overflowed = False
-                    yield self._state(key, "reload")
-                elif isinstance(item, _Reload):
-                    yield item.message(key, lambda: self._state(key, "reload"))
+                    messages = self._state(key, "reload")
+                elif item is _RELOAD:
+                    messages = self._state(key, "reload")
                 elif isinstance(item, _Event):
-                    yield item.message(self._encoder)
+                    messages = item.message(self._encoder)
+                else:
+                    messages = ()
         finally:
             streams = self._by_key.get(key)
             if streams is not None:
                 streams.discard(stream)
                 if not streams:
                     del self._by_key[key]
+                    self._forget(key)  # nobody watches the scope: its state need not be kept

@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"service-discovery: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(config.logger_level)
-    from service_discovery.app import MigrationsPending
+    from service_discovery.database import MigrationsPending
     from service_discovery.errors import RegistryError
 
     try:

@@ -113,7 +113,7 @@ class Config:
         "SHUTDOWN_DRAIN_SECONDS", 5.0, float_range(0, 3600), "wait after /ready turns 503"
     )
     shutdown_timeout_seconds: float = _setting(
-        "SHUTDOWN_TIMEOUT_SECONDS", 10.0, float_range(0, 3600), "in-flight work deadline"
+        "SHUTDOWN_TIMEOUT_SECONDS", 10.0, float_range(0, 3600), "deadline of all after the drain"
     )
     db_pool_min_size: int = _setting("DB_POOL_MIN_SIZE", 1, int_range(0, 1000), "pool minimum")
     db_pool_max_size: int = _setting("DB_POOL_MAX_SIZE", 10, int_range(1, 1000), "pool maximum")
@@ -161,6 +161,7 @@ class Config:
     )
     write_batch_max: int = _setting("SD_WRITE_BATCH_MAX", 500, int_range(1, 100_000),
         "writes per batch at most (group commit; bulk: its endpoints)")  # fmt: skip
+    max_watches: int = _setting("SD_MAX_WATCHES", 10000, int_range(1, 10**7), "all open watches")
     lease_reap_interval_seconds: float = _setting(
         "SD_LEASE_REAP_INTERVAL_SECONDS", 1.0, float_range(0.05, 3600), "reaper period"
     )

@@ -240,7 +240,7 @@ class ConsulApi:
                 raise ValueError
         except ValueError:
             raise InvalidInput("index must be a non-negative integer (an X-Consul-Index)") from None
-        if index == 0 or index != current:
+        if index == 0 or index != current or self._watches.closing:  # closing: at shutdown
             return current
         with self._watches.hold(request.remote or "?"):
             self._metrics.http_watches.inc()

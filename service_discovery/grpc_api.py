@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from service_discovery import model
 from service_discovery.auth import Auth, Grant
 from service_discovery.catalog import Catalog
+from service_discovery.config import Config
 from service_discovery.errors import InvalidInput, NotReady
 from service_discovery.grpc_calls import Call, CallStats
 from service_discovery.grpc_codec import (
@@ -76,12 +77,18 @@ def _add_servicer(servicer: DiscoveryServicer, server: grpc.aio.Server) -> None:
             if method.server_streaming
             else grpc.unary_unary_rpc_method_handler
         )
+        # a stream's messages come serialized (once, and shared by every stream sending them)
+        serialize = _as_is if method.server_streaming else response_cls.SerializeToString
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=lenient(request_cls),
-            response_serializer=response_cls.SerializeToString,
+            response_serializer=serialize,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
+def _as_is(message: bytes) -> bytes:
+    return message
 
 
 Req = TypeVar("Req")
@@ -145,7 +152,8 @@ class DiscoveryServicer:
         self.auth = auth
         self.stats = CallStats(metrics)
         self._metrics = metrics
-        self.watches = catalog.change_feed(WatchMessages(), WATCH_QUEUE_SIZE)
+        encoder = WatchMessages(metrics.grpc_watch_encoded.inc)
+        self.watches = catalog.change_feed(encoder, WATCH_QUEUE_SIZE)
         self._limiter = limiter
         self._get_service = answers.format(_get_service_response)
 
@@ -245,7 +253,8 @@ class DiscoveryServicer:
     # ---- Watch (server streaming) ---------------------------------------------------------
     async def Watch(
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.WatchResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Serialized WatchResponse messages (grpc_codec.WatchMessages), paged."""
         # latency is not recorded: a watch lasts as long as the client wants
         with Call(self.stats, "Watch", latency=False) as call:
             self.authorize(context, write=False)
@@ -256,7 +265,7 @@ class DiscoveryServicer:
         if call.code != grpc.StatusCode.OK:
             await context.abort(call.code, call.message)
 
-    async def _watch(self, request: pb.WatchRequest, peer: str) -> AsyncIterator[pb.WatchResponse]:
+    async def _watch(self, request: pb.WatchRequest, peer: str) -> AsyncIterator[bytes]:
         if self.watches.closing:
             raise NotReady("server draining")
         name = model.service_name(request.service_name) if request.service_name else None
@@ -280,6 +289,17 @@ class GrpcSettings:
     max_message_bytes: int  # the largest request accepted (HTTP_MAX_BODY_BYTES)
     shutdown_timeout_seconds: float  # in-flight calls get this long at stop
     credentials: grpc.ServerCredentials | None = None  # TLS (tls.py keeps them current)
+
+    @classmethod
+    def from_config(cls, config: Config, shutdown_timeout_seconds: float) -> GrpcSettings:
+        """The settings from Config; in-flight calls get `shutdown_timeout_seconds` (app.py
+        decides, within its one deadline)."""
+        return cls(
+            bind_address=config.bind_address,
+            port=config.grpc_port,
+            max_message_bytes=config.http_max_body_bytes,
+            shutdown_timeout_seconds=shutdown_timeout_seconds,
+        )
 
 
 class GrpcServer:
@@ -347,12 +367,17 @@ class GrpcServer:
         task.add_done_callback(self._health_updates.discard)
 
     async def stop(self) -> None:
-        """Refuse new calls, end watch streams (UNAVAILABLE "server draining"), give in-flight
-        calls the shutdown timeout, then cancel what is left."""
+        """Refuse new calls, then end watch streams (UNAVAILABLE "server draining": their
+        clients reconnect elsewhere, since new calls are refused here), give in-flight calls the
+        shutdown timeout, then cancel what is left."""
         if self._health_updates:
             await asyncio.gather(*self._health_updates, return_exceptions=True)
         await self._health.enter_graceful_shutdown()
+        server, self._server = self._server, None
+        if server is None:
+            self._servicer.watches.close()
+            return
+        stopping = asyncio.ensure_future(server.stop(self._settings.shutdown_timeout_seconds))
+        await asyncio.sleep(0)  # stop() refuses new calls in its first step
         self._servicer.watches.close()
-        if self._server is not None:
-            await self._server.stop(self._settings.shutdown_timeout_seconds)
-            self._server = None
+        await stopping

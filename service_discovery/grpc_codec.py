@@ -53,23 +53,71 @@ def service_pb(svc: Service, *, endpoints: bool = True) -> pb.Service:
     )
 
 
+# A Watch message's services beyond this many bytes go in the next page (WatchResponse.more):
+# well under the 4 MiB that gRPC clients accept by default, whatever the registry holds.
+PAGE_BYTES = 1 << 20
+_ENTRY_OVERHEAD = 6  # a repeated entry's tag and length prefix, at most
+
+
 class WatchMessages:
-    """The Watch stream's messages (`changes.Encoder`)."""
+    """The Watch stream's messages (`changes.Encoder`), serialized here, once, so that every
+    stream sends the same bytes; paged at `page_bytes`. `count` hears each message's size."""
 
-    def change(
-        self, kind: Kind, key: str, service: Service | None, version: int
-    ) -> pb.WatchResponse:
-        return pb.WatchResponse(
-            version=version,
-            kind=_KINDS[kind],
-            service_name=service.name if service is not None else key,
-            services=[service_pb(service)] if service is not None else (),
-        )
+    def __init__(self, count: Callable[[int], None], page_bytes: int = PAGE_BYTES) -> None:
+        self._count = count
+        self._page_bytes = page_bytes
 
-    def state(self, kind: Kind, version: int, services: Sequence[Service]) -> pb.WatchResponse:
-        return pb.WatchResponse(
-            version=version, kind=_KINDS[kind], services=[service_pb(s) for s in services]
-        )
+    def change(self, kind: Kind, key: str, service: Service | None, version: int) -> list[bytes]:
+        name = service.name if service is not None else key
+        return self._pages(kind, version, name, (service,) if service is not None else ())
+
+    def state(self, kind: Kind, version: int, services: Sequence[Service]) -> list[bytes]:
+        return self._pages(kind, version, "", services)
+
+    def _pages(
+        self, kind: Kind, version: int, name: str, services: Sequence[Service]
+    ) -> list[bytes]:
+        groups: list[list[pb.Service]] = [[]]
+        size = 0
+        for svc in services:
+            for part in _split(service_pb(svc), self._page_bytes):
+                n = part.ByteSize() + _ENTRY_OVERHEAD
+                if groups[-1] and size + n > self._page_bytes:
+                    groups.append([])
+                    size = 0
+                groups[-1].append(part)
+                size += n
+        last = len(groups) - 1
+        pages = [
+            pb.WatchResponse(
+                version=version, kind=_KINDS[kind], service_name=name, services=group, more=i < last
+            ).SerializeToString()
+            for i, group in enumerate(groups)
+        ]
+        self._count(sum(map(len, pages)))
+        return pages
+
+
+def _split(msg: pb.Service, limit: int) -> list[pb.Service]:
+    """`msg` as one entry, or, when larger than `limit`, as several copies that share its other
+    fields and split its endpoints, in order (the client joins them back by name)."""
+    if msg.ByteSize() <= limit:
+        return [msg]
+    head = pb.Service()
+    head.CopyFrom(msg)
+    del head.endpoints[:]
+    room = max(limit - head.ByteSize(), 1)
+    parts: list[pb.Service] = []
+    size = 0
+    for e in msg.endpoints:
+        n = e.ByteSize() + _ENTRY_OVERHEAD
+        if not parts or (size > 0 and size + n > room):
+            parts.append(pb.Service())
+            parts[-1].CopyFrom(head)
+            size = 0
+        parts[-1].endpoints.append(e)
+        size += n
+    return parts
 
 
 # ---- protobuf -> model -------------------------------------------------------------------

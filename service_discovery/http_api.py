@@ -16,13 +16,14 @@ from aiohttp import web
 from service_discovery import http_middlewares, model
 from service_discovery.auth import Auth, checks_services, permit
 from service_discovery.catalog import Catalog
+from service_discovery.config import Config
 from service_discovery.errors import InvalidInput
 from service_discovery.http_middlewares import X_INDEX
 from service_discovery.metrics import Metrics
 from service_discovery.model import Endpoint, Service
 from service_discovery.openapi import spec as openapi_spec
 from service_discovery.readiness import Readiness
-from service_discovery.watch import AnswerCache, Answers, WatchLimiter, blocking_query
+from service_discovery.watch import AnswerCache, Answers, WatchLimiter, Whole, blocking_query
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +39,38 @@ class HttpSettings:
     watch_max_wait_seconds: float  # the cap of a blocking query's ?wait=
     ssl_context: ssl.SSLContext | None = None  # TLS (tls.py keeps it current)
 
+    @classmethod
+    def from_config(cls, config: Config, shutdown_timeout_seconds: float) -> HttpSettings:
+        """The settings from Config; in-flight requests get `shutdown_timeout_seconds` (app.py
+        decides, within its one deadline)."""
+        return cls(
+            bind_address=config.bind_address,
+            port=config.http_port,
+            idle_timeout_seconds=config.http_idle_timeout_seconds,
+            shutdown_timeout_seconds=shutdown_timeout_seconds,
+            max_body_bytes=config.http_max_body_bytes,
+            body_timeout_seconds=config.http_body_timeout_seconds,
+            watch_max_wait_seconds=config.watch_max_wait_seconds,
+        )
+
 
 CATALOG = web.AppKey("catalog", Catalog)
 SETTINGS = web.AppKey("settings", HttpSettings)
 METRICS = web.AppKey("metrics", Metrics)
 READINESS = web.AppKey[Callable[[], Readiness]]("readiness")
 WATCHES = web.AppKey("watches", WatchLimiter)
-SERVICE_BODY = web.AppKey[Answers[bytes]]("service_body")
+
+
+@dataclass(frozen=True, slots=True)
+class Bodies:
+    """The encoded bodies of GET /service/{name} and GET /services in one layout, each shared
+    by every reader until what it shows changes (watch.AnswerCache)."""
+
+    service: Answers[bytes]
+    listing: Whole[bytes]
+
+
+BODIES = web.AppKey[tuple[Bodies, Bodies]]("bodies")  # indexed by ?pretty: compact, indented
 
 
 def _pretty(request: web.Request) -> bool:
@@ -112,16 +138,18 @@ async def _block(request: web.Request, name: str | None) -> None:
     A waiting query is one future in the registry, woken by the change itself: no polling, so
     thousands of watchers cost memory only. Records the index to report in X-Index, also on an
     error answer (a 404 for a deleted service), so a watcher always has an index to wait on.
+    At shutdown (`_release`) no query waits: each answers with what it has.
     """
     catalog = request.app[CATALOG]
     query = request.query
     blocking = blocking_query(
         query.get("index"), query.get("wait"), request.app[SETTINGS].watch_max_wait_seconds
     )
-    if blocking is not None and catalog.index(name) <= blocking[0]:
+    watches = request.app[WATCHES]
+    if blocking is not None and catalog.index(name) <= blocking[0] and not watches.closing:
         index, wait = blocking
         metrics = request.app[METRICS]
-        with request.app[WATCHES].hold(request.remote or "?"):
+        with watches.hold(request.remote or "?"):
             metrics.http_watches.inc()
             try:
                 await catalog.wait_for_change(name, index, wait)
@@ -130,8 +158,29 @@ async def _block(request: web.Request, name: str | None) -> None:
     request[X_INDEX] = catalog.index(name)
 
 
-def _service_body(svc: Service) -> bytes:
-    return json.dumps(service_json(svc), ensure_ascii=False).encode()
+async def _release(app: web.Application) -> None:
+    """on_shutdown: the listener is closed and every connection closes after its answer, so a
+    blocking query still waiting answers now, with what it has, and its client's next query
+    goes to another replica. (Released while this listener still accepted, the client would
+    ask again here at once, be answered at once, and again: a spin.)"""
+    app[WATCHES].close()
+    app[CATALOG].release_waiting()
+
+
+def _encoded(data: Any, indent: int | None, metrics: Metrics) -> bytes:
+    body = json.dumps(data, indent=indent, ensure_ascii=False).encode()
+    metrics.http_encoded.inc(len(body))
+    return body
+
+
+def _bodies(answers: AnswerCache, catalog: Catalog, metrics: Metrics, indent: int | None) -> Bodies:
+    def listing() -> bytes:
+        return _encoded([service_json(s, endpoints=False) for s in catalog.list()], indent, metrics)
+
+    return Bodies(
+        answers.format(lambda svc: _encoded(service_json(svc), indent, metrics)),
+        answers.whole(listing),
+    )
 
 
 # ---- routes ------------------------------------------------------------------------------
@@ -139,22 +188,25 @@ async def list_services(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     catalog.ensure_loaded()
     await _block(request, None)
-    services = [service_json(s, endpoints=False) for s in catalog.list()]
-    return _json(request, services, index=catalog.index())
+    # Built once after each change and shared: 500 watchers released by one write cost one
+    # encoding of the listing, not 500.
+    body = request.app[BODIES][_pretty(request)].listing()
+    headers = {"X-Index": str(catalog.index())}
+    return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 async def get_service(request: web.Request) -> web.Response:
     name = model.service_name(request.match_info["name"])
     catalog = request.app[CATALOG]
     catalog.ensure_loaded()
+    pretty = False
     if request.query_string:
         await _block(request, name)
+        pretty = _pretty(request)
     svc = catalog.get(name)
-    if _pretty(request):
-        return _json(request, service_json(svc), index=svc.version)
     # The hot read: the encoded body is kept per view (views are rebuilt on every change).
     return web.Response(
-        body=request.app[SERVICE_BODY](svc),
+        body=request.app[BODIES][pretty].service(svc),
         content_type="application/json",
         headers={"X-Index": str(svc.version)},
     )
@@ -274,7 +326,8 @@ def build_app(
     app[METRICS] = metrics
     app[READINESS] = readiness
     app[WATCHES] = watches
-    app[SERVICE_BODY] = answers.format(_service_body)
+    app[BODIES] = (_bodies(answers, catalog, metrics, None), _bodies(answers, catalog, metrics, 2))
+    app.on_shutdown.append(_release)
     app.router.add_get("/services", list_services)
     app.router.add_put("/service", create_service)
     app.router.add_get("/service/{name}", get_service)

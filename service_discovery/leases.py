@@ -49,8 +49,9 @@ class Leases:
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_forever(), name="sd-reaper")
 
-    async def stop(self) -> None:
-        """Stop the reaper, write the renewals still queued, then cancel what is left."""
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop the reaper, write the renewals still queued (within `timeout`, and never longer
+        than DB_TIMEOUT_SECONDS), then cancel what is left."""
         self._stopping = True
         if self._reaper is not None:
             self._reaper.cancel()
@@ -61,7 +62,10 @@ class Leases:
             self._flush_timer = None
             self._start_flush()
         if self._flushes:
-            await asyncio.wait(self._flushes, timeout=self._config.db_timeout_seconds)
+            limit = self._config.db_timeout_seconds
+            await asyncio.wait(
+                self._flushes, timeout=limit if timeout is None else min(timeout, limit)
+            )
         for task in list(self._flushes):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

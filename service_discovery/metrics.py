@@ -65,6 +65,10 @@ class Metrics:
         self.http_watches = Gauge(
             "sd_http_blocking_queries", "HTTP blocking queries waiting for a change", registry=r
         )
+        self.http_encoded = Counter(
+            "sd_http_encoded_bytes", "JSON bodies encoded for reads and blocking queries (each "
+            "kept and shared by every reader until its state changes)", registry=r,
+        )  # fmt: skip
         # DNS
         self.dns_queries = Counter(
             "sd_dns_queries_total", "DNS queries by transport, type and rcode",
@@ -95,6 +99,10 @@ class Metrics:
             ["method"], buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.grpc_watches = Gauge("sd_grpc_watch_streams", "open gRPC Watch streams", registry=r)
+        self.grpc_watch_encoded = Counter(
+            "sd_grpc_watch_encoded_bytes", "Watch messages encoded (each shared by every stream "
+            "that sends it)", registry=r,
+        )  # fmt: skip
         # registry copy and its sync with PostgreSQL
         self.registry_services = Gauge("sd_registry_services", "services in the copy", registry=r)
         self.registry_endpoints = Gauge(

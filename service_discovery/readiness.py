@@ -16,7 +16,7 @@ from typing import Any
 class Readiness:
     ready: bool  # the copy is loaded and we are not draining (also while the database is away)
     draining: bool  # SIGTERM received: leaving the load balancers
-    database_up: bool  # the LISTEN connection to PostgreSQL is established
+    database_up: bool  # the LISTEN connection is established and the write pool is open
     copy_live: bool  # loaded and hearing every change; else it may lag the database
     stale_seconds: float  # since the copy was last known current (0 while live)
     version: int  # the registry version the copy holds

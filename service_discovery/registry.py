@@ -191,7 +191,7 @@ class Registry:
                 waiters.discard(fut)
                 if not waiters and self._waiters.get(key) is waiters:
                     del self._waiters[key]
-            if self._closed or reason == "reload" or self.index(name) > index:
+            if self._closed or reason in ("reload", "release") or self.index(name) > index:
                 return
             if key is not None and self._live_changes.get(key, 0) != lapses:
                 return
@@ -480,6 +480,14 @@ class Registry:
                 self._announce(key, "expire")
         self._schedule()
 
+    def release(self) -> None:
+        """Answer every waiting blocking query now, with what it has (shutdown, once listeners
+        are closed); the copy stays open for the writes still in flight."""
+        for waiters in self._waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result("release")
+
     def close(self) -> None:
         """Stop the timer and answer every blocking query now (shutdown); later ones return at
         once."""
@@ -487,7 +495,4 @@ class Registry:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for waiters in self._waiters.values():
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result("close")
+        self.release()

@@ -183,6 +183,8 @@ class Store:
             )
         except _UNAVAILABLE as exc:
             raise unavailable(exc, self._where) from exc
+        except asyncpg.PostgresError as exc:  # a wrong password, a database not created yet
+            raise unavailable(exc, self._where) from exc
 
     async def close(self, timeout: float = 5.0) -> None:
         if self._pool is not None:

