@@ -42,7 +42,7 @@ STATE = REPO / ".kube-play"
 IMAGE = "localhost/service-discovery:dev"
 REPLICAS = ["127.0.0.1", "127.0.0.2"]  # where each replica of the daemon publishes its ports
 HTTP, DNS, GRPC = 3000, 8053, 8081  # the NodePort Service's ports, published as they are
-TOKEN = (REPO / "k8s/base/api-tokens.txt").read_text().split()[0]
+TOKEN = (REPO / "k8s/overlays/dev/api-tokens.txt").read_text().split()[0]
 # podman reads the same configuration as `make` gives it.
 ENV = os.environ | {"CONTAINERS_CONF": str(REPO / "scripts/containers.conf")}
 
