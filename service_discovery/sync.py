@@ -19,8 +19,8 @@ from service_discovery.errors import StoreUnavailable
 from service_discovery.metrics import Metrics
 from service_discovery.model import EndpointChange, LeaseRenewal
 from service_discovery.notify import CHANNELS, LEASES_CHANNEL, Bump, decode_bumps, decode_leases
+from service_discovery.reads import connect, read_endpoints, read_snapshot
 from service_discovery.registry import Registry
-from service_discovery.store import connect, read_endpoints, read_snapshot
 
 log = logging.getLogger(__name__)
 
