@@ -117,6 +117,11 @@ class Metrics:
         self.sync_reloads = Counter(
             "sd_sync_full_reloads_total", "full reloads of the registry copy", registry=r
         )
+        self.sync_rejected = Counter(
+            "sd_sync_notifications_rejected",
+            "NOTIFY payloads dropped because they are not what the daemon sends, by channel",
+            ["channel"], registry=r,
+        )  # fmt: skip
         self.sync_connected = Gauge(
             "sd_sync_listen_connected", "1 while the LISTEN connection is up", registry=r
         )

@@ -19,16 +19,25 @@ Python only decodes them (`decode_bumps`).
 `sd_leases` carries lease renewals, which move no version, sent by the store (`encode_leases`) as
 a JSON array of `[service, ip, expires_at]` triples: lowercased name, canonical address, unix
 time. The renewals travel in the payload itself, so no replica reads them back.
+
+Any role that can connect to the database can NOTIFY on these channels, so a payload is checked
+field by field before anything acts on it: exactly the shape above, names and addresses as the
+database writes them (a lowercased service name, an address in PostgreSQL's `host()` form),
+versions that fit a bigint with `pv < v`, and expiries that are finite and no later than the
+longest lease from now. Anything else raises ValueError: the sync drops the payload and counts
+it, and no replica reloads over it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service_discovery.model import LeaseRenewal
+from service_discovery.errors import InvalidInput
+from service_discovery.model import MAX_TTL_SECONDS, LeaseRenewal, ip_address, service_name
 
 REGISTRY_CHANNEL = "sd_registry"
 LEASES_CHANNEL = "sd_leases"
@@ -37,6 +46,12 @@ CHANNELS = (REGISTRY_CHANNEL, LEASES_CHANNEL)
 # NOTIFY payloads are limited to 8000 bytes; one renewal takes at most ~130 (a 63-character
 # name, a 39-character IPv6 address, a float), so 50 per message always fit.
 LEASES_PER_NOTIFICATION = 50
+
+_MAX_VERSION = 2**63 - 1  # versions are bigints
+# How far a renewal's expiry may lie beyond the longest lease from now: the database's clock
+# (which computes expiries) may run ahead of ours by this much.
+_CLOCK_SKEW_SECONDS = 3600.0
+_BUMP_KEYS = frozenset(("s", "v", "pv", "ip"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,25 +65,28 @@ class Bump:
 
 
 def decode_bumps(payload: str) -> list[Bump]:
-    """The changes one `sd_registry` payload names, in order (ValueError if it is malformed)."""
-    data: Any = json.loads(payload)
-    if not isinstance(data, dict):
-        raise ValueError("sd_registry payload is not a JSON object")
-    try:
-        if "b" in data:
-            return [_bump(s, v, pv, ip) for s, v, pv, ip in data["b"]]
-        return [_bump(data["s"], data["v"], data.get("pv"), data.get("ip"))]
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"malformed sd_registry payload: {exc!r}") from exc
+    """The changes one `sd_registry` payload names, in order (ValueError if it is not what
+    sd_bump or sd_notify_changes sends: the payload is dropped whole)."""
+    data = _json(payload)
+    if isinstance(data, dict) and data.keys() == _BUMP_KEYS:
+        return [_bump(data["s"], data["v"], data["pv"], data["ip"])]
+    if not isinstance(data, dict) or data.keys() != {"b"} or not isinstance(data["b"], list):
+        raise ValueError('sd_registry payload is neither {"s", "v", "pv", "ip"} nor {"b": [...]}')
+    changes = data["b"]
+    if not changes or not all(isinstance(c, list) and len(c) == 4 for c in changes):
+        raise ValueError("sd_registry batch is not a list of [service, v, pv, ip] changes")
+    return [_bump(*c) for c in changes]
 
 
 def _bump(service: Any, version: Any, prev_version: Any, ip: Any) -> Bump:
-    return Bump(
-        service=str(service),
-        version=int(version),
-        prev_version=None if prev_version is None else int(prev_version),
-        ip=None if ip is None else str(ip),
-    )
+    """One change, every field checked."""
+    v = _version(version, "v", 1)
+    pv = None if prev_version is None else _version(prev_version, "pv", 0)
+    if pv is not None and pv >= v:
+        raise ValueError(f"sd_registry payload: pv {pv} is not below v {v}")
+    if pv is None and ip is not None:
+        raise ValueError("sd_registry payload: a deletion (pv null) names no endpoint")
+    return Bump(_service(service), v, pv, None if ip is None else _ip(ip))
 
 
 def encode_leases(renewals: Sequence[LeaseRenewal]) -> list[str]:
@@ -80,12 +98,63 @@ def encode_leases(renewals: Sequence[LeaseRenewal]) -> list[str]:
     ]
 
 
-def decode_leases(payload: str) -> list[LeaseRenewal]:
-    """The renewals of one `sd_leases` payload (ValueError if it is malformed)."""
-    data: Any = json.loads(payload)
-    if not isinstance(data, list):
-        raise ValueError("sd_leases payload is not a JSON array")
+def decode_leases(payload: str, now: float) -> list[LeaseRenewal]:
+    """The renewals of one `sd_leases` payload, heard at unix time `now` (ValueError if any part
+    of it is not what `encode_leases` sends: the payload is dropped whole)."""
+    data = _json(payload)
+    if not isinstance(data, list) or not 1 <= len(data) <= LEASES_PER_NOTIFICATION:
+        raise ValueError(
+            f"sd_leases payload is not an array of 1 to {LEASES_PER_NOTIFICATION} renewals"
+        )
+    latest = now + MAX_TTL_SECONDS + _CLOCK_SKEW_SECONDS
+    renewals = []
+    for item in data:
+        if not isinstance(item, list) or len(item) != 3:
+            raise ValueError("sd_leases renewal is not a [service, ip, expires_at] triple")
+        name, ip, at = item
+        if isinstance(at, bool) or not isinstance(at, int | float):
+            raise ValueError("sd_leases renewal: expires_at is not a number")
+        if not (math.isfinite(at) and 0 < at <= latest):
+            raise ValueError(f"sd_leases renewal: expires_at {at!r} is not a plausible expiry")
+        renewals.append(LeaseRenewal(_service(name), _ip(ip), float(at)))
+    return renewals
+
+
+def _json(payload: str) -> Any:
     try:
-        return [LeaseRenewal(str(s), str(ip), float(at)) for s, ip, at in data]
-    except TypeError as exc:
-        raise ValueError(f"malformed sd_leases payload: {exc!r}") from exc
+        # NaN and Infinity are not JSON: refuse them here rather than let them into a heap
+        return json.loads(payload, parse_constant=_not_json)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"payload is not JSON: {exc}") from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"payload holds {constant}, which is not JSON")
+
+
+def _version(value: Any, what: str, lowest: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= _MAX_VERSION:
+        raise ValueError(f"sd_registry payload: {what} is not a version")
+    return value
+
+
+def _service(value: Any) -> str:
+    """A service's key: a valid name, lowercased (as sd_bump and the store send it)."""
+    try:
+        name = service_name(value)
+    except InvalidInput as exc:
+        raise ValueError(f"payload names no valid service: {exc.message}") from None
+    if name != name.lower():
+        raise ValueError(f"payload service name {name!r} is not lowercased")
+    return name
+
+
+def _ip(value: Any) -> str:
+    """An address exactly as PostgreSQL's host() writes it (what the copy is keyed by)."""
+    try:
+        ip = ip_address(value)
+    except InvalidInput as exc:
+        raise ValueError(f"payload names no valid address: {exc.message}") from None
+    if ip != value:
+        raise ValueError(f"payload address {value!r} is not in canonical form")
+    return ip

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 0.5
 _PING_SECONDS = 5.0
+_REJECT_LOG_SECONDS = 60.0  # at most one WARNING a minute for dropped notifications
 
 
 class Sync:
@@ -46,6 +47,7 @@ class Sync:
         self._lost = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._rejected_logged = -_REJECT_LOG_SECONDS
         self.synced = asyncio.Event()
         self.connected = False
         # When the copy was last known current (monotonic); None while it hears every change.
@@ -138,15 +140,27 @@ class Sync:
             log.info("registry reloaded after reconnect at version %d", snapshot.version)
         self.synced.set()
 
-    def _on_notify(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, _conn: object, pid: int, channel: str, payload: str) -> None:
         try:
             if channel == LEASES_CHANNEL:
-                self._pending_leases.extend(decode_leases(payload))
+                self._pending_leases.extend(decode_leases(payload, time.time()))
             else:
                 for bump in decode_bumps(payload):
                     self._pending.setdefault(bump.service, []).append(bump)
-        except ValueError:
-            log.warning("ignoring malformed notification on %s", channel)
+        except ValueError as exc:
+            # Not what the daemon sends (any role may NOTIFY): acting on it could corrupt the
+            # copy or force a reload, so it is dropped, counted, and logged now and then.
+            self._metrics.sync_rejected.labels(channel).inc()
+            now = time.monotonic()
+            if now - self._rejected_logged >= _REJECT_LOG_SECONDS:
+                self._rejected_logged = now
+                log.warning(
+                    "dropped a notification on %s from backend pid %d: %s (counted in "
+                    "sd_sync_notifications_rejected_total; logged at most once a minute)",
+                    channel,
+                    pid,
+                    exc,
+                )
             return
         self._wakeup.set()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import asyncpg
@@ -38,7 +39,39 @@ def test_registry_payloads_decode(payload: str, bump: Bump) -> None:
     assert decode_bumps(payload) == [bump]
 
 
-@pytest.mark.parametrize("payload", ["", "[]", '{"v": 1}', '{"s": "web", "v": "x"}', "null"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "",
+        "[]",
+        "null",
+        '{"v": 1}',
+        '{"s": "web", "v": "x"}',
+        '{"s": "web", "v": 7, "pv": 6}',  # a key missing
+        '{"s": "web", "v": 7, "pv": 6, "ip": null, "x": 1}',  # a key too many
+        '{"s": "web", "v": 7.5, "pv": 6, "ip": null}',
+        '{"s": "web", "v": true, "pv": 0, "ip": null}',
+        '{"s": "web", "v": 0, "pv": null, "ip": null}',
+        '{"s": "web", "v": 9223372036854775808, "pv": 6, "ip": null}',  # past bigint
+        '{"s": "web", "v": NaN, "pv": 6, "ip": null}',
+        '{"s": "web", "v": 7, "pv": 7, "ip": null}',  # pv must be below v
+        '{"s": "web", "v": 7, "pv": -1, "ip": null}',
+        '{"s": "web", "v": 7, "pv": null, "ip": "10.0.0.1"}',  # a deletion names no endpoint
+        '{"s": "Web", "v": 7, "pv": 6, "ip": null}',  # keys are lowercased
+        '{"s": "-web", "v": 7, "pv": 6, "ip": null}',
+        '{"s": 7, "v": 7, "pv": 6, "ip": null}',
+        '{"s": "web", "v": 7, "pv": 6, "ip": "10.0.0.256"}',
+        '{"s": "web", "v": 7, "pv": 6, "ip": " 10.0.0.1"}',  # not host() output
+        '{"s": "web", "v": 7, "pv": 6, "ip": "2001:DB8::1"}',
+        '{"s": "web", "v": 7, "pv": 6, "ip": 167772161}',
+        '{"b": []}',  # batches: every change checked, the payload dropped whole
+        '{"b": [["web", 7, 6, null], ["web", 8, 7]]}',
+        '{"b": [["web", 7, 6, null], ["web", NaN, 7, null]]}',
+        '{"b": [["web", 7, 6, null]], "s": "web"}',
+        '{"b": {"web": [7, 6, null]}}',
+        '{"b": [["web", 7, 6, "10.0.0.1"], ["Web", 8, 7, null]]}',
+    ],
+)
 def test_malformed_registry_payloads_raise_value_error(payload: str) -> None:
     with pytest.raises(ValueError):
         decode_bumps(payload)
@@ -50,19 +83,52 @@ def test_lease_payloads_round_trip_and_fit_a_notify() -> None:
     3. decoded back, they are the renewals sent."""
     name = "a" * 63
     renewals = [
-        LeaseRenewal(name, f"2001:db8:ffff:ffff:ffff:ffff:ffff:{i:04x}", 1_700_000_000.123456 + i)
+        LeaseRenewal(
+            name, f"2001:db8:ffff:ffff:ffff:ffff:ffff:{0x1000 + i:x}", 1_700_000_000.12345 + i
+        )
         for i in range(2 * LEASES_PER_NOTIFICATION + 1)
     ]
     payloads = encode_leases(renewals)
     assert len(payloads) == 3
     assert all(len(p.encode()) < _NOTIFY_LIMIT for p in payloads)
-    assert [r for p in payloads for r in decode_leases(p)] == renewals
+    now = 1_700_000_000.0
+    assert [r for p in payloads for r in decode_leases(p, now)] == renewals
 
 
-@pytest.mark.parametrize("payload", ["{}", "[[1, 2]]", "[1]", "not json"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "{}",
+        "[]",
+        "[[1, 2]]",
+        "[1]",
+        "not json",
+        '[["web", "10.0.0.1", NaN]]',
+        '[["web", "10.0.0.1", Infinity]]',
+        '[["web", "10.0.0.1", -Infinity]]',
+        '[["web", "10.0.0.1", 1e400]]',  # overflows to inf
+        '[["web", "10.0.0.1", 1e300]]',  # a lease no one can renew that far
+        '[["web", "10.0.0.1", 0]]',
+        '[["web", "10.0.0.1", "1700000000"]]',
+        '[["web", "10.0.0.1", true]]',
+        '[["web", "10.0.0.1", 1700000000, 1]]',
+        '[["Web", "10.0.0.1", 1700000000]]',
+        '[["web", "10.0.0.01", 1700000000]]',
+        '[["web", "::FFFF:10.0.0.1", 1700000000]]',
+        '[["web", "10.0.0.1", 1700000000], ["web", "10.0.0.2", NaN]]',  # dropped whole
+        "[" + ", ".join(['["web", "10.0.0.1", 1700000000]'] * (LEASES_PER_NOTIFICATION + 1)) + "]",
+    ],
+)
 def test_malformed_lease_payloads_raise_value_error(payload: str) -> None:
     with pytest.raises(ValueError):
-        decode_leases(payload)
+        decode_leases(payload, 1_700_000_000.0)
+
+
+def test_lease_expiries_up_to_the_longest_lease_from_now_decode() -> None:
+    now = time.time()
+    week = 7 * 24 * 3600
+    payload = f'[["web", "10.0.0.1", {now + week}], ["web", "::ffff:10.0.0.1", {now - 5}]]'
+    assert [r.expires_at for r in decode_leases(payload, now)] == [now + week, now - 5]
 
 
 async def test_what_sd_bump_sends_decodes(database_url: str, unique_name: str) -> None:

@@ -3,6 +3,7 @@ connection is killed (notifications sent while it was down are lost, so it must 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import asyncpg
@@ -12,6 +13,7 @@ from helpers import eventually, sample
 from service_discovery.app import App, run_app
 from service_discovery.config import Config
 from service_discovery.model import EndpointSpec, ServiceSpec
+from service_discovery.notify import LEASES_CHANNEL, REGISTRY_CHANNEL
 
 pytestmark = pytest.mark.asyncio
 
@@ -49,3 +51,53 @@ async def test_killed_listen_connection_reconnects_and_reloads(
         assert victim.sync.listen_pid() != pid
         await app.catalog.register(unique_name, EndpointSpec("10.0.0.8"))
         await eventually(lambda: victim.registry.is_live(unique_name, "10.0.0.8"))
+
+
+async def test_hostile_notifications_are_dropped_and_counted(
+    app: App, database_url: str, unique_name: str
+) -> None:
+    """Any role that can connect may NOTIFY on our channels.
+    1. a service with a leased endpoint; note its expiry, index, and the sync's reload count;
+    2. another connection sends malformed payloads on both channels: a non-finite or absurd
+       expiry, an address the database would refuse, versions that are no bigint, bad names;
+    3. then one well-formed renewal, which proves the sync read past them in order;
+    4. every bad payload was counted by channel, none changed the copy, none caused a reload."""
+    await app.catalog.create_service(ServiceSpec(unique_name))
+    ep = (await app.catalog.register(unique_name, EndpointSpec("10.9.0.1", (), 60))).endpoint
+    assert ep.expires_at is not None
+    index = app.registry.index(unique_name)
+    reloads = sample(app.metrics, "sd_sync_full_reloads_total")
+    name, ip = unique_name, "10.9.0.1"
+    hostile_leases = [
+        f'[["{name}", "{ip}", NaN]]',
+        f'[["{name}", "{ip}", Infinity]]',
+        f'[["{name}", "{ip}", 1e300]]',
+        f'[["{name}", "{ip}", "soon"]]',
+        f'[["{name}", "10.9.0.001", {ep.expires_at + 30}]]',
+        '{"not": "a list"}',
+    ]
+    hostile_bumps = [
+        json.dumps({"s": name, "v": index + 1, "pv": index, "ip": "not-an-address"}),
+        json.dumps({"s": name, "v": 2**64, "pv": index, "ip": ip}),
+        json.dumps({"s": name, "v": index + 1, "pv": index + 1, "ip": ip}),
+        json.dumps({"s": "not a name", "v": index + 1, "pv": index, "ip": None}),
+        "{",
+    ]
+    renewed = ep.expires_at + 30
+    admin = await asyncpg.connect(database_url)
+    try:
+        for payload in hostile_leases:
+            await admin.execute("SELECT pg_notify($1, $2)", LEASES_CHANNEL, payload)
+        for payload in hostile_bumps:
+            await admin.execute("SELECT pg_notify($1, $2)", REGISTRY_CHANNEL, payload)
+        assert app.registry.endpoint(name, ip) == ep  # nothing applied yet, nor after:
+        good = json.dumps([[name, ip, renewed]])
+        await admin.execute("SELECT pg_notify($1, $2)", LEASES_CHANNEL, good)
+    finally:
+        await admin.close()
+    await eventually(lambda: (app.registry.endpoint(name, ip) or ep).expires_at == renewed)
+    rejected = "sd_sync_notifications_rejected_total"
+    assert sample(app.metrics, rejected, channel=LEASES_CHANNEL) == len(hostile_leases)
+    assert sample(app.metrics, rejected, channel=REGISTRY_CHANNEL) == len(hostile_bumps)
+    assert sample(app.metrics, "sd_sync_full_reloads_total") == reloads
+    assert app.registry.index(name) == index and app.registry.is_live(name, ip)
