@@ -209,13 +209,14 @@ class GroupCommit:
         just before it (it missed a change in between, which is on its way)."""
         registry = self._registry
         if registry.index(done.service) >= done.version:
+            registry.own(done.version)
             return True  # already there (a later whole read, or our notification)
         if done.whole:
-            registry.apply(done.version, done.service, done.state)
+            registry.apply(done.version, done.service, done.state, own=done.version)
             return True
         ((ip, endpoint),) = done.endpoints  # a write of one endpoint (a bulk one is whole)
         change = EndpointChange(done.service, done.version, done.prev_version, ip, endpoint)
-        return registry.apply_endpoint(change)
+        return registry.apply_endpoint(change, own=True)
 
     async def _catch_up(self, key: str, waiting: list[tuple[_Pending, Committed]]) -> None:
         """The copy of `key` missed a change committed just before ours (another replica's, on
@@ -235,6 +236,8 @@ class GroupCommit:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or registry.closed or registry.get(key) is None:
                     snapshot = await self._store.snapshot([key])
+                    for _, done in waiting:  # the read holds them all
+                        registry.own(done.version)
                     registry.apply(snapshot.version, key, snapshot.services.get(key))
                     for pending, done in waiting:
                         _set_result(pending.future, done)

@@ -109,20 +109,23 @@ async def read_snapshot(conn: asyncpg.Connection, names: Iterable[str] | None = 
 
 async def read_endpoints(
     conn: asyncpg.Connection, wanted: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], Endpoint]:
-    """The current rows of some (lowercased service name, ip) endpoints; absent ones are gone."""
+) -> tuple[dict[tuple[str, str], Endpoint], dict[str, int]]:
+    """The current rows of some (lowercased service name, ip) endpoints (absent ones are gone),
+    and the current version of each of their services that still exists."""
     rows = await conn.fetch(
-        """SELECT lower(s.name) AS service, host(e.ip) AS ip, e.tags, e.ttl_seconds,
+        """SELECT w.name AS service, s.version, host(e.ip) AS ip, e.tags, e.ttl_seconds,
                   extract(epoch FROM e.expires_at)::float8 AS expires_at, e.instance_id
            FROM unnest($1::text[], $2::inet[]) AS w(name, ip)
            JOIN services s ON lower(s.name) = w.name
-           JOIN endpoints e ON e.service_id = s.id AND e.ip = w.ip""",
+           LEFT JOIN endpoints e ON e.service_id = s.id AND e.ip = w.ip""",
         [k for k, _ in wanted],
         [ip for _, ip in wanted],
     )
-    return {
+    endpoints = {
         (r["service"], r["ip"]): Endpoint(
             r["ip"], tuple(r["tags"]), r["ttl_seconds"], r["expires_at"], r["instance_id"]
         )
         for r in rows
+        if r["ip"] is not None
     }
+    return endpoints, {r["service"]: r["version"] for r in rows}

@@ -84,7 +84,12 @@ class Registry:
         self._live_changes: dict[str, int] = {}  # key -> lapses and revivals seen
         self._connected = True
         self._closed = False
+        # `version`: every change up to it is applied here. This replica's own writes are
+        # applied at once, but one whose version is not the next leaves a gap (another replica's
+        # change, still on its way through LISTEN): its version waits in `_ahead` until the
+        # sync has applied what came before, so a watcher of the registry never skips a change.
         self.version = 0
+        self._ahead: set[int] = set()
         self.loaded = False
         self.self_preservation = False
         self.on_guard: Callable[[bool], None] | None = None
@@ -211,7 +216,9 @@ class Registry:
                 cb(key, reason)
             except Exception:
                 log.exception("registry subscriber failed")
-        keys = tuple(self._waiters) if key is None else (key, None)
+        self._wake(tuple(self._waiters) if key is None else (key, None), reason)
+
+    def _wake(self, keys: Iterable[str | None], reason: str) -> None:
         for k in keys:
             for fut in self._waiters.get(k, ()):
                 if not fut.done():
@@ -243,20 +250,27 @@ class Registry:
         for key, svc in snapshot.services.items():
             self._put(key, svc, now)
         self.version = max(self.version, snapshot.version)
+        # Our writes past the snapshot were replaced by it; the sync applies them again.
+        self._ahead.clear()
         self._refresh_guard(now)
         self.loaded = True
         self._schedule()
         self._announce(None, "reload")
 
-    def apply(self, snapshot_version: int, key: str, service: Service | None) -> None:
+    def apply(
+        self, snapshot_version: int, key: str, service: Service | None, *, own: int | None = None
+    ) -> None:
         """Apply a whole service as read at `snapshot_version` (None: absent there).
 
         A full read at a version is exact, so it replaces a copy at the same version (which may
-        have been patched out of order) and only a newer copy is kept.
+        have been patched out of order) and only a newer copy is kept. The registry version
+        moves only for `own`, the version of this replica's own write that the read includes
+        (see `own`): a read of some services says nothing of the others.
         """
         key = key.lower()
         current = self._entries.get(key)
-        self.version = max(self.version, snapshot_version)
+        if own is not None:
+            self.own(own)  # before announcing, so subscribers see the version with the change
         if service is not None:
             if current is not None and current.version > service.version:
                 return
@@ -287,8 +301,9 @@ class Registry:
         self._schedule()
         self._announce(key, reason)
 
-    def apply_endpoint(self, change: EndpointChange) -> bool:
-        """Apply one endpoint change if the copy holds the version just before it.
+    def apply_endpoint(self, change: EndpointChange, *, own: bool = False) -> bool:
+        """Apply one endpoint change if the copy holds the version just before it; `own`: it is
+        this replica's own write (see `own`).
 
         Returns False when the copy missed a change in between (the caller reads the service).
         """
@@ -296,16 +311,45 @@ class Registry:
         if entry is None:
             return False
         if entry.version >= change.version:
+            if own:
+                self.own(change.version)
             return True  # already applied (our own write, heard again)
         if entry.version != change.prev_version:
             return False
+        if own:
+            self.own(change.version)  # before announcing, as in `apply`
         self._set_endpoint(change.service, entry, change.ip, change.endpoint, self._clock())
         entry.service = replace(entry.service, version=change.version)
         entry.view = None
-        self.version = max(self.version, change.version)
         self._schedule()
         self._announce(change.service, "update")
         return True
+
+    def own(self, version: int) -> None:
+        """This replica's own committed change `version` is in the copy (read-your-writes), maybe
+        before the LISTEN stream brought earlier changes of other replicas. The registry version
+        moves to it only if it is the next one; otherwise once `advance` fills the gap."""
+        if version > self.version:
+            self._ahead.add(version)
+            self._catch_up(self.version)
+
+    def advance(self, version: int) -> None:
+        """The sync applied every change up to `version`: NOTIFY delivers changes in commit
+        order, which is version order, so nothing before it is missing."""
+        if version > self.version:
+            self._catch_up(version)
+
+    def _catch_up(self, version: int) -> None:
+        """Move the registry version to `version` and through our writes that follow it; wake
+        the watchers of the registry."""
+        ahead = self._ahead
+        while version + 1 in ahead:
+            version += 1
+        if ahead:
+            self._ahead = {v for v in ahead if v > version}
+        if version > self.version:
+            self.version = version
+            self._wake((None,), "update")
 
     def renew(self, renewals: Iterable[LeaseRenewal]) -> None:
         """New expiry times from heartbeats (or the reaper's guard); the version does not move.

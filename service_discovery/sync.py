@@ -18,7 +18,14 @@ from service_discovery.config import Config
 from service_discovery.errors import StoreUnavailable
 from service_discovery.metrics import Metrics
 from service_discovery.model import EndpointChange, LeaseRenewal
-from service_discovery.notify import CHANNELS, LEASES_CHANNEL, Bump, decode_bumps, decode_leases
+from service_discovery.notify import (
+    CHANNELS,
+    LEASES_CHANNEL,
+    REGISTRY_CHANNEL,
+    Bump,
+    decode_bumps,
+    decode_leases,
+)
 from service_discovery.reads import connect, read_endpoints, read_snapshot
 from service_discovery.registry import Registry
 
@@ -186,8 +193,14 @@ class Sync:
                     deltas[key] = patch
         if deltas:
             wanted = sorted({(k, ip) for k, cs in deltas.items() for _, _, ip in cs})
-            rows = await read_endpoints(conn, wanted)
+            rows, versions = await read_endpoints(conn, wanted)
             for key, changes in deltas.items():
+                if versions.get(key, changes[-1][0]) < changes[-1][0]:
+                    # The service never reached the version these name: not sd_bump's (any role
+                    # may NOTIFY). Patching would put it ahead of the database; read it instead.
+                    self._metrics.sync_rejected.labels(REGISTRY_CHANNEL).inc()
+                    whole.append(key)
+                    continue
                 for v, pv, ip in changes:
                     change = EndpointChange(key, v, pv, ip, rows.get((key, ip)))
                     if not self._registry.apply_endpoint(change):
@@ -197,6 +210,16 @@ class Sync:
             snapshot = await read_snapshot(conn, whole)
             for key in whole:
                 self._registry.apply(snapshot.version, key, snapshot.services.get(key))
+        # Every change up to the last one applied here has now been applied: notifications come
+        # in commit order. Only versions the copy now holds count (a forged version does not).
+        registry = self._registry
+        registry.advance(
+            max(
+                (b.version for bs in pending.values() for b in bs
+                 if registry.index(b.service) >= b.version),
+                default=0,
+            )
+        )  # fmt: skip
 
     async def _serve_notifications(self) -> None:
         conn = self._conn

@@ -1,10 +1,11 @@
-"""A TCP proxy in front of the test PostgreSQL that a fault test can break (refuse, blackhole,
-cut, restore), reaching the server whether its URL names a TCP host or, as the embedded
-server's does, a unix socket directory (`?host=/dir`)."""
+"""TCP proxies in front of the test PostgreSQL: one that a fault test can break (refuse,
+blackhole, cut, restore), one that holds back notifications; both reach the server whether its
+URL names a TCP host or, as the embedded server's does, a unix socket directory (`?host=/dir`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -163,3 +164,65 @@ async def _refuse_password(reader: asyncio.StreamReader, writer: asyncio.StreamW
         pass
     finally:
         writer.close()  # a FIN after the answer (an abort could discard it unread)
+
+
+class NotificationHold:
+    """A TCP proxy to PostgreSQL that passes everything, except that while `holding` it keeps
+    back the server's NotificationResponse messages (type 'A') and hands them on, in order, at
+    `release`: a replica that hears other replicas' changes late, under the test's control."""
+
+    def __init__(self, database_url: str) -> None:
+        self._upstream = database_url
+        self._server: asyncio.Server | None = None
+        self._held: list[tuple[asyncio.StreamWriter, bytes]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.holding = False
+        self.url = ""
+
+    async def __aenter__(self) -> NotificationHold:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        # no TLS, so the proxy can read the message stream
+        url = through(self._upstream, port)
+        self.url = url + ("&" if "?" in url else "?") + "sslmode=disable"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def release(self) -> None:
+        self.holding = False
+        for writer, message in self._held:
+            writer.write(message)
+        self._held.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await open_upstream(self._upstream)
+
+        async def to_server() -> None:
+            while data := await reader.read(65536):
+                up_writer.write(data)
+            up_writer.close()
+
+        async def to_client() -> None:
+            # Backend messages: a type byte, a 4-byte length that counts itself, the body.
+            with contextlib.suppress(asyncio.IncompleteReadError):
+                while True:
+                    header = await up_reader.readexactly(5)
+                    body = await up_reader.readexactly(int.from_bytes(header[1:], "big") - 4)
+                    if header[:1] == b"A" and self.holding:
+                        self._held.append((writer, header + body))
+                    else:
+                        writer.write(header + body)
+
+        tasks = {asyncio.create_task(to_server()), asyncio.create_task(to_client())}
+        self._tasks |= tasks
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        writer.close()
+        up_writer.close()

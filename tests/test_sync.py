@@ -3,12 +3,15 @@ connection is killed (notifications sent while it was down are lost, so it must 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
+import aiohttp
 import asyncpg
 import pytest
 from helpers import eventually, sample
+from pgproxy import NotificationHold
 
 from service_discovery.app import App, run_app
 from service_discovery.config import Config
@@ -101,3 +104,39 @@ async def test_hostile_notifications_are_dropped_and_counted(
     assert sample(app.metrics, rejected, channel=REGISTRY_CHANNEL) == len(hostile_bumps)
     assert sample(app.metrics, "sd_sync_full_reloads_total") == reloads
     assert app.registry.index(name) == index and app.registry.is_live(name, ip)
+
+
+async def test_listing_watcher_hears_a_change_that_arrives_after_a_newer_local_write(
+    app: App, make_config: Callable[..., Config], database_url: str, unique_name: str
+) -> None:
+    """Replica A hears notifications through a proxy that can hold them; `app` is replica B.
+    1. A holds back what it hears; B creates service `old` (registry version N);
+    2. A writes version N+1 (an endpoint of another service) and applies it at once;
+    3. A's listing does not claim N+1 yet: N is missing from it, so its index stays below N;
+    4. a blocking `/services` query on A waits at that index; A is then released and hears N:
+       the query returns at once, with `old` listed and an index past N+1."""
+    mine, old = unique_name, unique_name + "-old"
+    await app.catalog.create_service(ServiceSpec(mine))
+    async with NotificationHold(database_url) as hold:
+        async with run_app(make_config(database_url=hold.url)) as a:
+            await eventually(lambda: a.registry.get(mine) is not None)
+            hold.holding = True
+            created = await app.catalog.create_service(ServiceSpec(old))
+            await a.catalog.register(mine, EndpointSpec("10.8.0.1"))
+            written = a.registry.index(mine)
+            assert written > created.version
+            assert a.registry.is_live(mine, "10.8.0.1")  # read-your-writes all the same
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{a.http_port}") as http:
+                async with http.get("/services") as resp:
+                    names = {s["name"] for s in await resp.json()}
+                    index = int(resp.headers["X-Index"])
+                assert old not in names and index < created.version
+                path = f"/services?index={index}&wait=10s"
+                blocked = asyncio.create_task(http.get(path))
+                await asyncio.sleep(0.3)
+                assert not blocked.done()
+                hold.release()
+                async with await asyncio.wait_for(blocked, 2) as resp:
+                    names = {s["name"] for s in await resp.json()}
+                    assert old in names, "the watcher was not told of the change it missed"
+                    assert int(resp.headers["X-Index"]) >= written
