@@ -62,7 +62,8 @@ async def test_hostile_notifications_are_dropped_and_counted(
     """Any role that can connect may NOTIFY on our channels.
     1. a service with a leased endpoint; note its expiry, index, and the sync's reload count;
     2. another connection sends malformed payloads on both channels: a non-finite or absurd
-       expiry, an address the database would refuse, versions that are no bigint, bad names;
+       expiry, an address the database would refuse, versions that are no bigint, bad names,
+       and a well-formed change to a version the service never had;
     3. then one well-formed renewal, which proves the sync read past them in order;
     4. every bad payload was counted by channel, none changed the copy, none caused a reload."""
     await app.catalog.create_service(ServiceSpec(unique_name))
@@ -85,6 +86,9 @@ async def test_hostile_notifications_are_dropped_and_counted(
         json.dumps({"s": name, "v": index + 1, "pv": index + 1, "ip": ip}),
         json.dumps({"s": "not a name", "v": index + 1, "pv": index, "ip": None}),
         "{",
+        # well formed, but the service never reached that version: patching it in would put
+        # the copy ahead of the database and make it skip every real change
+        json.dumps({"s": name, "v": 10**15, "pv": index, "ip": ip}),
     ]
     renewed = ep.expires_at + 30
     admin = await asyncpg.connect(database_url)
