@@ -156,6 +156,7 @@ class Catalog:
 
     # ---- writes --------------------------------------------------------------------------
     async def create_service(self, spec: ServiceSpec) -> Service:
+        self.limits.check_named_ports(len(spec.named_ports), spec.name)
         done = await self._commit.submit(writes.CreateService(spec))
         assert done.state is not None  # a creation's answer is the service it made
         return self._registry.get(spec.name) or done.state
@@ -166,6 +167,7 @@ class Catalog:
     async def add_named_ports(self, name: str, ports: dict[str, NamedPort]) -> Service:
         if not ports:
             raise InvalidInput("give at least one named port")
+        self.limits.check_named_ports(len(ports), name)
         done = await self._commit.submit(writes.AddPorts(name, ports))
         assert done.state is not None  # new ports are answered with the service
         return self._registry.get(name) or done.state

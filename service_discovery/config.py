@@ -153,6 +153,12 @@ class Config:
     max_value_length: int = _setting(
         "SD_MAX_VALUE_LENGTH", 1024, int_range(1, 1 << 20), "length of attribute values, tags"
     )
+    max_named_ports: int = _setting(
+        "SD_MAX_NAMED_PORTS", 64, int_range(0, 10000), "named ports per service"
+    )
+    max_services: int = _setting(
+        "SD_MAX_SERVICES", 100_000, int_range(1, 10_000_000), "services in the registry"
+    )
     max_watches_per_client: int = _setting(
         "SD_MAX_WATCHES_PER_CLIENT", 2000, int_range(1, 1_000_000), "open watches per address"
     )

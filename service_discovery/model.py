@@ -144,6 +144,8 @@ class Limits:
     max_tags_per_endpoint: int = 32
     max_attributes: int = 64
     max_value_length: int = 1024
+    max_named_ports: int = 64
+    max_services: int = 100_000
 
     @classmethod
     def from_config(cls, config: Config) -> Limits:
@@ -152,7 +154,18 @@ class Limits:
             max_tags_per_endpoint=config.max_tags_per_endpoint,
             max_attributes=config.max_attributes,
             max_value_length=config.max_value_length,
+            max_named_ports=config.max_named_ports,
+            max_services=config.max_services,
         )
+
+    def check_named_ports(self, count: int, service: str) -> None:
+        """LimitExceeded if a request gives a service more than its limit of named ports (the
+        total after a write is checked by the database: migrations/0006.limits.sql)."""
+        if count > self.max_named_ports:
+            raise LimitExceeded(
+                f"service {service!r} may have at most {self.max_named_ports} named ports "
+                f"(the limit), not {count}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,6 +106,8 @@ def spec(limits: Limits) -> dict[str, Any]:
         },
         "NamedPorts": {
             "type": "object",
+            # for the service, with those it has: a request within it may still be refused
+            "maxProperties": limits.max_named_ports,
             "propertyNames": _PORT_NAME,
             "additionalProperties": _ref("NamedPort"),
         },

@@ -44,8 +44,9 @@ REAPER_LOCK_KEY = 0x5D_1EA5E  # advisory lock: one reaper at a time across repli
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:
-    """Pooled connections keep no session state (no LISTEN, SET or session advisory lock:
-    the reaper's lock is transaction-scoped), so skip the reset round trip on every release."""
+    """Pooled connections keep no session state but their limits (no LISTEN, SET or session
+    advisory lock: the reaper's lock is transaction-scoped), so skip the reset round trip on
+    every release."""
 
 
 class Store:
@@ -64,7 +65,7 @@ class Store:
                 self._url,
                 min_size=self._config.db_pool_min_size,
                 max_size=self._config.db_pool_max_size,
-                init=init_connection,
+                init=self._init_connection,
                 reset=_no_reset,
                 timeout=self._config.db_timeout_seconds,
                 command_timeout=self._config.db_timeout_seconds,
@@ -73,6 +74,17 @@ class Store:
             raise unavailable(exc, self._where) from exc
         except asyncpg.PostgresError as exc:  # a wrong password, a database not created yet
             raise unavailable(exc, self._where) from exc
+
+    async def _init_connection(self, conn: asyncpg.Connection) -> None:
+        """The codecs, and this daemon's limits that the database checks on every write
+        (migrations/0006.limits.sql: services, named ports per service)."""
+        await init_connection(conn)
+        await conn.execute(
+            "SELECT set_config('sd.max_services', $1, false), "
+            "set_config('sd.max_named_ports', $2, false)",
+            str(self._config.max_services),
+            str(self._config.max_named_ports),
+        )
 
     async def close(self, timeout: float = 5.0) -> None:
         if self._pool is not None:

@@ -1,11 +1,14 @@
 """Limits, each with a clear error: endpoints per service, tags per endpoint, attributes per
-service, lengths of names and values, body size, and open watches per client address. HTTP
+service, named ports per service, services, lengths of names and values, body size, and open
+watches per client address. HTTP
 answers 422 `limit_exceeded` (400 for a malformed name, 413 for a body, 429 for watches), and
 gRPC applies the same rules with the same messages."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -13,8 +16,11 @@ import grpc
 import pytest
 from helpers import eventually, put, sample
 
+from service_discovery import openapi
 from service_discovery.app import App, run_app
 from service_discovery.config import Config
+from service_discovery.errors import LimitExceeded
+from service_discovery.model import Limits, ServiceSpec
 from service_discovery.proto import discovery_pb2 as pb
 from service_discovery.proto import discovery_pb2_grpc as pb_grpc
 
@@ -25,6 +31,7 @@ LIMITS = {
     "max_value_length": 8,
     "http_max_body_bytes": 1024,
     "max_watches_per_client": 3,
+    "max_named_ports": 2,
 }
 
 
@@ -217,3 +224,63 @@ async def test_bulk_registration_within_the_endpoint_limit(
         assert len(await resp.json()) == 3
     big = [{"ip": "10.9.4.1", "tags": ["x" * 8]}] * 40
     await refused(await put(http, path, big), 413, "too_large")
+
+
+async def test_named_ports_per_service(http: aiohttp.ClientSession, unique_name: str) -> None:
+    """Three ports at creation are refused; two are fine; a third added later is refused and
+    leaves the two; changing one of the two is fine (the total counts, not the request)."""
+    port = {"protocol": "tcp", "port": 80}
+    three = {"a": port, "b": port, "c": port}
+    await refused(
+        await put(http, "/service", {"name": unique_name, "named_ports": three}),
+        422, "limit_exceeded", "at most 2 named ports",
+    )  # fmt: skip
+    two = {"name": unique_name, "named_ports": {"a": port, "b": port}}
+    assert (await put(http, "/service", two)).status == 201
+    await refused(
+        await put(http, f"/service/{unique_name}/ports", {"c": port}),
+        422, "limit_exceeded", "at most 2 named ports", "not 3",
+    )  # fmt: skip
+    resp = await put(http, f"/service/{unique_name}/ports", {"b": {"port": 8080}})
+    ports = await resp.json()
+    assert resp.status == 200 and sorted(ports) == ["a", "b"] and ports["b"]["port"] == 8080
+
+
+async def test_services_in_the_registry(
+    new_database: Callable[..., contextlib.AbstractContextManager[str]],
+    make_config: Callable[..., Config],
+    unique_name: str,
+) -> None:
+    """On an empty database with room for 3 services: 1. six creations at once through two
+    replicas, of which exactly 3 succeed (the count is taken under a lock), the others refused
+    naming the limit; 2. after a deletion there is room for one more."""
+    with new_database("sd_limits") as url:
+        config = make_config(database_url=url, max_services=3)
+        async with run_app(config) as one, run_app(config) as two:
+            results = await asyncio.gather(
+                *(
+                    (one, two)[i % 2].catalog.create_service(ServiceSpec(f"{unique_name}-{i}"))
+                    for i in range(6)
+                ),
+                return_exceptions=True,
+            )
+            created = [r for r in results if not isinstance(r, BaseException)]
+            errors = [r for r in results if isinstance(r, BaseException)]
+            assert len(created) == 3, results
+            assert all(isinstance(e, LimitExceeded) for e in errors), errors
+            assert "already has 3 services (the limit is 3)" in str(errors[0])
+            await one.catalog.delete_service(created[0].name)
+            await two.catalog.create_service(ServiceSpec(f"{unique_name}-again"))
+            with pytest.raises(LimitExceeded):
+                await one.catalog.create_service(ServiceSpec(f"{unique_name}-more"))
+
+
+def test_the_model_and_openapi_state_the_settings_limits() -> None:
+    """The model's default limits are the settings' defaults, and the OpenAPI document states
+    the limits of the server it describes."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for f in dataclasses.fields(Limits):
+        assert f.default == defaults[f.name], f.name
+    limits = Limits.from_config(Config(**LIMITS))
+    schemas = openapi.spec(limits)["components"]["schemas"]
+    assert schemas["NamedPorts"]["maxProperties"] == LIMITS["max_named_ports"]
