@@ -103,6 +103,7 @@ class App:
             lambda: self.registry.version,
         )
         self.registry.on_guard = lambda on: self.metrics.lease_self_preservation.set(int(on))
+        self.metrics.lease_guarded_services.set_function(self.registry.guarded_services)
 
     # ---- state ---------------------------------------------------------------------------
     @property

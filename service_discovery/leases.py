@@ -6,9 +6,10 @@ database sees at most one lease transaction per window per replica whatever the 
 Each caller is answered only after its batch committed (a 200 means the lease is durable).
 
 The reaper runs on every replica; a transaction-scoped advisory lock lets one of them do each
-round's work. When too many leases lapse at once (`model.mass_expiry`) it deletes nothing and
-renews them instead (the self-preservation policy: README.md, "Leases, watches, write
-protection and limits", its "Mass expiry: self-preservation" part).
+round's work. When too many of a service's leases lapse at once, or too many of all the others
+(`model.mass_expiry_guards`), it deletes none of those and renews them instead (the
+self-preservation policy: README.md, "Leases, watches, write protection and limits", its "Mass
+expiry: self-preservation" part).
 """
 
 from __future__ import annotations
@@ -163,9 +164,10 @@ class Leases:
         )
         if result is None:
             return None
-        if result.guarded:
+        if result.renewed:
             self._metrics.lease_mass_expiry.inc()
             self._registry.renew(result.renewed)
+        if result.guarded:
             log.error(
                 "mass lease expiry: more than %.0f%% of %d leased endpoints lapsed in one sweep; "
                 "removed none and renewed %d for one more ttl (self-preservation). If they are "
@@ -174,7 +176,19 @@ class Leases:
                 result.leased,
                 len(result.renewed),
             )
-        elif result.removed:
+        elif result.guarded_services:
+            names = result.guarded_services
+            log.error(
+                "mass lease expiry in %d service(s) (%s): more than %.0f%% of each one's leased "
+                "endpoints lapsed in one sweep; kept and renewed %d for one more ttl "
+                "(self-preservation, per service). If they are really gone, deregister them or "
+                "raise SD_LEASE_MASS_EXPIRY_SHARE",
+                len(names),
+                ", ".join(names[:10]) + (", ..." if len(names) > 10 else ""),
+                self._config.lease_mass_expiry_share * 100,
+                len(result.renewed),
+            )
+        if result.removed:
             self._metrics.lease_expired.inc(result.removed)
             log.info("reaper: removed %d expired endpoints", result.removed)
         return result

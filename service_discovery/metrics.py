@@ -170,10 +170,19 @@ class Metrics:
             "sd_lease_expired_total", "leased endpoints reaped after expiry", registry=r
         )
         self.lease_mass_expiry = Counter(
-            "sd_lease_mass_expiry_total", "sweeps refused by the mass-expiry guard", registry=r
+            "sd_lease_mass_expiry_total",
+            "sweeps in which a mass-expiry guard renewed lapsed leases instead of deleting them",
+            registry=r,
         )
         self.lease_self_preservation = Gauge(
-            "sd_lease_self_preservation", "1 while expiry is suspended by the guard", registry=r
+            "sd_lease_self_preservation",
+            "1 while the global mass-expiry guard holds",
+            registry=r,
+        )
+        self.lease_guarded_services = Gauge(
+            "sd_lease_guarded_services",
+            "services whose lapsed endpoints this copy keeps (their own mass-expiry guard)",
+            registry=r,
         )
         self.ready = Gauge("sd_ready", "1 when the replica is ready to serve", registry=r)
 

@@ -14,7 +14,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from service_discovery.config import Config
 from service_discovery.errors import InvalidInput, LimitExceeded
@@ -49,6 +49,7 @@ _INSTANCE_ID = re.compile(INSTANCE_ID_PATTERN)
 # a DNS label).
 TOKEN_PATTERN = "^[!-~]+$"
 _TOKEN = re.compile(TOKEN_PATTERN)
+_K = TypeVar("_K")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +125,10 @@ class ReapResult:
 
     removed: int  # lapsed endpoints deleted
     leased: int  # leased endpoints before the sweep
-    guarded: bool  # mass expiry: nothing deleted, the lapsed leases were renewed instead
+    guarded: bool  # mass expiry everywhere: nothing deleted, every lapsed lease renewed instead
     versions: dict[str, int]  # lowercased service name -> version after its endpoints went
-    renewed: list[LeaseRenewal] = field(default_factory=list)  # what the guard renewed
+    renewed: list[LeaseRenewal] = field(default_factory=list)  # what the guards renewed
+    guarded_services: list[str] = field(default_factory=list)  # names, each kept by its guard
 
 
 def mass_expiry(expired: int, leased: int, share: float, minimum: int) -> bool:
@@ -134,8 +136,26 @@ def mass_expiry(expired: int, leased: int, share: float, minimum: int) -> bool:
     lost (a database or network outage), not that the instances died; keep them.
 
     One rule for the reaper (`Store.reap_expired`) and for every copy (`Registry`), so a copy
-    never hides what the reaper keeps."""
+    never hides what the reaper keeps. It is applied twice (`mass_expiry_guards`): to each
+    service's leases, then to the leases of all the services it did not guard."""
     return leased >= max(minimum, 1) and expired > share * leased
+
+
+def mass_expiry_guards(
+    counts: Mapping[_K, tuple[int, int]], share: float, minimum: int
+) -> tuple[set[_K], bool]:
+    """Which services keep their lapsed leases, from each service's (expired, leased) counts,
+    and whether every service does.
+
+    First per service: a service whose own leases lapse en masse keeps them (its guard). Then
+    once over the services left: if their lapsed leases together are a mass expiry, every
+    service keeps them (the global guard; many small services losing their renewals at once is
+    an outage too). So one service's leases (a large job that ended) never stop expiry
+    elsewhere. `Registry` keeps the same two steps incrementally."""
+    guarded = {k for k, (exp, leased) in counts.items() if mass_expiry(exp, leased, share, minimum)}
+    expired = sum(exp for k, (exp, _) in counts.items() if k not in guarded)
+    leased = sum(n for k, (_, n) in counts.items() if k not in guarded)
+    return guarded, mass_expiry(expired, leased, share, minimum)
 
 
 @dataclass(frozen=True, slots=True)

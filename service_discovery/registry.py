@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 from service_discovery.config import Config
@@ -40,14 +40,18 @@ _GUARD_RECHECK_SECONDS = 1.0  # while the mass-expiry guard holds, how often it 
 
 class _Stored:
     """One service as the copy holds it: `endpoints` keyed by ip, `hidden` = ips whose lease
-    lapsed, `view` = the `Service` clients see, built on demand."""
+    lapsed, `leased` = how many endpoints have a lease, `guarded` = its own mass-expiry guard
+    holds (its lapsed endpoints stay visible), `view` = the `Service` clients see, built on
+    demand."""
 
-    __slots__ = ("endpoints", "hidden", "service", "view")
+    __slots__ = ("endpoints", "guarded", "hidden", "leased", "service", "view")
 
     def __init__(self, service: Service) -> None:
         self.service = service  # header fields; its endpoints tuple is not kept current
         self.endpoints: dict[str, Endpoint] = {e.ip: e for e in service.endpoints}
         self.hidden: set[str] = set()
+        self.leased = 0
+        self.guarded = False
         self.view: Service | None = None
 
     @property
@@ -76,6 +80,7 @@ class Registry:
         self._by_instance: dict[str, tuple[str, str]] = {}  # instance ID -> (key, ip)
         self._leased: dict[tuple[str, str], float] = {}
         self._hidden_total = 0
+        self._guarded: set[str] = set()  # services whose own mass-expiry guard holds
         self._expiries = ExpiryQueue()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -133,9 +138,14 @@ class Registry:
         return self._by_instance.get(instance_id)
 
     def endpoint_count(self) -> int:
-        if self.self_preservation:
-            return sum(len(e.endpoints) for e in self._entries.values())
-        return sum(len(e.endpoints) - len(e.hidden) for e in self._entries.values())
+        return sum(
+            len(e.endpoints) - (0 if self._kept(e) else len(e.hidden))
+            for e in self._entries.values()
+        )
+
+    def guarded_services(self) -> int:
+        """How many services keep their lapsed endpoints by their own mass-expiry guard."""
+        return len(self._guarded)
 
     def is_live(self, name: str, ip: str) -> bool:
         entry = self._entries.get(name.lower())
@@ -153,13 +163,17 @@ class Registry:
         however often they are renewed."""
         return len(self._expiries)
 
+    def _kept(self, entry: _Stored) -> bool:
+        """Whether a mass-expiry guard (its own, or the global one) keeps its lapsed endpoints."""
+        return entry.guarded or self.self_preservation
+
     def _visible(self, entry: _Stored, ip: str) -> bool:
-        return self.self_preservation or ip not in entry.hidden
+        return ip not in entry.hidden or self._kept(entry)
 
     def _view(self, entry: _Stored) -> Service:
         if entry.view is None:
             eps: Iterable[Endpoint] = entry.endpoints.values()
-            if entry.hidden and not self.self_preservation:
+            if entry.hidden and not self._kept(entry):
                 eps = [e for e in eps if e.ip not in entry.hidden]
             entry.view = replace(entry.service, endpoints=tuple(eps))
         return entry.view
@@ -246,9 +260,11 @@ class Registry:
         self._leased.clear()
         self._expiries.clear()
         self._hidden_total = 0
+        self._guarded.clear()
         now = self._clock()
         for key, svc in snapshot.services.items():
             self._put(key, svc, now)
+        self._log_guards(sorted(self._guarded), ())
         self.version = max(self.version, snapshot.version)
         # Our writes past the snapshot were replaced by it; the sync applies them again.
         self._ahead.clear()
@@ -281,9 +297,12 @@ class Registry:
             ):
                 return  # our own write, heard again: nothing to announce
             self._tombstones.pop(key, None)
+            was_guarded = current is not None and current.guarded
             if current is not None:
                 self._drop(key, current)
             self._put(key, service, self._clock())
+            if self._entries[key].guarded != was_guarded:
+                self._log_guards(*(([key], ()) if not was_guarded else ((), [key])))
             reason = "update"
         else:
             if current is None:
@@ -319,6 +338,7 @@ class Registry:
         if own:
             self.own(change.version)  # before announcing, as in `apply`
         self._set_endpoint(change.service, entry, change.ip, change.endpoint, self._clock())
+        self._judge_logged(change.service, entry)
         entry.service = replace(entry.service, version=change.version)
         entry.view = None
         self._schedule()
@@ -370,7 +390,9 @@ class Registry:
             was_hidden = r.ip in entry.hidden
             self._set_endpoint(r.service, entry, r.ip, replace(old, expires_at=r.expires_at), now)
             entry.view = None
-            if was_hidden != (r.ip in entry.hidden):
+            if was_hidden != (r.ip in entry.hidden) and not self._kept(entry):
+                changed.add(r.service)
+            if self._judge_logged(r.service, entry):
                 changed.add(r.service)
         self._schedule()
         for key in changed:
@@ -394,6 +416,7 @@ class Registry:
             if e.instance_id is not None:
                 self._by_instance[e.instance_id] = (key, ip)
             self._track(key, entry, e, now)
+        self._judge(key, entry)
 
     def _drop(self, key: str, entry: _Stored) -> None:
         for ip, e in entry.endpoints.items():
@@ -402,6 +425,7 @@ class Registry:
             self._leased.pop((key, ip), None)
             self._expiries.forget((key, ip))
         self._hidden_total -= len(entry.hidden)
+        self._guarded.discard(key)
 
     def _untrack_ip(self, key: str, ip: str) -> None:
         names = self._by_ip.get(ip)
@@ -421,7 +445,8 @@ class Registry:
         if ip in entry.hidden:
             entry.hidden.discard(ip)
             self._hidden_total -= 1
-        self._leased.pop((key, ip), None)
+        if self._leased.pop((key, ip), None) is not None:
+            entry.leased -= 1
         self._untrack_instance(key, ip, entry.endpoints.get(ip))
         if endpoint is None:
             self._expiries.forget((key, ip))
@@ -438,23 +463,69 @@ class Registry:
         if e.expires_at is None:
             return
         self._leased[(key, e.ip)] = e.expires_at
+        entry.leased += 1
         if e.expires_at <= now:
             entry.hidden.add(e.ip)
             self._hidden_total += 1
         else:
             self._expiries.schedule((key, e.ip), e.expires_at)
 
-    # ---- leases --------------------------------------------------------------------------
-    def _refresh_guard(self, now: float) -> bool:
-        """Recompute the mass-expiry guard over this copy; True if it changed.
-
-        The same rule as the reaper's (`model.mass_expiry`), applied to the leases that lapsed
-        here and are not reaped yet: when too many lapse together, every endpoint stays visible
-        until renewals (or the reaper's renewal under the guard) bring the share down again.
-        """
+    # ---- leases ----------------------------------------------------------------------------
+    def _judge(self, key: str, entry: _Stored) -> bool:
+        """Recompute one service's own mass-expiry guard (`model.mass_expiry_guards`, first
+        step) from its counts; True if it changed. Its view is rebuilt; the caller announces."""
         guarded = mass_expiry(
-            self._hidden_total,
-            len(self._leased),
+            len(entry.hidden),
+            entry.leased,
+            self._config.lease_mass_expiry_share,
+            self._config.lease_mass_expiry_min,
+        )
+        if guarded == entry.guarded:
+            return False
+        entry.guarded = guarded
+        entry.view = None
+        if guarded:
+            self._guarded.add(key)
+        else:
+            self._guarded.discard(key)
+        return True
+
+    def _judge_logged(self, key: str, entry: _Stored) -> bool:
+        changed = self._judge(key, entry)
+        if changed:
+            self._log_guards(*(([key], ()) if entry.guarded else ((), [key])))
+        return changed
+
+    @staticmethod
+    def _log_guards(on: Sequence[str], off: Sequence[str]) -> None:
+        if on:
+            log.error(
+                "mass lease expiry in %d service(s) (%s): keeping their lapsed endpoints "
+                "visible (self-preservation, per service) until renewals bring the share down",
+                len(on),
+                ", ".join(on[:10]) + (", ..." if len(on) > 10 else ""),
+            )
+        if off:
+            log.warning(
+                "mass lease expiry over in %d service(s) (%s): their lapsed leases expire again",
+                len(off),
+                ", ".join(off[:10]) + (", ..." if len(off) > 10 else ""),
+            )
+
+    def _refresh_guard(self, now: float) -> bool:
+        """Recompute the global mass-expiry guard; True if it changed.
+
+        The same rule as the reaper's (`model.mass_expiry_guards`), applied to the leases that
+        lapsed here and are not reaped yet, over the services whose own guard does not hold:
+        when too many of those lapse together, every endpoint stays visible until renewals (or
+        the reaper's renewal under the guard) bring the share down again.
+        """
+        guarded_entries = [self._entries[k] for k in self._guarded]
+        hidden = self._hidden_total - sum(len(e.hidden) for e in guarded_entries)
+        leased = len(self._leased) - sum(e.leased for e in guarded_entries)
+        guarded = mass_expiry(
+            hidden,
+            leased,
             self._config.lease_mass_expiry_share,
             self._config.lease_mass_expiry_min,
         )
@@ -465,8 +536,8 @@ class Registry:
             log.error(
                 "mass lease expiry: %d of %d leased endpoints lapsed together; keeping them all "
                 "visible (self-preservation) until renewals bring the share down again",
-                self._hidden_total,
-                len(self._leased),
+                hidden,
+                leased,
             )
         else:
             log.warning("mass lease expiry over: lapsed leases expire normally again")
@@ -481,7 +552,7 @@ class Registry:
         """Arm the one timer for the earliest lease expiry (and, while the mass-expiry guard
         holds, for a re-check within _GUARD_RECHECK_SECONDS, so renewals can end it)."""
         at = self._expiries.next_due()
-        if self.self_preservation:
+        if self.self_preservation or self._guarded:
             at = min(at, self._clock() + _GUARD_RECHECK_SECONDS)
         if at == float("inf") or at >= self._timer_at:
             return
@@ -514,14 +585,24 @@ class Registry:
             entry.view = None
             self._hidden_total += 1
             lapsed.add(key)
+        # Services with new lapses, and those guarded (renewals may have ended their guard).
+        on: list[str] = []
+        off: list[str] = []
+        for key in sorted(lapsed | self._guarded):
+            entry = self._entries[key]
+            if self._judge(key, entry):
+                (on if entry.guarded else off).append(key)
+        self._log_guards(on, off)
         if self._refresh_guard(now):
             # The guard turned on (lapsed endpoints are shown again) or off (they go): many
             # services may change at once, so everyone re-reads everything.
             self._announce(None, "reload")
         elif not self.self_preservation:
-            for key in lapsed:
+            # What clients see changed: lapses in unguarded services, and every service whose
+            # own guard turned (its lapsed endpoints came back, or went).
+            for key in sorted({k for k in lapsed if not self._entries[k].guarded} | {*on, *off}):
                 self._live_changed(key)
-                self._announce(key, "expire")
+                self._announce(key, "update" if self._entries[key].guarded else "expire")
         self._schedule()
 
     def release(self) -> None:

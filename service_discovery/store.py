@@ -31,7 +31,7 @@ from service_discovery.model import (
     LeaseRenewal,
     ReapResult,
     Snapshot,
-    mass_expiry,
+    mass_expiry_guards,
 )
 from service_discovery.notify import LEASES_CHANNEL, encode_leases
 from service_discovery.pgerrors import UNAVAILABLE_ERRORS as _UNAVAILABLE
@@ -202,35 +202,52 @@ class Store:
             )
 
     async def reap_expired(self, share: float, minimum: int) -> ReapResult | None:
-        """One reaper sweep: delete lapsed leases, or renew them all under mass expiry.
+        """One reaper sweep: delete lapsed leases, or renew them where a guard holds.
 
         Returns None when another replica holds the reaper lock (it does this round's work).
-        Under mass expiry (`mass_expiry`) nothing is deleted: every lapsed lease is renewed for
-        its ttl from now, as if its owner had sent a heartbeat, so live instances get one full
-        ttl to renew after an outage and dead ones lapse again (and are reaped then, if they are
-        few enough).
+        Under mass expiry (`mass_expiry_guards`: a service's own, or everywhere) the lapsed
+        leases it covers are not deleted but renewed for their ttl from now, as if their owners
+        had sent a heartbeat, so live instances get one full ttl to renew after an outage and
+        dead ones lapse again (and are reaped then, if they are few enough).
         """
         async with self._tx() as conn:
             # Transaction-scoped: released at commit or rollback, even if this replica dies.
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", REAPER_LOCK_KEY):
                 return None
-            leased, expired = await conn.fetchrow(
-                """SELECT count(*), count(*) FILTER (WHERE expires_at <= now())
-                   FROM endpoints WHERE expires_at IS NOT NULL"""
+            counted = await conn.fetch(
+                """SELECT e.service_id, s.name, count(*) AS leased,
+                          count(*) FILTER (WHERE e.expires_at <= now()) AS expired
+                   FROM endpoints e JOIN services s ON s.id = e.service_id
+                   WHERE e.expires_at IS NOT NULL GROUP BY e.service_id, s.name"""
             )
-            if expired == 0:
+            leased = sum(r["leased"] for r in counted)
+            if not any(r["expired"] for r in counted):
                 return ReapResult(0, leased, False, {})
-            if mass_expiry(expired, leased, share, minimum):
+            counts = {r["service_id"]: (r["expired"], r["leased"]) for r in counted}
+            guarded, everywhere = mass_expiry_guards(counts, share, minimum)
+            if everywhere:
                 renewed = await _renew(
                     conn, "SELECT service_id, ip FROM endpoints WHERE expires_at <= now()"
                 )
                 return ReapResult(0, leased, True, {}, renewed)
+            kept = sorted(guarded)
+            renewed = []
+            if kept:
+                renewed = await _renew(
+                    conn,
+                    """SELECT service_id, ip FROM endpoints
+                       WHERE expires_at <= now() AND service_id = ANY($1::uuid[])""",
+                    kept,
+                )
+            names = sorted(r["name"] for r in counted if r["service_id"] in guarded)
             # Lock the services first, in id order, as every other writer locks its service
             # before its endpoints and the registry version: no lock cycle.
             services = await conn.fetch(
                 """SELECT id, name FROM services WHERE id IN
                      (SELECT service_id FROM endpoints WHERE expires_at <= now())
-                   ORDER BY id FOR UPDATE"""
+                   AND id <> ALL($1::uuid[])
+                   ORDER BY id FOR UPDATE""",
+                kept,
             )
             gone = await conn.fetch(
                 """DELETE FROM endpoints WHERE service_id = ANY($1) AND expires_at <= now()
@@ -251,7 +268,7 @@ class Store:
                 [ips[sid][0] if len(ips[sid]) == 1 else None for sid, _ in bumped],
             )
             versions = {r["name"].lower(): r["version"] for r in rows}
-            return ReapResult(len(gone), leased, False, versions)
+            return ReapResult(len(gone), leased, False, versions, renewed, names)
 
 
 async def _renew(conn: asyncpg.Connection, select_sql: str, *args: Any) -> list[LeaseRenewal]:

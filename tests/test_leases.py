@@ -437,6 +437,55 @@ async def test_mass_expiry_keeps_endpoints_then_reaps_the_few_dead(
                 await beating
 
 
+async def test_one_services_mass_expiry_does_not_stop_expiry_elsewhere(
+    make_config: Callable[..., Config], lease_db: str, unique_name: str
+) -> None:
+    """1. `job` has 12 leased endpoints and `web` 10 (ttl 2 s), all renewed in one batch; then
+    `job` stops heartbeating altogether and `web` keeps 8 alive: 14 of 22 leases lapse together,
+    a mass expiry overall, but in `web` only 2 of 10; 2. `job`'s own guard keeps all 12 in
+    answers and in PostgreSQL; 3. `web`'s 2 silent ones are reaped and leave the answers, as if
+    `job` did not exist."""
+    # the 22 renewals below land in one batch
+    config = make_config(database_url=lease_db, lease_flush_interval_seconds=0.5, **GUARD)
+    job, web = f"{unique_name}-job", f"{unique_name}-web"
+    web_ips = [f"10.7.1.{i}" for i in range(1, 11)]
+    alive, silent = web_ips[:8], web_ips[8:]
+    leases = [(job, f"10.7.0.{i}") for i in range(1, 13)] + [(web, ip) for ip in web_ips]
+    async with run_app(config) as app, client(app) as http:
+        await create(http, job)
+        await create(http, web)
+        # ttl 2 s: none lapses before the renewal below, even on a loaded machine
+        await asyncio.gather(*(register(http, name, ip, 2) for name, ip in leases))
+        answers = await asyncio.gather(*(heartbeat(http, name, ip) for name, ip in leases))
+        assert [r.status for r in answers] == [200] * len(leases)
+        assert len({(await r.json())["expires_at"] for r in answers}) == 1
+
+        async def keep_alive() -> None:
+            while True:
+                for r in await asyncio.gather(*(heartbeat(http, web, ip) for ip in alive)):
+                    assert r.status == 200
+                await asyncio.sleep(0.2)
+
+        beating = asyncio.create_task(keep_alive())
+        try:
+
+            async def silent_reaped() -> bool:
+                assert len(await http_ips(http, job)) == 12
+                assert len(await dns_ips(app, job)) == 12
+                return set(await rows(lease_db, web)) == set(alive)
+
+            await eventually(silent_reaped, timeout=10)
+            assert await http_ips(http, web) == set(alive)
+            assert await dns_ips(app, web) == set(alive)
+            assert len(await rows(lease_db, job)) == 12
+            assert await scrape(http, "sd_lease_mass_expiry_total") >= 1
+            assert await scrape(http, "sd_lease_expired_total") == len(silent)
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+
+
 async def test_database_outage_keeps_leases_and_the_guard_renews_them(
     make_config: Callable[..., Config], lease_db: str, unique_name: str
 ) -> None:

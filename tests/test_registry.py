@@ -5,8 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from service_discovery.config import Config
-from service_discovery.model import Endpoint, EndpointChange, LeaseRenewal, Service, Snapshot
+from service_discovery.model import (
+    Endpoint,
+    EndpointChange,
+    LeaseRenewal,
+    Service,
+    Snapshot,
+    mass_expiry_guards,
+)
 from service_discovery.registry import Registry
 
 
@@ -60,3 +69,44 @@ async def test_expiry_queue_stays_bounded_and_exact_through_churn() -> None:
     assert registry.is_live("short", "10.9.0.1")
     await asyncio.sleep(0.5)
     assert not registry.is_live("short", "10.9.0.1")
+
+
+def _expiring(name: str, expiries: list[float]) -> Service:
+    eps = tuple(
+        Endpoint(f"10.{len(name)}.{i // 250}.{i % 250 + 1}", (), 60, at)
+        for i, at in enumerate(expiries)
+    )
+    return Service(f"id-{name}", name, {}, {}, eps, 1)
+
+
+@pytest.mark.parametrize(
+    ("counts", "guarded", "everywhere"),
+    [
+        # (expired, leased) per service, at share 0.5 and minimum 10
+        ({"job": (12, 12), "web": (2, 10)}, {"job"}, False),  # one service's lapse stays its own
+        ({"job": (12, 12), "web": (6, 10)}, {"job", "web"}, False),
+        ({"a": (3, 4), "b": (3, 4), "c": (3, 4)}, set(), True),  # small ones, lapsing together
+        ({"a": (3, 4), "big": (0, 100)}, set(), False),
+        ({"few": (9, 9)}, set(), False),  # under the minimum
+        ({}, set(), False),
+    ],
+)
+def test_mass_expiry_guards_per_service_then_over_the_rest(
+    counts: dict[str, tuple[int, int]], guarded: set[str], everywhere: bool
+) -> None:
+    assert mass_expiry_guards(counts, 0.5, 10) == (guarded, everywhere)
+
+
+def test_the_copy_keeps_one_services_mass_lapse_and_hides_anothers_few() -> None:
+    """At t=100: all 12 leases of `job` lapsed, 2 of `web`'s 10. The copy keeps `job`'s (its own
+    guard) and hides `web`'s 2: no global guard, since over `web` alone 2 of 10 is no mass."""
+    config = Config(lease_mass_expiry_share=0.5, lease_mass_expiry_min=10)
+    registry = Registry(config, clock=lambda: 100.0)
+    job = _expiring("job", [99.0] * 12)
+    web = _expiring("web", [99.0] * 2 + [160.0] * 8)
+    registry.replace_all(Snapshot(5, {"job": job, "web": web}))
+    assert not registry.self_preservation and registry.guarded_services() == 1
+    kept, hidden = registry.get("job"), registry.get("web")
+    assert kept is not None and len(kept.endpoints) == 12
+    assert hidden is not None and [e.expires_at for e in hidden.endpoints] == [160.0] * 8
+    assert registry.endpoint_count() == 20
