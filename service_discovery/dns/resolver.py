@@ -217,8 +217,7 @@ def _reverse(name: Name, qtype: int, view: ZoneView, zone: Zone) -> Answer:
     if len(name) < zone_len:
         return Answer(REFUSED, authoritative=False)
     apex = name[-zone_len:]
-    inside = view.reverse_zone(apex)
-    if inside is None:
+    if not view.reverse.covers(apex):
         return Answer(REFUSED, authoritative=False)
     serial = view.catalog.version
     if len(name) == zone_len:
@@ -229,7 +228,7 @@ def _reverse(name: Name, qtype: int, view: ZoneView, zone: Zone) -> Answer:
         return _negative(NOERROR, zone, apex, serial, None)
     if len(name) < full_len:
         # An empty non-terminal on the way to some endpoint's nibble name (IPv6 only)?
-        if any(full[-len(name) :] == name for full in inside):
+        if view.reverse.covers(name):
             return _negative(NOERROR, zone, apex, serial, None)
         return _negative(NXDOMAIN, zone, apex, serial, None)
     ip = _address_of(name[: len(name) - 2], v6) if len(name) == full_len else None

@@ -2,9 +2,10 @@
 
 `Zone` holds what Config decides (origin, NS host, TTLs), built once at start. `ZoneView`
 holds the catalog's reads (`CatalogReads`) plus the indexes the resolver derives from them;
-each index is dropped when a change makes it stale (`changed`), so forward lookups never pay
-for an index only reverse lookups use. Indexes the resolver needs later (per-service ones
-included) belong here, beside the reverse-zone index.
+each index hears of every change (`changed`) and brings itself up to date when it is next
+read, so forward lookups never pay for an index only reverse lookups use. Indexes the resolver
+needs later (per-service ones included) belong here, beside the reverse-zone index
+(`dns.reverse`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from service_discovery.config import Config
-from service_discovery.dns.records import AAAA, IN_ADDR, IP6, A, Name, reverse_name, split_name
+from service_discovery.dns.records import AAAA, IN_ADDR, IP6, A, Name, split_name
+from service_discovery.dns.reverse import ReverseIndex
 from service_discovery.model import Service
 
 # We claim the /24 (IPv4) or /64 (IPv6) around each live endpoint as a reverse zone: unknown
@@ -64,27 +66,13 @@ class Zone:
 
 
 class ZoneView:
-    """The catalog plus an index derived from it: which reverse zones hold live endpoints.
-
-    The index is built on the first reverse lookup after a change (`changed` drops it).
-    """
+    """The catalog plus the indexes derived from it: `reverse`, whether a reverse name leads to
+    a live endpoint."""
 
     def __init__(self, catalog: CatalogReads) -> None:
         self.catalog = catalog
-        self._reverse: dict[Name, set[Name]] | None = None
+        self.reverse = ReverseIndex(catalog.find, catalog.services)
 
     def changed(self, key: str | None) -> None:
-        """Service `key` changed (None: anything may have): drop what it makes stale."""
-        self._reverse = None
-
-    def reverse_zone(self, zone: Name) -> set[Name] | None:
-        """The reverse names of live endpoints inside `zone`, or None if we do not serve it."""
-        if self._reverse is None:
-            index: dict[Name, set[Name]] = {}
-            for svc in self.catalog.services():
-                for e in svc.endpoints:
-                    name = reverse_name(e.ip)
-                    size = V6_ZONE_LABELS if name[-2:] == IP6 else V4_ZONE_LABELS
-                    index.setdefault(name[-size:], set()).add(name)
-            self._reverse = index
-        return self._reverse.get(zone)
+        """Service `key` changed (None: anything may have): tell the indexes."""
+        self.reverse.changed(key)
