@@ -130,3 +130,10 @@ def test_the_index_answers_what_a_scan_would() -> None:
             want = span(probe) is not None and probe in live
             assert dns.view.reverse.covers(probe) == want, (probe, registry.services())
     assert dns.listings == 1
+
+
+def test_ptr_of_an_ipv4_mapped_address() -> None:
+    """The copy keys addresses as PostgreSQL writes them (::ffff:10.0.0.1): the PTR name of an
+    IPv4-mapped endpoint finds it."""
+    dns = Counted({"mapped": service("mapped", "::ffff:10.0.0.1")}, 1)
+    assert dns.rcode(".".join(reverse_name("::ffff:10.0.0.1"))) == "NOERROR"

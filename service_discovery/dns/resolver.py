@@ -9,7 +9,6 @@ serves).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 
 from service_discovery.dns.records import (
@@ -45,7 +44,7 @@ from service_discovery.dns.zone import (
     Zone,
     ZoneView,
 )
-from service_discovery.model import default_port
+from service_discovery.model import default_port, ip_address
 
 # SOA timers only matter to secondaries doing zone transfers, which we refuse; these are the
 # conventional small values for a zone that changes all the time.
@@ -242,13 +241,14 @@ def _reverse(name: Name, qtype: int, view: ZoneView, zone: Zone) -> Answer:
 
 
 def _address_of(labels: Name, v6: bool) -> str | None:
-    """The canonical address text of reversed labels, or None if they are not an address."""
+    """The canonical address text of reversed labels (the model's, which the copy is keyed by:
+    ::ffff:10.0.0.1, not Python's ::ffff:a00:1), or None if they are not an address."""
     if v6:
         if not all(len(label) == 1 and label in _HEX for label in labels):
             return None
         nibbles = "".join(reversed(labels))
         groups = ":".join(nibbles[i : i + 4] for i in range(0, 32, 4))
-        return str(ipaddress.IPv6Address(groups))
+        return ip_address(groups)
     if not all(label.isdigit() and label.isascii() and len(label) <= 3 for label in labels):
         return None
     if any(len(label) > 1 and label[0] == "0" for label in labels):
