@@ -190,7 +190,7 @@ async def test_watches_count_once_per_address_across_front_ends(
         held = asyncio.create_task(watch())
         await eventually(lambda: sample(limited.metrics, "sd_http_blocking_queries") >= 1)
         async with http.get(path) as resp:
-            refused((resp.status, await resp.json()), 429, "too_many_requests", "3 open watches")
+            await refused(resp, 429, "too_many_requests", "3 open watches")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await asyncio.wait_for(stub.Watch(pb.WatchRequest()).read(), 5)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
