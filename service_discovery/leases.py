@@ -7,7 +7,7 @@ Each caller is answered only after its batch committed (a 200 means the lease is
 
 The reaper runs on every replica; a transaction-scoped advisory lock lets one of them do each
 round's work. When too many of a service's leases lapse at once, or too many of all the others
-(`model.mass_expiry_guards`), it deletes none of those and renews them instead (the
+(`mass_expiry.mass_expiry_guards`), it deletes none of those and renews them instead (the
 self-preservation policy: README.md, "Leases, watches, write protection and limits", its "Mass
 expiry: self-preservation" part).
 """

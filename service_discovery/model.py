@@ -4,8 +4,8 @@ Front-ends parse their wire format into plain Python values and call the `parse_
 here, so HTTP and gRPC reject exactly the same inputs with the same messages.
 
 The changes that move a registry copy (a `Snapshot`, an `EndpointChange`, a `LeaseRenewal`, a
-`ReapResult`) and the mass-expiry rule live here too: the store produces them and the copy
-(`registry`) consumes them, and neither module depends on the other.
+`ReapResult`) live here too: the store produces them and the copy (`registry`) consumes them,
+and neither module depends on the other (nor for the mass-expiry rule: `mass_expiry`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from service_discovery.config import Config
 from service_discovery.errors import InvalidInput, LimitExceeded
@@ -49,7 +49,6 @@ _INSTANCE_ID = re.compile(INSTANCE_ID_PATTERN)
 # a DNS label).
 TOKEN_PATTERN = "^[!-~]+$"
 _TOKEN = re.compile(TOKEN_PATTERN)
-_K = TypeVar("_K")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,33 +128,6 @@ class ReapResult:
     versions: dict[str, int]  # lowercased service name -> version after its endpoints went
     renewed: list[LeaseRenewal] = field(default_factory=list)  # what the guards renewed
     guarded_services: list[str] = field(default_factory=list)  # names, each kept by its guard
-
-
-def mass_expiry(expired: int, leased: int, share: float, minimum: int) -> bool:
-    """Self-preservation: too large a share of leases lapsing together means the renewals were
-    lost (a database or network outage), not that the instances died; keep them.
-
-    One rule for the reaper (`Store.reap_expired`) and for every copy (`Registry`), so a copy
-    never hides what the reaper keeps. It is applied twice (`mass_expiry_guards`): to each
-    service's leases, then to the leases of all the services it did not guard."""
-    return leased >= max(minimum, 1) and expired > share * leased
-
-
-def mass_expiry_guards(
-    counts: Mapping[_K, tuple[int, int]], share: float, minimum: int
-) -> tuple[set[_K], bool]:
-    """Which services keep their lapsed leases, from each service's (expired, leased) counts,
-    and whether every service does.
-
-    First per service: a service whose own leases lapse en masse keeps them (its guard). Then
-    once over the services left: if their lapsed leases together are a mass expiry, every
-    service keeps them (the global guard; many small services losing their renewals at once is
-    an outage too). So one service's leases (a large job that ended) never stop expiry
-    elsewhere. `Registry` keeps the same two steps incrementally."""
-    guarded = {k for k, (exp, leased) in counts.items() if mass_expiry(exp, leased, share, minimum)}
-    expired = sum(exp for k, (exp, _) in counts.items() if k not in guarded)
-    leased = sum(n for k, (_, n) in counts.items() if k not in guarded)
-    return guarded, mass_expiry(expired, leased, share, minimum)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,14 +18,8 @@ from dataclasses import replace
 
 from service_discovery.config import Config
 from service_discovery.expiry import ExpiryQueue
-from service_discovery.model import (
-    Endpoint,
-    EndpointChange,
-    LeaseRenewal,
-    Service,
-    Snapshot,
-    mass_expiry,
-)
+from service_discovery.mass_expiry import mass_expiry
+from service_discovery.model import Endpoint, EndpointChange, LeaseRenewal, Service, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -472,7 +466,7 @@ class Registry:
 
     # ---- leases ----------------------------------------------------------------------------
     def _judge(self, key: str, entry: _Stored) -> bool:
-        """Recompute one service's own mass-expiry guard (`model.mass_expiry_guards`, first
+        """Recompute one service's own mass-expiry guard (`mass_expiry.mass_expiry_guards`, first
         step) from its counts; True if it changed. Its view is rebuilt; the caller announces."""
         guarded = mass_expiry(
             len(entry.hidden),
@@ -515,7 +509,7 @@ class Registry:
     def _refresh_guard(self, now: float) -> bool:
         """Recompute the global mass-expiry guard; True if it changed.
 
-        The same rule as the reaper's (`model.mass_expiry_guards`), applied to the leases that
+        The same rule as the reaper's (`mass_expiry.mass_expiry_guards`), applied to the leases that
         lapsed here and are not reaped yet, over the services whose own guard does not hold:
         when too many of those lapse together, every endpoint stays visible until renewals (or
         the reaper's renewal under the guard) bring the share down again.

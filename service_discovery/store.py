@@ -26,12 +26,12 @@ from service_discovery.errors import (
     RegistryError,
     StoreUnavailable,
 )
+from service_discovery.mass_expiry import mass_expiry_guards
 from service_discovery.model import (
     Endpoint,
     LeaseRenewal,
     ReapResult,
     Snapshot,
-    mass_expiry_guards,
 )
 from service_discovery.notify import LEASES_CHANNEL, encode_leases
 from service_discovery.pgerrors import UNAVAILABLE_ERRORS as _UNAVAILABLE

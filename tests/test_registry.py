@@ -8,13 +8,13 @@ import time
 import pytest
 
 from service_discovery.config import Config
+from service_discovery.mass_expiry import mass_expiry_guards
 from service_discovery.model import (
     Endpoint,
     EndpointChange,
     LeaseRenewal,
     Service,
     Snapshot,
-    mass_expiry_guards,
 )
 from service_discovery.registry import Registry
 
