@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from service_discovery import writes
+from service_discovery.announce import ChangeCallback
 from service_discovery.changes import ChangeFeed, Encoder
 from service_discovery.commit import GroupCommit
 from service_discovery.errors import Conflict, InvalidInput, NotFound, NotReady, StoreUnavailable
@@ -27,7 +28,7 @@ from service_discovery.model import (
     Service,
     ServiceSpec,
 )
-from service_discovery.registry import ChangeCallback, Registry
+from service_discovery.registry import Registry
 
 M = TypeVar("M")
 
