@@ -178,6 +178,15 @@ class Config:
         "SD_CONSUL_DATACENTER", "dc1", datacenter, "datacenter the Consul-compatible API reports"
     )
 
+    # ---- DNS: what one client may cost (README: "What one DNS client may cost") ----------
+    dns_miss_budget_per_second: int = _setting(
+        "DNS_MISS_BUDGET_PER_SECOND", 1000, int_range(0, 10**7),
+        "cache misses a second per client /24 or /56, per transport (0 = off)",
+    )  # fmt: skip
+    dns_miss_budget_burst: int = _setting(
+        "DNS_MISS_BUDGET_BURST", 2000, int_range(1, 10**7), "cache misses at once"
+    )
+
     # ---- TLS, client certificates and the migration role (README: Production) ----------
     tls_cert_file: str | None = _setting(
         "TLS_CERT_FILE", None, verbatim, "PEM certificate chain: HTTP and gRPC serve TLS"

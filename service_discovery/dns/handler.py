@@ -15,11 +15,14 @@ import logging
 from service_discovery.config import Config
 from service_discovery.dns.answers import AnswerCache
 from service_discovery.dns.counters import Counters
+from service_discovery.dns.ratelimit import Buckets
 from service_discovery.dns.records import (
     BADVERS,
     FORMERR,
+    NOERROR,
     NOTIMP,
     OPT,
+    REFUSED,
     SERVFAIL,
     Name,
     Question,
@@ -66,6 +69,15 @@ class QueryHandler:
         self._metrics = metrics
         self._max_udp = config.dns_max_udp_size
         self._opt = opt(config.dns_max_udp_size)
+        # The miss budget: a client network's cache misses, one bucket per transport (UDP,
+        # TCP), so a flood of spoofed UDP cannot spend what the real clients of that network
+        # fall back to TCP for. None: no budget.
+        rate, burst = config.dns_miss_budget_per_second, config.dns_miss_budget_burst
+        self._misses = (Buckets(rate, burst), Buckets(rate, burst)) if rate else None
+        self._over_budget_cells = (
+            counters.limited("misses", "truncated"),
+            counters.limited("misses", "refused"),
+        )
         # Benchmark mode: drop every cached answer before each query, so each one is a miss.
         self.invalidate_every_query = False
 
@@ -78,8 +90,9 @@ class QueryHandler:
         self.changed(None, "clear")
 
     # ---- the hot path --------------------------------------------------------------------
-    def respond(self, data: bytes, tcp: bool) -> bytes | None:
+    def respond(self, data: bytes, tcp: bool, client: str | None = None) -> bytes | None:
         """The response to one query message, or None to drop it (no header, or a response).
+        `client` is the sender's address, for the per-client limits (None: none apply).
 
         Fast path: a cache hit on the query's exact bytes. The question's end is taken as the
         first zero byte, without walking the labels. That is safe: keys are stored only after a
@@ -89,10 +102,10 @@ class QueryHandler:
         try:
             size = len(data)
             if size < 12 or data[2] & 0xF8 or data[4:10] != ONE_QUESTION:
-                return self._respond(data, tcp)  # not QUERY, or not one plain question
+                return self._respond(data, tcp, client)  # not QUERY, or not one plain question
             qend = data.find(0, 12) + 5
             if qend < 17 or qend > size:
-                return self._respond(data, tcp)
+                return self._respond(data, tcp, client)
             if data[11] == 0 and data[10] == 0:
                 edns = b"\x00"
                 limit = TCP_LIMIT if tcp else UDP_PLAIN_LIMIT
@@ -110,7 +123,7 @@ class QueryHandler:
                 payload = data[qend + 3] << 8 | data[qend + 4]
                 limit = TCP_LIMIT if tcp else max(UDP_PLAIN_LIMIT, min(payload, self._max_udp))
             else:
-                return self._respond(data, tcp)
+                return self._respond(data, tcp, client)
             key = data[12:qend] + edns
             entry = self._stable.get(key) or self._volatile.get(key)
             if entry is None or self.invalidate_every_query:
@@ -118,10 +131,10 @@ class QueryHandler:
                 # name, proves the first zero byte ends it, and splits it, all in one pass.
                 end = qend - 5
                 if end - 11 > 255:
-                    return self._respond(data, tcp)
+                    return self._respond(data, tcp, client)
                 wire = data[12 : end + 1]
                 if wire.lower() != wire:
-                    return self._respond(data, tcp)  # mixed case (0x20): the full parse
+                    return self._respond(data, tcp, client)  # mixed case (0x20): the full parse
                 text = wire.decode("latin-1")
                 labels: list[str] = []
                 add = labels.append
@@ -130,14 +143,17 @@ class QueryHandler:
                 while at < stop:
                     length = wire[at]
                     if length > 63:
-                        return self._respond(data, tcp)
+                        return self._respond(data, tcp, client)
                     at += 1
                     add(text[at : at + length])
                     at += length
                 if at != stop:
-                    return self._respond(data, tcp)  # a label held a zero byte
+                    return self._respond(data, tcp, client)  # a label held a zero byte
                 if self.invalidate_every_query:
                     self.clear_cache()
+                if self._misses is not None and client is not None:
+                    if not self._misses[tcp].take(client):
+                        return self._over_budget(data, qend, edns == b"\x01", tcp)
                 self._counters.misses += 1
                 entry = self._miss(data, end, qend, key, edns == b"\x01", tuple(labels))
             # (the lines below are _serve, inlined: this is the path that runs most)
@@ -157,7 +173,7 @@ class QueryHandler:
             self._metrics.internal_errors.labels("dns").inc()
             return self._error(data, SERVFAIL, None, False, tcp)
 
-    def _respond(self, data: bytes, tcp: bool) -> bytes | None:
+    def _respond(self, data: bytes, tcp: bool, client: str | None) -> bytes | None:
         """The full parse, for everything the fast path did not answer."""
         if len(data) < 12 or data[2] & 0x80:
             self._counters.dropped += 1  # too short for a header, or a response: never answer
@@ -191,6 +207,9 @@ class QueryHandler:
             self.clear_cache()
         entry = self._stable.get(key) or self._volatile.get(key)
         if entry is None:
+            if self._misses is not None and client is not None:
+                if not self._misses[tcp].take(client):
+                    return self._over_budget(data, qend, edns, tcp)
             self._counters.misses += 1
             entry = self._miss(data, i, qend, key, edns)
         return self._serve(entry, data, qend, limit, tcp)
@@ -244,9 +263,28 @@ class QueryHandler:
             self._answers.store(key, entry)
         return entry
 
-    def _error(self, data: bytes, rcode: int, qend: int | None, edns: bool, tcp: bool) -> bytes:
+    def _over_budget(self, data: bytes, qend: int, edns: bool, tcp: bool) -> bytes:
+        """A miss beyond the client network's budget: over UDP an empty answer with TC set
+        (a real client retries over TCP, which has a budget of its own; a spoofed one gets no
+        more bytes than it sent), over TCP REFUSED. Nothing is resolved."""
+        self._over_budget_cells[tcp][0] += 1
+        if tcp:
+            return self._error(data, REFUSED, qend, edns, tcp)
+        self._counters.truncated += 1
+        return self._error(data, NOERROR, qend, edns, tcp, truncated=True)
+
+    def _error(
+        self,
+        data: bytes,
+        rcode: int,
+        qend: int | None,
+        edns: bool,
+        tcp: bool,
+        truncated: bool = False,
+    ) -> bytes:
         """An answer without records: the question echoed if it parsed, OPT if EDNS0."""
         qtype = data[qend - 4] << 8 | data[qend - 3] if qend else 0
         self._counters.cell("tcp" if tcp else "udp", qtype, rcode)[0] += 1
         self._counters.uncached += 1
-        return error_response(data, rcode, qend, opt(self._max_udp, rcode) if edns else b"")
+        our_opt = opt(self._max_udp, rcode) if edns else b""
+        return error_response(data, rcode, qend, our_opt, truncated)

@@ -81,9 +81,9 @@ class DnsServer:
         """The records this server answers for `service`'s names (the dashboard shows them)."""
         return describe(service, self._view, self._zone)
 
-    def respond(self, data: bytes, tcp: bool) -> bytes | None:
+    def respond(self, data: bytes, tcp: bool, client: str | None = None) -> bytes | None:
         """The response to one query message, or None to drop it (see `QueryHandler`)."""
-        return self._handler.respond(data, tcp)
+        return self._handler.respond(data, tcp, client)
 
     def clear_cache(self) -> None:
         self._handler.clear_cache()
@@ -165,12 +165,13 @@ class DnsServer:
         gauge.inc()
         idle = self._config.dns_tcp_idle_seconds
         respond = self._handler.respond
+        client = _host(writer)
         try:
             while True:
                 async with asyncio.timeout(idle):
                     prefix = await reader.readexactly(2)
                     message = await reader.readexactly(int.from_bytes(prefix, "big"))
-                response = respond(message, True)
+                response = respond(message, True, client)
                 if response is None:
                     break  # no header or not a query: the stream cannot be trusted any more
                 writer.write(len(response).to_bytes(2, "big") + response)
@@ -184,8 +185,14 @@ class DnsServer:
             writer.close()
 
 
+def _host(writer: asyncio.StreamWriter) -> str | None:
+    """The client's address of a TCP connection (None if the socket has none)."""
+    peer = writer.get_extra_info("peername")
+    return peer[0] if isinstance(peer, tuple) else None
+
+
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, respond: Callable[[bytes, bool], bytes | None]) -> None:
+    def __init__(self, respond: Callable[[bytes, bool, str], bytes | None]) -> None:
         self._respond = respond
         self._transport: asyncio.DatagramTransport | None = None
 
@@ -193,7 +200,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self._transport = cast(asyncio.DatagramTransport, transport)  # a datagram endpoint's
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        response = self._respond(data, False)
+        response = self._respond(data, False, addr[0])
         if response is not None and self._transport is not None:
             self._transport.sendto(response, addr)
 

@@ -135,9 +135,12 @@ def split_labels(qwire: bytes) -> Name:
 
 
 # ---- encoding --------------------------------------------------------------------------------
-def error_response(data: bytes, rcode: int, qend: int | None, our_opt: bytes) -> bytes:
-    """An answer without records: the question echoed if it parsed, `our_opt` if EDNS0."""
-    flags = bytes((0x80 | (data[2] & 0x79), rcode & 0xF))
+def error_response(
+    data: bytes, rcode: int, qend: int | None, our_opt: bytes, truncated: bool = False
+) -> bytes:
+    """An answer without records: the question echoed if it parsed, `our_opt` if EDNS0, TC
+    set if `truncated`."""
+    flags = bytes((0x80 | (data[2] & 0x79) | (0x02 if truncated else 0), rcode & 0xF))
     counts = COUNTS.pack(1 if qend else 0, 0, 0, 1 if our_opt else 0)
     question = data[12:qend] if qend else b""
     return data[:2] + flags + counts + question + our_opt
