@@ -186,6 +186,9 @@ class Config:
     dns_miss_budget_burst: int = _setting(
         "DNS_MISS_BUDGET_BURST", 2000, int_range(1, 10**7), "cache misses at once"
     )
+    dns_tcp_max_connections_per_client: int = _setting(
+        "DNS_TCP_MAX_CONNECTIONS_PER_CLIENT", 64, int_range(0, 10**6), "open TCP conns per address"
+    )
 
     # ---- TLS, client certificates and the migration role (README: Production) ----------
     tls_cert_file: str | None = _setting(

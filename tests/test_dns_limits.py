@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -30,7 +31,8 @@ FLOOD, OTHER = "127.0.1.7", "127.0.2.9"
 
 
 def _services() -> dict[str, Service]:
-    big = tuple(Endpoint(f"10.67.{i // 250}.{i % 250 + 1}") for i in range(300))
+    # 3,000 addresses: a 48 KB answer over TCP, so a few hundred fill any socket buffer
+    big = tuple(Endpoint(f"10.67.{i // 250}.{i % 250 + 1}") for i in range(3000))
     services = [
         Service("1", "webapp", {}, {}, (Endpoint("10.66.0.1"),), 1),
         Service("2", "big", {}, {}, big, 2),
@@ -168,11 +170,84 @@ def test_default_budget_is_generous() -> None:
     assert config.dns_miss_budget_per_second >= 1000 and config.dns_miss_budget_burst >= 2000
 
 
+# ---- item 3: DNS over TCP ---------------------------------------------------------------------
+def connections(server: DnsServer) -> float:
+    value = server._metrics.collector_registry.get_sample_value("sd_dns_tcp_connections")
+    return value or 0.0
+
+
+async def test_a_client_that_never_reads_its_answers_is_disconnected() -> None:
+    """1. a client with a 4 KiB receive buffer pipelines 300 queries for a 48 KB answer and
+    reads nothing; 2. the answers fill every buffer on the way and the server's writes stall;
+    3. within the idle timeout (0.5 s) of the stall the server resets the connection, so the
+    connection count is 0 again and the client finds its connection reset."""
+    async with dns_server(dns_tcp_idle_seconds=0.5) as server:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        sock.bind((FLOOD, 0))
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", server.port))
+            wire = query(f"big.{ZONE}").to_wire()
+            framed = (len(wire).to_bytes(2, "big") + wire) * 300
+            await asyncio.wait_for(loop.sock_sendall(sock, framed), 5)
+            await asyncio.sleep(0.2)
+            assert connections(server) == 1  # holding: its answers are queued, unread
+            for _ in range(60):  # 3 s: the stall began at most a moment ago
+                if connections(server) == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert connections(server) == 0
+            assert limited(server, "tcp_write_timeout", "closed") == 1
+            with pytest.raises(ConnectionResetError):
+                while await asyncio.wait_for(loop.sock_recv(sock, 65536), 2):
+                    pass
+        finally:
+            sock.close()
+
+
+async def test_tcp_connections_per_client_address() -> None:
+    """Cap 2 per address. 1. two connections from 127.0.1.7 are served; 2. a third from that
+    address is closed unanswered, while 127.0.1.8 (same /24, another address) and 127.0.2.9
+    are served; 3. once one of the first two closes, 127.0.1.7 may connect again."""
+    async with dns_server(dns_tcp_max_connections_per_client=2) as server:
+        port = server.port
+        soa = query(ZONE, "SOA")
+        first, second = await tcp_from(FLOOD, port), await tcp_from(FLOOD, port)
+        for stream in (first, second):
+            assert (await tcp_ask(stream, soa)).rcode() == dns.rcode.NOERROR
+        third = await tcp_from(FLOOD, port)
+        with pytest.raises((asyncio.IncompleteReadError, ConnectionResetError)):
+            await tcp_ask(third, soa)
+        third[1].close()
+        neighbour, other = await tcp_from("127.0.1.8", port), await tcp_from(OTHER, port)
+        for stream in (neighbour, other):
+            assert (await tcp_ask(stream, soa)).rcode() == dns.rcode.NOERROR
+        assert limited(server, "tcp_per_client", "closed") == 1
+        first[1].close()
+        for _ in range(40):
+            if connections(server) == 3:
+                break
+            await asyncio.sleep(0.05)
+        again = await tcp_from(FLOOD, port)
+        assert (await tcp_ask(again, soa)).rcode() == dns.rcode.NOERROR
+        for stream in (second, neighbour, other, again):
+            stream[1].close()
+
+
+async def test_tcp_per_client_cap_off() -> None:
+    """DNS_TCP_MAX_CONNECTIONS_PER_CLIENT=0: only the global cap applies."""
+    async with dns_server(dns_tcp_max_connections_per_client=0) as server:
+        streams = [await tcp_from(FLOOD, server.port) for _ in range(10)]
+        for stream in streams:
+            assert (await tcp_ask(stream, query(ZONE, "SOA"))).rcode() == dns.rcode.NOERROR
+            stream[1].close()
+
+
 @pytest.fixture(autouse=True)
 def loopback_aliases() -> None:
     """127.0.1.x and 127.0.2.x are loopback addresses on Linux without configuration."""
-    import socket
-
     for source in (FLOOD, OTHER):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind((source, 0))

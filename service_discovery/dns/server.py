@@ -2,9 +2,10 @@
 
 This module owns the sockets: binding UDP and TCP on the same port (retrying when port 0
 picked a number TCP cannot have), the UDP receive buffer, TCP framing (2-byte length prefix),
-the TCP limits (open connections, idle time), stopping with in-flight connections finished
-within the shutdown timeout, and the periodic flush of the counters. What a query answers is
-`handler`'s; per-connection limits (write timeouts, caps per client address) belong here.
+the TCP limits (open connections in all and per client address; the idle timeout, which
+covers writes as well as reads), stopping with in-flight connections finished within the
+shutdown timeout, and the periodic flush of the counters. What a query answers, and the
+per-query limits, are `handler`'s.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from typing import cast
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 _METRICS_FLUSH_SECONDS = 1.0
 _BIND_ATTEMPTS = 50
 _UDP_RCVBUF = 4 * 1024 * 1024  # absorb bursts; the kernel caps it at net.core.rmem_max
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, drops the queue
 
 
 class DnsServer:
@@ -60,6 +63,7 @@ class DnsServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tcp_writers: set[asyncio.StreamWriter] = set()
+        self._tcp_per_client: dict[str, int] = {}
         self._tcp_tasks: set[asyncio.Task[None]] = set()
         self._port = 0
 
@@ -153,19 +157,39 @@ class DnsServer:
 
     # ---- TCP -----------------------------------------------------------------------------
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Length-prefixed queries, answered in order, until idle, closed or not a query."""
-        if len(self._tcp_writers) >= self._config.dns_tcp_max_connections:
-            writer.close()  # over the limit: new connections are closed, open ones keep going
+        """Length-prefixed queries, answered in order, until idle, closed or not a query.
+
+        Every wait is under the idle timeout, reads and writes alike: a client that pipelines
+        queries and never reads the answers stalls our writes once its buffers are full, and
+        is then cut off rather than holding its connection (and a slot of the caps) for ever.
+        While a write waits, nothing more is read, so one connection holds at most the
+        transport's write buffer (its high-water mark) and the reader's limit in memory.
+        """
+        config = self._config
+        client = _host(writer) or ""
+        if len(self._tcp_writers) >= config.dns_tcp_max_connections:
+            # over the limit: new connections are closed, open ones keep going
+            self.counters.limited("tcp_connections", "closed")[0] += 1
+            writer.close()
+            return
+        per_client = self._tcp_per_client.get(client, 0)
+        if config.dns_tcp_max_connections_per_client and (
+            per_client >= config.dns_tcp_max_connections_per_client
+        ):
+            # so that one address cannot take every connection, and TCP fallback from others
+            self.counters.limited("tcp_per_client", "closed")[0] += 1
+            writer.close()
             return
         task = asyncio.current_task()
         assert task is not None
+        self._tcp_per_client[client] = per_client + 1
         self._tcp_writers.add(writer)
         self._tcp_tasks.add(task)
         gauge = self._metrics.dns_tcp_connections
         gauge.inc()
-        idle = self._config.dns_tcp_idle_seconds
+        idle = config.dns_tcp_idle_seconds
         respond = self._handler.respond
-        client = _host(writer)
+        stalled = False
         try:
             while True:
                 async with asyncio.timeout(idle):
@@ -175,14 +199,57 @@ class DnsServer:
                 if response is None:
                     break  # no header or not a query: the stream cannot be trusted any more
                 writer.write(len(response).to_bytes(2, "big") + response)
-                await writer.drain()
+                try:  # drain waits only while the buffer is above its high-water mark
+                    async with asyncio.timeout(idle):
+                        await writer.drain()
+                except TimeoutError:
+                    stalled = True
+                    break
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-            pass  # closed by the client, idle too long, or reset: all normal endings
+            pass  # closed by the client, idle too long, not reading, or reset: normal endings
         finally:
-            self._tcp_writers.discard(writer)
-            self._tcp_tasks.discard(task)
-            gauge.dec()
+            try:
+                await self._close(writer, stalled, idle)
+            finally:
+                self._tcp_writers.discard(writer)
+                self._tcp_tasks.discard(task)
+                gauge.dec()
+                left = self._tcp_per_client.pop(client, 1) - 1
+                if left:
+                    self._tcp_per_client[client] = left
+
+    async def _close(self, writer: asyncio.StreamWriter, stalled: bool, idle: float) -> None:
+        """Close a connection. Answers already written get `idle` seconds more to be read; a
+        client that does not read them, or whose reading stalled a write, is reset."""
+        if not stalled:
             writer.close()
+            if not writer.transport.get_write_buffer_size():
+                return
+            try:
+                async with asyncio.timeout(idle):
+                    await writer.wait_closed()
+                return
+            except ConnectionError:
+                return  # reset by the client meanwhile
+            except TimeoutError:
+                pass
+            finally:  # also when cancelled at stop: never leave behind a socket that cannot flush
+                if writer.transport.get_write_buffer_size():
+                    _reset(writer)
+        else:
+            _reset(writer)
+        self.counters.limited("tcp_write_timeout", "closed")[0] += 1
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Drop a connection and what is queued for it, with an RST. A plain close would keep
+    sending the queued answers (the kernel's copy, up to its send buffer) for as long as the
+    client takes to read them, or never reads them."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    writer.transport.abort()
 
 
 def _host(writer: asyncio.StreamWriter) -> str | None:
