@@ -23,6 +23,7 @@ from service_discovery.config_parsers import (
     datacenter,
     domain,
     float_range,
+    hex_secret,
     int_range,
     ip,
     postgres_url,
@@ -188,6 +189,20 @@ class Config:
     )
     dns_tcp_max_connections_per_client: int = _setting(
         "DNS_TCP_MAX_CONNECTIONS_PER_CLIENT", 64, int_range(0, 10**6), "open TCP conns per address"
+    )
+    dns_rrl_responses_per_second: int = _setting(
+        "DNS_RRL_RESPONSES_PER_SECOND", 0, int_range(0, 10**7), "RRL: UDP answers/s per network"
+    )
+    dns_rrl_burst: int = _setting(
+        "DNS_RRL_BURST", 200, int_range(1, 10**7), "RRL: UDP answers at once"
+    )
+    dns_rrl_slip: int = _setting("DNS_RRL_SLIP", 2, int_range(0, 100), "RRL: every Nth gets TC")
+    dns_rrl_udp_size_without_cookie: int = _setting(
+        "DNS_RRL_UDP_SIZE_WITHOUT_COOKIE", 512, int_range(512, 65535), "RRL: UDP size w/o cookie"
+    )
+    dns_cookies: bool = _setting("DNS_COOKIES", True, boolean, "answer DNS cookies (RFC 7873)")
+    dns_cookie_secret: str | None = _setting(
+        "DNS_COOKIE_SECRET", None, hex_secret, "same on all replicas; unset: random", secret=True
     )
 
     # ---- TLS, client certificates and the migration role (README: Production) ----------

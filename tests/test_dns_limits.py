@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.rcode
@@ -22,6 +24,7 @@ import pytest
 from service_discovery.catalog import Catalog
 from service_discovery.config import Config
 from service_discovery.dns import DnsServer
+from service_discovery.dns.cookies import Cookies
 from service_discovery.metrics import Metrics
 from service_discovery.model import Endpoint, Service, Snapshot
 from service_discovery.registry import Registry
@@ -36,6 +39,7 @@ def _services() -> dict[str, Service]:
     services = [
         Service("1", "webapp", {}, {}, (Endpoint("10.66.0.1"),), 1),
         Service("2", "big", {}, {}, big, 2),
+        Service("3", "mid", {}, {}, tuple(Endpoint(f"10.68.0.{i + 1}") for i in range(40)), 3),
     ]
     return {s.key: s for s in services}
 
@@ -243,6 +247,171 @@ async def test_tcp_per_client_cap_off() -> None:
         for stream in streams:
             assert (await tcp_ask(stream, query(ZONE, "SOA"))).rcode() == dns.rcode.NOERROR
             stream[1].close()
+
+
+# ---- item 4: DNS cookies and response-rate limiting --------------------------------------------
+CLIENT_COOKIE = bytes.fromhex("0123456789abcdef")
+
+
+def with_cookie(name: str, server_cookie: bytes = b"", rdtype: str = "A") -> dns.message.Message:
+    option = dns.edns.CookieOption(CLIENT_COOKIE, server_cookie)
+    return query(name, rdtype, use_edns=0, payload=1232, options=[option])
+
+
+def cookie_of(reply: dns.message.Message | None) -> dns.edns.CookieOption | None:
+    assert reply is not None
+    found = [o for o in reply.options if isinstance(o, dns.edns.CookieOption)]
+    return found[0] if found else None
+
+
+async def test_cookies_are_answered_and_validated() -> None:
+    """1. a client cookie alone gets the answer and a 16-byte server cookie; 2. sent back, that
+    server cookie is valid and echoed unchanged; 3. from another address, or altered, it is not
+    valid and a new one comes back; 4. a malformed COOKIE option is FORMERR; 5. over TCP too."""
+    async with dns_server() as server:
+        async with udp_from(FLOOD, server.port) as ask:
+            first = await ask(with_cookie(f"webapp.{ZONE}"))
+            got = cookie_of(first)
+            assert first is not None and got is not None
+            assert [rr.to_text() for rr in first.answer[0]] == ["10.66.0.1"]
+            assert got.client == CLIENT_COOKIE and len(got.server) == 16
+            assert got.server[0] == 1  # RFC 9018 version 1
+            await asyncio.sleep(1.1)  # a new server cookie would now carry another timestamp
+            again = cookie_of(await ask(with_cookie(f"webapp.{ZONE}", got.server)))
+            assert again is not None and again.server == got.server
+            altered = bytes([got.server[0]]) + got.server[1:-1] + bytes([got.server[-1] ^ 1])
+            fresh = cookie_of(await ask(with_cookie(f"webapp.{ZONE}", altered)))
+            assert fresh is not None and fresh.server != altered and len(fresh.server) == 16
+            bad = query(
+                f"webapp.{ZONE}", use_edns=0, options=[dns.edns.GenericOption(10, b"12345")]
+            )
+            reply = await ask(bad)
+            assert reply is not None and reply.rcode() == dns.rcode.FORMERR
+        async with udp_from(OTHER, server.port) as ask:
+            elsewhere = cookie_of(await ask(with_cookie(f"webapp.{ZONE}", got.server)))
+            assert elsewhere is not None and elsewhere.server != got.server
+        stream = await tcp_from(FLOOD, server.port)
+        try:
+            over_tcp = cookie_of(await tcp_ask(stream, with_cookie(f"webapp.{ZONE}", got.server)))
+            assert over_tcp is not None and over_tcp.server == got.server
+        finally:
+            stream[1].close()
+
+
+def test_server_cookie_lifetime() -> None:
+    """A server cookie (RFC 9018 layout) is echoed while under half an hour old, renewed (still
+    valid) until an hour, invalid after that or when it claims to come from the future, and
+    bound to the client's address and the secret."""
+    now = [1_700_000_000.0]
+    cookies = Cookies(bytes(16), clock=lambda: now[0])
+    option, valid = cookies.answer(CLIENT_COOKIE, "10.0.0.1") or (b"", True)
+    assert not valid and len(option) == 4 + 24
+    sent = option[4:]
+
+    def check(at: float, client: str = "10.0.0.1", secret: bytes = bytes(16)) -> tuple[bool, bool]:
+        """(valid, echoed unchanged)"""
+        now[0] = at
+        answer = Cookies(secret, clock=lambda: now[0]).answer(sent, client)
+        assert answer is not None
+        return answer[1], answer[0][4:] == sent
+
+    start = 1_700_000_000.0
+    assert check(start + 1799) == (True, True)
+    assert check(start + 1801) == (True, False)  # renewed: a new timestamp
+    assert check(start + 3599) == (True, False)
+    assert check(start + 3601) == (False, False)
+    assert check(start - 301) == (False, False)
+    assert check(start + 10, client="10.0.0.2") == (False, False)
+    assert check(start + 10, secret=bytes(15) + b"\x01") == (False, False)
+    assert cookies.answer(b"short", "10.0.0.1") is None
+    assert cookies.answer(CLIENT_COOKIE + b"x" * 7, "10.0.0.1") is None  # 9-15 bytes
+    assert cookies.answer(CLIENT_COOKIE + b"x" * 33, "10.0.0.1") is None  # over 40 bytes
+
+
+async def test_cookies_off() -> None:
+    async with dns_server(dns_cookies=False) as server:
+        async with udp_from(FLOOD, server.port) as ask:
+            reply = await ask(with_cookie(f"webapp.{ZONE}"))
+            assert reply is not None and reply.answer and cookie_of(reply) is None
+
+
+@pytest.mark.skipif(shutil.which("dig") is None, reason="dig (bind9-dnsutils) missing")
+async def test_dig_sees_a_good_server_cookie() -> None:
+    async with dns_server() as server:
+        proc = await asyncio.create_subprocess_exec(
+            "dig", f"-p{server.port}", "@127.0.0.1", "-b", FLOOD, "+cookie", f"webapp.{ZONE}",
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out = (await asyncio.wait_for(proc.communicate(), 20))[0].decode()
+    cookie_lines = [line for line in out.splitlines() if line.startswith("; COOKIE:")]
+    assert len(cookie_lines) == 1 and cookie_lines[0].endswith("(good)"), out
+    assert "10.66.0.1" in out
+
+
+async def test_rrl_limits_one_network_spares_others_and_cookies() -> None:
+    """RRL at 1 answer a second, burst 5, slip 2. 1. 40 queries for a cached name from
+    127.0.1.7 without a cookie: about 5 answered, then every other one an empty TC answer and
+    the rest dropped; 2. 127.0.2.9 is answered in full meanwhile; 3. from 127.0.1.7 again, with
+    a valid server cookie: every answer, though its network is still over the rate."""
+    settings = {"dns_rrl_responses_per_second": 1, "dns_rrl_burst": 5, "dns_rrl_slip": 2}
+    async with dns_server(**settings) as server:
+        async with udp_from(FLOOD, server.port) as ask:
+            replies = [await ask(query(f"webapp.{ZONE}"), timeout=0.15) for _ in range(40)]
+            full = [r for r in replies if r is not None and not r.flags & dns.flags.TC]
+            truncated = [r for r in replies if r is not None and r.flags & dns.flags.TC]
+            dropped = replies.count(None)
+            assert 5 <= len(full) <= 7, len(full)
+            assert all(not r.answer for r in truncated)
+            assert abs(len(truncated) - dropped) <= 1 and dropped >= 15, (len(truncated), dropped)
+        async with udp_from(OTHER, server.port) as ask:
+            for _ in range(5):
+                reply = await ask(query(f"webapp.{ZONE}"))
+                assert reply is not None and reply.answer
+        async with udp_from(FLOOD, server.port) as ask:
+            cookie = None
+            for _ in range(6):  # the answers that get through carry a server cookie
+                cookie = cookie_of(
+                    await ask(with_cookie(f"webapp.{ZONE}"), timeout=0.15) or query("x")
+                )
+                if cookie is not None:
+                    break
+            assert cookie is not None
+            for _ in range(20):
+                reply = await ask(with_cookie(f"webapp.{ZONE}", cookie.server))
+                assert reply is not None and reply.answer and not reply.flags & dns.flags.TC
+        assert limited(server, "rrl", "dropped") >= 15
+        assert limited(server, "rrl", "truncated") >= 15
+
+
+async def test_rrl_is_off_by_default() -> None:
+    assert Config().dns_rrl_responses_per_second == 0
+    async with dns_server() as server:
+        async with udp_from(FLOOD, server.port) as ask:
+            for _ in range(300):
+                reply = await ask(query(f"webapp.{ZONE}"))
+                assert reply is not None and reply.answer
+
+
+async def test_without_a_cookie_udp_answers_are_small_while_rrl_is_on() -> None:
+    """A 40-address answer (about 700 bytes) to an EDNS query offering 1232 bytes: with RRL on,
+    TC without a valid server cookie (512 bytes at most), in full with one; with RRL off, in
+    full either way."""
+    name = f"mid.{ZONE}"
+    async with dns_server(dns_rrl_responses_per_second=1000) as server:
+        async with udp_from(FLOOD, server.port) as ask:
+            plain = await ask(query(name, use_edns=0, payload=1232))
+            assert plain is not None and plain.flags & dns.flags.TC and not plain.answer
+            first = await ask(with_cookie(name))
+            assert first is not None and first.flags & dns.flags.TC  # not valid yet
+            cookie = cookie_of(first)
+            assert cookie is not None
+            proven = await ask(with_cookie(name, cookie.server))
+            assert proven is not None and not proven.flags & dns.flags.TC
+            assert len(proven.answer[0]) == 40
+    async with dns_server() as server:
+        async with udp_from(FLOOD, server.port) as ask:
+            plain = await ask(query(name, use_edns=0, payload=1232))
+            assert plain is not None and not plain.flags & dns.flags.TC
 
 
 @pytest.fixture(autouse=True)

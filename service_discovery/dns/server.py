@@ -104,7 +104,7 @@ class DnsServer:
             # UDP first on the wanted (or an ephemeral) port, then TCP on the same number; with
             # port 0 another socket may hold that TCP port, so pick a new one and retry.
             udp, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self._handler.respond), local_addr=(host, wanted)
+                lambda: _UdpProtocol(self._handler.respond_udp), local_addr=(host, wanted)
             )
             port = udp.get_extra_info("sockname")[1]
             try:
