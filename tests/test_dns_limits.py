@@ -20,6 +20,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 import pytest
+from helpers import ZONE, eventually, sample
 
 from service_discovery.catalog import Catalog
 from service_discovery.config import Config
@@ -29,7 +30,6 @@ from service_discovery.metrics import Metrics
 from service_discovery.model import Endpoint, Service, Snapshot
 from service_discovery.registry import Registry
 
-ZONE = "svc.cluster.local"
 FLOOD, OTHER = "127.0.1.7", "127.0.2.9"
 
 
@@ -45,24 +45,22 @@ def _services() -> dict[str, Service]:
 
 
 @contextlib.asynccontextmanager
-async def dns_server(**settings: Any) -> AsyncIterator[DnsServer]:
+async def dns_server(**settings: Any) -> AsyncIterator[tuple[DnsServer, Metrics]]:
     config = Config(bind_address="127.0.0.1", dns_port=0, **settings)
     registry = Registry(config)
     registry.replace_all(Snapshot(2, _services()))
-    server = DnsServer(config, Catalog(config, None, registry, None, Metrics()), Metrics())
+    metrics = Metrics()
+    server = DnsServer(config, Catalog(config, None, registry, None, metrics), metrics)
+    metrics.before_render.append(server.flush_metrics)
     await server.start()
     try:
-        yield server
+        yield server, metrics
     finally:
         await server.stop()
 
 
-def limited(server: DnsServer, limit: str, action: str) -> float:
-    server.flush_metrics()
-    value = server._metrics.collector_registry.get_sample_value(
-        "sd_dns_limited_total", {"limit": limit, "action": action}
-    )
-    return value or 0.0
+def limited(metrics: Metrics, limit: str, action: str) -> float:
+    return sample(metrics, "sd_dns_limited_total", limit=limit, action=action)
 
 
 class _Replies(asyncio.DatagramProtocol):
@@ -120,7 +118,10 @@ async def test_miss_budget_truncates_one_network_and_spares_others_and_cached_an
     cached name is still answered to that network, again and again; 3. another /24 (127.0.2.9)
     misses as it likes; 4. the flooded network's real client, retrying over TCP, is answered
     (its own budget), and beyond that TCP budget it gets REFUSED; 5. the metric counts it."""
-    async with dns_server(dns_miss_budget_per_second=1, dns_miss_budget_burst=10) as server:
+    async with dns_server(dns_miss_budget_per_second=1, dns_miss_budget_burst=10) as (
+        server,
+        metrics,
+    ):
         port = server.port
         async with udp_from(OTHER, port) as other:
             warm = await other(query(f"webapp.{ZONE}"))
@@ -155,18 +156,21 @@ async def test_miss_budget_truncates_one_network_and_spares_others_and_cached_an
         finally:
             stream[1].close()
 
-        assert limited(server, "misses", "truncated") >= 40 - 13
-        assert limited(server, "misses", "refused") >= 1
+        assert limited(metrics, "misses", "truncated") >= 40 - 13
+        assert limited(metrics, "misses", "refused") >= 1
 
 
 async def test_miss_budget_off() -> None:
     """DNS_MISS_BUDGET_PER_SECOND=0 switches the budget off: every miss is answered."""
-    async with dns_server(dns_miss_budget_per_second=0, dns_miss_budget_burst=1) as server:
+    async with dns_server(dns_miss_budget_per_second=0, dns_miss_budget_burst=1) as (
+        server,
+        metrics,
+    ):
         async with udp_from(FLOOD, server.port) as flood:
             for i in range(30):
                 r = await flood(query(f"rnd-{i}.{ZONE}"))
                 assert r is not None and r.rcode() == dns.rcode.NXDOMAIN
-        assert limited(server, "misses", "truncated") == 0
+        assert limited(metrics, "misses", "truncated") == 0
 
 
 def test_default_budget_is_generous() -> None:
@@ -175,9 +179,8 @@ def test_default_budget_is_generous() -> None:
 
 
 # ---- item 3: DNS over TCP ---------------------------------------------------------------------
-def connections(server: DnsServer) -> float:
-    value = server._metrics.collector_registry.get_sample_value("sd_dns_tcp_connections")
-    return value or 0.0
+def connections(metrics: Metrics) -> float:
+    return sample(metrics, "sd_dns_tcp_connections")
 
 
 async def test_a_client_that_never_reads_its_answers_is_disconnected() -> None:
@@ -185,7 +188,7 @@ async def test_a_client_that_never_reads_its_answers_is_disconnected() -> None:
     reads nothing; 2. the answers fill every buffer on the way and the server's writes stall;
     3. within the idle timeout (0.5 s) of the stall the server resets the connection, so the
     connection count is 0 again and the client finds its connection reset."""
-    async with dns_server(dns_tcp_idle_seconds=0.5) as server:
+    async with dns_server(dns_tcp_idle_seconds=0.5) as (server, metrics):
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -197,13 +200,9 @@ async def test_a_client_that_never_reads_its_answers_is_disconnected() -> None:
             framed = (len(wire).to_bytes(2, "big") + wire) * 300
             await asyncio.wait_for(loop.sock_sendall(sock, framed), 5)
             await asyncio.sleep(0.2)
-            assert connections(server) == 1  # holding: its answers are queued, unread
-            for _ in range(60):  # 3 s: the stall began at most a moment ago
-                if connections(server) == 0:
-                    break
-                await asyncio.sleep(0.05)
-            assert connections(server) == 0
-            assert limited(server, "tcp_write_timeout", "closed") == 1
+            assert connections(metrics) == 1  # holding: its answers are queued, unread
+            await eventually(lambda: connections(metrics) == 0, 5, "the stalled client cut off")
+            assert limited(metrics, "tcp_write_timeout", "closed") == 1
             with pytest.raises(ConnectionResetError):
                 while await asyncio.wait_for(loop.sock_recv(sock, 65536), 2):
                     pass
@@ -215,7 +214,7 @@ async def test_tcp_connections_per_client_address() -> None:
     """Cap 2 per address. 1. two connections from 127.0.1.7 are served; 2. a third from that
     address is closed unanswered, while 127.0.1.8 (same /24, another address) and 127.0.2.9
     are served; 3. once one of the first two closes, 127.0.1.7 may connect again."""
-    async with dns_server(dns_tcp_max_connections_per_client=2) as server:
+    async with dns_server(dns_tcp_max_connections_per_client=2) as (server, metrics):
         port = server.port
         soa = query(ZONE, "SOA")
         first, second = await tcp_from(FLOOD, port), await tcp_from(FLOOD, port)
@@ -228,12 +227,9 @@ async def test_tcp_connections_per_client_address() -> None:
         neighbour, other = await tcp_from("127.0.1.8", port), await tcp_from(OTHER, port)
         for stream in (neighbour, other):
             assert (await tcp_ask(stream, soa)).rcode() == dns.rcode.NOERROR
-        assert limited(server, "tcp_per_client", "closed") == 1
+        assert limited(metrics, "tcp_per_client", "closed") == 1
         first[1].close()
-        for _ in range(40):
-            if connections(server) == 3:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: connections(metrics) == 3, 5, "the closed connection counted out")
         again = await tcp_from(FLOOD, port)
         assert (await tcp_ask(again, soa)).rcode() == dns.rcode.NOERROR
         for stream in (second, neighbour, other, again):
@@ -242,7 +238,7 @@ async def test_tcp_connections_per_client_address() -> None:
 
 async def test_tcp_per_client_cap_off() -> None:
     """DNS_TCP_MAX_CONNECTIONS_PER_CLIENT=0: only the global cap applies."""
-    async with dns_server(dns_tcp_max_connections_per_client=0) as server:
+    async with dns_server(dns_tcp_max_connections_per_client=0) as (server, _metrics):
         streams = [await tcp_from(FLOOD, server.port) for _ in range(10)]
         for stream in streams:
             assert (await tcp_ask(stream, query(ZONE, "SOA"))).rcode() == dns.rcode.NOERROR
@@ -268,7 +264,7 @@ async def test_cookies_are_answered_and_validated() -> None:
     """1. a client cookie alone gets the answer and a 16-byte server cookie; 2. sent back, that
     server cookie is valid and echoed unchanged; 3. from another address, or altered, it is not
     valid and a new one comes back; 4. a malformed COOKIE option is FORMERR; 5. over TCP too."""
-    async with dns_server() as server:
+    async with dns_server() as (server, _metrics):
         async with udp_from(FLOOD, server.port) as ask:
             first = await ask(with_cookie(f"webapp.{ZONE}"))
             got = cookie_of(first)
@@ -329,7 +325,7 @@ def test_server_cookie_lifetime() -> None:
 
 
 async def test_cookies_off() -> None:
-    async with dns_server(dns_cookies=False) as server:
+    async with dns_server(dns_cookies=False) as (server, _metrics):
         async with udp_from(FLOOD, server.port) as ask:
             reply = await ask(with_cookie(f"webapp.{ZONE}"))
             assert reply is not None and reply.answer and cookie_of(reply) is None
@@ -337,7 +333,7 @@ async def test_cookies_off() -> None:
 
 @pytest.mark.skipif(shutil.which("dig") is None, reason="dig (bind9-dnsutils) missing")
 async def test_dig_sees_a_good_server_cookie() -> None:
-    async with dns_server() as server:
+    async with dns_server() as (server, _metrics):
         proc = await asyncio.create_subprocess_exec(
             "dig", f"-p{server.port}", "@127.0.0.1", "-b", FLOOD, "+cookie", f"webapp.{ZONE}",
             stdout=asyncio.subprocess.PIPE,
@@ -354,7 +350,7 @@ async def test_rrl_limits_one_network_spares_others_and_cookies() -> None:
     the rest dropped; 2. 127.0.2.9 is answered in full meanwhile; 3. from 127.0.1.7 again, with
     a valid server cookie: every answer, though its network is still over the rate."""
     settings = {"dns_rrl_responses_per_second": 1, "dns_rrl_burst": 5, "dns_rrl_slip": 2}
-    async with dns_server(**settings) as server:
+    async with dns_server(**settings) as (server, metrics):
         async with udp_from(FLOOD, server.port) as ask:
             replies = [await ask(query(f"webapp.{ZONE}"), timeout=0.15) for _ in range(40)]
             full = [r for r in replies if r is not None and not r.flags & dns.flags.TC]
@@ -379,13 +375,13 @@ async def test_rrl_limits_one_network_spares_others_and_cookies() -> None:
             for _ in range(20):
                 reply = await ask(with_cookie(f"webapp.{ZONE}", cookie.server))
                 assert reply is not None and reply.answer and not reply.flags & dns.flags.TC
-        assert limited(server, "rrl", "dropped") >= 15
-        assert limited(server, "rrl", "truncated") >= 15
+        assert limited(metrics, "rrl", "dropped") >= 15
+        assert limited(metrics, "rrl", "truncated") >= 15
 
 
 async def test_rrl_is_off_by_default() -> None:
     assert Config().dns_rrl_responses_per_second == 0
-    async with dns_server() as server:
+    async with dns_server() as (server, _metrics):
         async with udp_from(FLOOD, server.port) as ask:
             for _ in range(300):
                 reply = await ask(query(f"webapp.{ZONE}"))
@@ -397,7 +393,7 @@ async def test_without_a_cookie_udp_answers_are_small_while_rrl_is_on() -> None:
     TC without a valid server cookie (512 bytes at most), in full with one; with RRL off, in
     full either way."""
     name = f"mid.{ZONE}"
-    async with dns_server(dns_rrl_responses_per_second=1000) as server:
+    async with dns_server(dns_rrl_responses_per_second=1000) as (server, _metrics):
         async with udp_from(FLOOD, server.port) as ask:
             plain = await ask(query(name, use_edns=0, payload=1232))
             assert plain is not None and plain.flags & dns.flags.TC and not plain.answer
@@ -408,7 +404,7 @@ async def test_without_a_cookie_udp_answers_are_small_while_rrl_is_on() -> None:
             proven = await ask(with_cookie(name, cookie.server))
             assert proven is not None and not proven.flags & dns.flags.TC
             assert len(proven.answer[0]) == 40
-    async with dns_server() as server:
+    async with dns_server() as (server, _metrics):
         async with udp_from(FLOOD, server.port) as ask:
             plain = await ask(query(name, use_edns=0, payload=1232))
             assert plain is not None and not plain.flags & dns.flags.TC
