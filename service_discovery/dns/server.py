@@ -34,6 +34,10 @@ _METRICS_FLUSH_SECONDS = 1.0
 _BIND_ATTEMPTS = 50
 _UDP_RCVBUF = 4 * 1024 * 1024  # absorb bursts; the kernel caps it at net.core.rmem_max
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, drops the queue
+# The kernel's send buffer of a DNS TCP connection (Linux doubles it). Left to autotuning it
+# grows to net.ipv4.tcp_wmem's maximum (4 MiB), so a client that never reads would have us
+# build and queue some 60 answers of 64 KB before our writes stall; with this, a few.
+_TCP_SNDBUF = 64 * 1024
 
 
 class DnsServer:
@@ -163,7 +167,8 @@ class DnsServer:
         queries and never reads the answers stalls our writes once its buffers are full, and
         is then cut off rather than holding its connection (and a slot of the caps) for ever.
         While a write waits, nothing more is read, so one connection holds at most the
-        transport's write buffer (its high-water mark) and the reader's limit in memory.
+        kernel's send buffer (_TCP_SNDBUF), the transport's write buffer (its high-water mark)
+        and the reader's limit in memory, and costs the answers that fill them.
         """
         config = self._config
         client = _host(writer) or ""
@@ -180,6 +185,10 @@ class DnsServer:
             self.counters.limited("tcp_per_client", "closed")[0] += 1
             writer.close()
             return
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _TCP_SNDBUF)
         task = asyncio.current_task()
         assert task is not None
         self._tcp_per_client[client] = per_client + 1
