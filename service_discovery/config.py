@@ -187,6 +187,7 @@ class Config:
     dns_miss_budget_burst: int = _setting(
         "DNS_MISS_BUDGET_BURST", 2000, int_range(1, 10**7), "cache misses at once"
     )
+    dns_slip: int = _setting("DNS_SLIP", 2, int_range(0, 100), "every Nth limited UDP query: TC")
     dns_tcp_max_connections_per_client: int = _setting(
         "DNS_TCP_MAX_CONNECTIONS_PER_CLIENT", 64, int_range(0, 10**6), "open TCP conns per address"
     )
@@ -196,7 +197,6 @@ class Config:
     dns_rrl_burst: int = _setting(
         "DNS_RRL_BURST", 200, int_range(1, 10**7), "RRL: UDP answers at once"
     )
-    dns_rrl_slip: int = _setting("DNS_RRL_SLIP", 2, int_range(0, 100), "RRL: every Nth gets TC")
     dns_rrl_udp_size_without_cookie: int = _setting(
         "DNS_RRL_UDP_SIZE_WITHOUT_COOKIE", 512, int_range(512, 65535), "RRL: UDP size w/o cookie"
     )

@@ -114,7 +114,8 @@ def query(name: str, rdtype: str = "A", **kwargs: Any) -> dns.message.Message:
 # ---- item 1: the miss budget ------------------------------------------------------------------
 async def test_miss_budget_truncates_one_network_and_spares_others_and_cached_answers() -> None:
     """Budget: 1 miss a second, 10 at once. 1. 40 random names from 127.0.1.7 over UDP: at most
-    the burst (and what refills meanwhile) is answered, the rest get an empty TC answer; 2. a
+    the burst (and what refills meanwhile) is answered; of the rest every other one gets an
+    empty TC answer (DNS_SLIP 2) and the others nothing; 2. a
     cached name is still answered to that network, again and again; 3. another /24 (127.0.2.9)
     misses as it likes; 4. the flooded network's real client, retrying over TCP, is answered
     (its own budget), and beyond that TCP budget it gets REFUSED; 5. the metric counts it."""
@@ -128,11 +129,12 @@ async def test_miss_budget_truncates_one_network_and_spares_others_and_cached_an
             assert warm is not None and warm.answer
 
         async with udp_from(FLOOD, port) as flood:
-            replies = [await flood(query(f"rnd-{i}.{ZONE}")) for i in range(40)]
-            assert all(r is not None for r in replies)
+            replies = [await flood(query(f"rnd-{i}.{ZONE}"), timeout=0.15) for i in range(40)]
             answered = [r for r in replies if r is not None and not r.flags & dns.flags.TC]
             truncated = [r for r in replies if r is not None and r.flags & dns.flags.TC]
+            dropped = replies.count(None)
             assert 10 <= len(answered) <= 13, len(answered)
+            assert abs(len(truncated) - dropped) <= 1, (len(truncated), dropped)  # slip 2
             assert all(r.rcode() == dns.rcode.NXDOMAIN for r in answered)
             assert all(not r.answer and not r.authority for r in truncated)
             assert all(r.rcode() == dns.rcode.NOERROR for r in truncated)
@@ -156,7 +158,7 @@ async def test_miss_budget_truncates_one_network_and_spares_others_and_cached_an
         finally:
             stream[1].close()
 
-        assert limited(metrics, "misses", "truncated") >= 40 - 13
+        assert limited(metrics, "misses", "truncated") + limited(metrics, "misses", "dropped") >= 27
         assert limited(metrics, "misses", "refused") >= 1
 
 
@@ -353,7 +355,7 @@ async def test_rrl_limits_one_network_spares_others_and_cookies() -> None:
     127.0.1.7 without a cookie: about 5 answered, then every other one an empty TC answer and
     the rest dropped; 2. 127.0.2.9 is answered in full meanwhile; 3. from 127.0.1.7 again, with
     a valid server cookie: every answer, though its network is still over the rate."""
-    settings = {"dns_rrl_responses_per_second": 1, "dns_rrl_burst": 5, "dns_rrl_slip": 2}
+    settings = {"dns_rrl_responses_per_second": 1, "dns_rrl_burst": 5, "dns_slip": 2}
     async with dns_server(**settings) as (server, metrics):
         async with udp_from(FLOOD, server.port) as ask:
             replies = [await ask(query(f"webapp.{ZONE}"), timeout=0.15) for _ in range(40)]

@@ -89,18 +89,21 @@ class QueryHandler:
             if rrl
             else config.dns_max_udp_size
         )
-        self._slip = config.dns_rrl_slip
-        self._over_rate = 0
-        self._rrl_cells = (counters.limited("rrl", "truncated"), counters.limited("rrl", "dropped"))
         # The miss budget: a client network's cache misses, one bucket per transport (UDP,
         # TCP), so a flood of spoofed UDP cannot spend what the real clients of that network
         # fall back to TCP for. None: no budget.
         rate, burst = config.dns_miss_budget_per_second, config.dns_miss_budget_burst
         self._misses = (Buckets(rate, burst), Buckets(rate, burst)) if rate else None
-        self._over_budget_cells = (
-            counters.limited("misses", "truncated"),
-            counters.limited("misses", "refused"),
-        )
+        # What a UDP query beyond a limit gets: every `_slip`-th an empty answer with TC set (a
+        # real client retries over TCP; a spoofed address gets no more bytes than were sent),
+        # the others nothing, which costs least. One count for both limits.
+        self._slip = config.dns_slip
+        self._limited_udp = 0
+        self._cells = {
+            (limit, action): counters.limited(limit, action)
+            for limit in ("misses", "rrl")
+            for action in ("truncated", "dropped", "refused")
+        }
         # Benchmark mode: drop every cached answer before each query, so each one is a miss.
         self.invalidate_every_query = False
 
@@ -178,7 +181,7 @@ class QueryHandler:
                     self.clear_cache()
                 if self._misses is not None and client is not None:
                     if not self._misses[tcp].take(client):
-                        return self._over_budget(data, qend, edns == b"\x01", tcp)
+                        return self._beyond_limit("misses", data, qend, edns == b"\x01", tcp, b"")
                 self._counters.misses += 1
                 entry = self._miss(data, end, qend, key, edns == b"\x01", tuple(labels))
             # (the lines below are _serve, inlined: this is the path that runs most)
@@ -228,7 +231,8 @@ class QueryHandler:
         if over_rate and (parsed is None or parsed.version or parsed.cookie is None):
             # Over the rate and no cookie that could prove the address: errors, answers, all
             # are limited alike.
-            return self._limit_rate(data, qend, parsed is not None and parsed.version == 0, b"")
+            edns = parsed is not None and parsed.version == 0
+            return self._beyond_limit("rrl", data, qend, edns, tcp, b"")
         if not query:
             return self._error(data, NOTIMP, None, False, tcp)
         if not qend or parsed is None:
@@ -255,7 +259,7 @@ class QueryHandler:
             limit = TCP_LIMIT if tcp else max(UDP_PLAIN_LIMIT, min(parsed.payload, max_udp))
             limit -= len(cookie)  # the answer's OPT record grows by the option
         if over_rate:
-            return self._limit_rate(data, qend, edns, cookie)
+            return self._beyond_limit("rrl", data, qend, edns, tcp, cookie)
         key = data[12 : i + 1].lower() + data[i + 1 : qend] + (b"\x01" if edns else b"\x00")
         if self.invalidate_every_query:
             self.clear_cache()
@@ -263,25 +267,11 @@ class QueryHandler:
         if entry is None:
             if self._misses is not None and client is not None:
                 if not self._misses[tcp].take(client):
-                    return self._over_budget(data, qend, edns, tcp)
+                    return self._beyond_limit("misses", data, qend, edns, tcp, b"")
             self._counters.misses += 1
             entry = self._miss(data, i, qend, key, edns)
         response = self._serve(entry, data, qend, limit, tcp)
         if cookie:  # our OPT record ends every EDNS answer: swap in one with the cookie
-            return response[: -len(self._opt)] + opt_with(self._opt, cookie)
-        return response
-
-    def _limit_rate(self, data: bytes, qend: int, edns: bool, cookie: bytes) -> bytes | None:
-        """A query over its network's RRL rate: every `slip`-th an empty TC answer (with our
-        server cookie, so a cookie-aware client can come back exempt), else dropped."""
-        self._over_rate += 1
-        if not qend or not self._slip or self._over_rate % self._slip:
-            self._rrl_cells[1][0] += 1
-            return None
-        self._rrl_cells[0][0] += 1
-        self._counters.truncated += 1
-        response = self._error(data, NOERROR, qend, edns, False, truncated=True)
-        if cookie:
             return response[: -len(self._opt)] + opt_with(self._opt, cookie)
         return response
 
@@ -334,15 +324,27 @@ class QueryHandler:
             self._answers.store(key, entry)
         return entry
 
-    def _over_budget(self, data: bytes, qend: int, edns: bool, tcp: bool) -> bytes:
-        """A miss beyond the client network's budget: over UDP an empty answer with TC set
-        (a real client retries over TCP, which has a budget of its own; a spoofed one gets no
-        more bytes than it sent), over TCP REFUSED. Nothing is resolved."""
-        self._over_budget_cells[tcp][0] += 1
+    def _beyond_limit(
+        self, limit: str, data: bytes, qend: int, edns: bool, tcp: bool, cookie: bytes
+    ) -> bytes | None:
+        """A query beyond `limit`: the miss budget, or its network's RRL rate. Over TCP (only
+        the miss budget applies there) REFUSED; over UDP every `_slip`-th query (never one
+        without a question) an empty answer with TC set, carrying our server cookie if the
+        query had a cookie, so that a cookie-aware client can come back exempt from RRL; the
+        others are dropped. Nothing is resolved."""
         if tcp:
+            self._cells[(limit, "refused")][0] += 1
             return self._error(data, REFUSED, qend, edns, tcp)
+        self._limited_udp += 1
+        if not qend or not self._slip or self._limited_udp % self._slip:
+            self._cells[(limit, "dropped")][0] += 1
+            return None
+        self._cells[(limit, "truncated")][0] += 1
         self._counters.truncated += 1
-        return self._error(data, NOERROR, qend, edns, tcp, truncated=True)
+        response = self._error(data, NOERROR, qend, edns, tcp, truncated=True)
+        if cookie:
+            return response[: -len(self._opt)] + opt_with(self._opt, cookie)
+        return response
 
     def _error(
         self,
