@@ -105,6 +105,8 @@ class QueryHandler:
             for action in ("truncated", "dropped", "refused")
         }
         # Benchmark mode: drop every cached answer before each query, so each one is a miss.
+        # Answers only: a miss after a change of another service, or of a name that does not
+        # exist, finds the service indexes built (they go when their own service changes).
         self.invalidate_every_query = False
 
     def changed(self, key: str | None, reason: str = "") -> None:
@@ -178,7 +180,7 @@ class QueryHandler:
                 if at != stop:
                     return self._respond(data, tcp, client)  # a label held a zero byte
                 if self.invalidate_every_query:
-                    self.clear_cache()
+                    self._answers.changed(None)
                 if self._misses is not None and client is not None:
                     if not self._misses[tcp].take(client):
                         return self._beyond_limit("misses", data, qend, edns == b"\x01", tcp, b"")
@@ -262,7 +264,7 @@ class QueryHandler:
             return self._beyond_limit("rrl", data, qend, edns, tcp, cookie)
         key = data[12 : i + 1].lower() + data[i + 1 : qend] + (b"\x01" if edns else b"\x00")
         if self.invalidate_every_query:
-            self.clear_cache()
+            self._answers.changed(None)
         entry = self._stable.get(key) or self._volatile.get(key)
         if entry is None:
             if self._misses is not None and client is not None:
