@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import shutil
 import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from helpers import ZONE, eventually, sample
 from service_discovery.catalog import Catalog
 from service_discovery.config import Config
 from service_discovery.dns import DnsServer
+from service_discovery.dns import server as server_module
 from service_discovery.dns.cookies import Cookies
 from service_discovery.metrics import Metrics
 from service_discovery.model import Endpoint, Service, Snapshot
@@ -214,6 +216,36 @@ async def test_a_client_that_never_reads_its_answers_is_disconnected() -> None:
                     pass
         finally:
             sock.close()
+
+
+async def test_resetting_a_connection_the_client_reset_already_is_harmless() -> None:
+    """The end of a race seen under a TCP flood: a write stalls, the client resets, and the
+    idle timeout fires before the reset is noticed; the server then resets a connection whose
+    socket is gone (uvloop's stand-in for it has no descriptor left). Timing that over real
+    sockets is luck, so this builds the end state: 1. a connection with 10 MB queued for a
+    client that reads nothing; 2. the client resets it; 3. `_reset` lets it go quietly."""
+    outcome: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.get_extra_info("socket")  # as _serve_tcp does (its send buffer): uvloop keeps it
+        writer.write(b"x" * 10_000_000)
+        await eventually(writer.transport.is_closing, 5, "the client's reset noticed")
+        await asyncio.sleep(0.1)  # and the socket closed
+        try:
+            server_module._reset(writer)
+            outcome.set_result(None)
+        except Exception as exc:  # the assertion below says which
+            outcome.set_result(exc)
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        port = listener.sockets[0].getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            await asyncio.sleep(0.1)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert await asyncio.wait_for(outcome, 5) is None
+    finally:
+        listener.close()
 
 
 async def test_tcp_connections_per_client_address() -> None:

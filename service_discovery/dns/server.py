@@ -185,9 +185,9 @@ class DnsServer:
             self.counters.limited("tcp_per_client", "closed")[0] += 1
             writer.close()
             return
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):  # as in _reset
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _TCP_SNDBUF)
         task = asyncio.current_task()
         assert task is not None
@@ -254,9 +254,11 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     """Drop a connection and what is queued for it, with an RST. A plain close would keep
     sending the queued answers (the kernel's copy, up to its send buffer) for as long as the
     client takes to read them, or never reads them."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
+    # The socket may be gone already (the client reset it meanwhile): uvloop's stand-in for
+    # it then raises ValueError (a negative descriptor), and aborting is all there is to do.
+    with contextlib.suppress(OSError, ValueError):
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     writer.transport.abort()
 
