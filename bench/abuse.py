@@ -247,7 +247,9 @@ def dnsperf(
            "-a", source, "-d", str(queries), "-l", str(seconds), "-c", "4", "-q", "100", "-t", "1",
            *extra]  # fmt: skip
     if rate:
-        cmd += ["-Q", str(rate), "-q", "1000"]
+        # A flood does not wait for answers: dropped queries hold their slot for the 1 s
+        # timeout, so the window of outstanding queries must cover more than a second of them.
+        cmd += ["-Q", str(rate), "-q", str(min(max(2 * rate, 1000), 60000))]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -550,6 +552,7 @@ def run(url: str, label: str, env: dict[str, str], others: Path, misses: Path,
             print(f"  full miss rate (closed loop, random names under big): {miss_rate:.0f} qps")
         for name in floods:
             ratios = []
+            p99s = []  # /healthz p99 of each flooded window, and of the quiet one before it
             for _ in range(ROUNDS if name == "misses" else 1):
                 quiet = Window(daemon, others, tcp_probe=name == "tcp", extra=extra).run()
                 before = metrics(daemon.base)
@@ -579,17 +582,20 @@ def run(url: str, label: str, env: dict[str, str], others: Path, misses: Path,
                     summary["answered_share"] = summary["answers"] / max(summary["queries"], 1)
                 print("    " + ", ".join(f"{k} {v:,.2f}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in summary.items()))  # fmt: skip
-                p99 = percentile(flooded.healthz, 99)
+                p99s.append((percentile(flooded.healthz, 99), percentile(quiet.healthz, 99)))
             if name == "misses":
+                p99 = statistics.median(p[0] for p in p99s)
+                quiet_p99 = statistics.median(p[1] for p in p99s)
                 share = statistics.median(r[0] for r in ratios)
                 cpu_share = statistics.median(r[1] for r in ratios)
                 print(f"  misses flood, median of {len(ratios)} pairs: others get {share:.0%} of "
-                      f"their quiet qps, {cpu_share:.0%} per CPU-s")  # fmt: skip
+                      f"their quiet qps, {cpu_share:.0%} per CPU-s; /healthz p99 {p99:.1f} ms "
+                      f"(quiet: {quiet_p99:.1f} ms)")  # fmt: skip
                 if label == "defaults":
-                    verdicts = ["met" if ok else "NOT met" for ok in (p99 < 50, share >= 0.8)]
-                    print(f"  target: /healthz p99 < 50 ms (last window {p99:.1f} ms): "
-                          f"{verdicts[0]}; others >= 80 % of quiet ({share:.0%}): "
-                          f"{verdicts[1]}")  # fmt: skip
+                    checks = (p99 < 50, share >= 0.8, cpu_share >= 0.8)
+                    verdicts = ["met" if ok else "NOT met" for ok in checks]
+                    print(f"  target: /healthz p99 < 50 ms: {verdicts[0]}; others >= 80 % of "
+                          f"quiet: {verdicts[1]} in qps, {verdicts[2]} per CPU-s")  # fmt: skip
         return miss_rate
     finally:
         daemon.stop()
