@@ -184,18 +184,12 @@ class Config:
         "DNS_MISS_BUDGET_PER_SECOND", 1000, int_range(0, 10**7),
         "cache misses a second per client /24 or /56, per transport (0 = off)",
     )  # fmt: skip
-    dns_miss_budget_burst: int = _setting(
-        "DNS_MISS_BUDGET_BURST", 2000, int_range(1, 10**7), "cache misses at once"
-    )
     dns_slip: int = _setting("DNS_SLIP", 2, int_range(0, 100), "every Nth limited UDP query: TC")
     dns_tcp_max_connections_per_client: int = _setting(
         "DNS_TCP_MAX_CONNECTIONS_PER_CLIENT", 64, int_range(0, 10**6), "open TCP conns per address"
     )
     dns_rrl_responses_per_second: int = _setting(
         "DNS_RRL_RESPONSES_PER_SECOND", 0, int_range(0, 10**7), "RRL: UDP answers/s per network"
-    )
-    dns_rrl_burst: int = _setting(
-        "DNS_RRL_BURST", 200, int_range(1, 10**7), "RRL: UDP answers at once"
     )
     dns_rrl_udp_size_without_cookie: int = _setting(
         "DNS_RRL_UDP_SIZE_WITHOUT_COOKIE", 512, int_range(512, 65535), "RRL: UDP size w/o cookie"

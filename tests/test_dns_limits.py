@@ -13,6 +13,7 @@ import contextlib
 import shutil
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -115,27 +116,26 @@ def query(name: str, rdtype: str = "A", **kwargs: Any) -> dns.message.Message:
 
 # ---- item 1: the miss budget ------------------------------------------------------------------
 async def test_miss_budget_truncates_one_network_and_spares_others_and_cached_answers() -> None:
-    """Budget: 1 miss a second, 10 at once. 1. 40 random names from 127.0.1.7 over UDP: at most
-    the burst (and what refills meanwhile) is answered; of the rest every other one gets an
-    empty TC answer (DNS_SLIP 2) and the others nothing; 2. a
-    cached name is still answered to that network, again and again; 3. another /24 (127.0.2.9)
-    misses as it likes; 4. the flooded network's real client, retrying over TCP, is answered
-    (its own budget), and beyond that TCP budget it gets REFUSED; 5. the metric counts it."""
-    async with dns_server(dns_miss_budget_per_second=1, dns_miss_budget_burst=10) as (
-        server,
-        metrics,
-    ):
+    """Budget: 5 misses a second, 10 at once. 1. 40 random names from 127.0.1.7 over UDP: the
+    burst and what refills meanwhile are answered; of the rest every other one gets an empty
+    TC answer (DNS_SLIP 2) and the others nothing; 2. a cached name is still answered to that
+    network, again and again; 3. another /24 (127.0.2.9) gets its own budget; 4. the flooded
+    network's real client, retrying over TCP, is answered (a budget of its own), and beyond
+    that TCP budget it gets REFUSED; 5. the metric counts it."""
+    async with dns_server(dns_miss_budget_per_second=5) as (server, metrics):
         port = server.port
         async with udp_from(OTHER, port) as other:
             warm = await other(query(f"webapp.{ZONE}"))
             assert warm is not None and warm.answer
 
         async with udp_from(FLOOD, port) as flood:
+            started = time.monotonic()
             replies = [await flood(query(f"rnd-{i}.{ZONE}"), timeout=0.15) for i in range(40)]
+            refilled = 5 * (time.monotonic() - started)
             answered = [r for r in replies if r is not None and not r.flags & dns.flags.TC]
             truncated = [r for r in replies if r is not None and r.flags & dns.flags.TC]
             dropped = replies.count(None)
-            assert 10 <= len(answered) <= 13, len(answered)
+            assert 10 <= len(answered) <= 10 + refilled + 1, (len(answered), refilled)
             assert abs(len(truncated) - dropped) <= 1, (len(truncated), dropped)  # slip 2
             assert all(r.rcode() == dns.rcode.NXDOMAIN for r in answered)
             assert all(not r.answer and not r.authority for r in truncated)
@@ -160,13 +160,14 @@ async def test_miss_budget_truncates_one_network_and_spares_others_and_cached_an
         finally:
             stream[1].close()
 
-        assert limited(metrics, "misses", "truncated") + limited(metrics, "misses", "dropped") >= 27
+        beyond = limited(metrics, "misses", "truncated") + limited(metrics, "misses", "dropped")
+        assert beyond == 40 - len(answered)
         assert limited(metrics, "misses", "refused") >= 1
 
 
 async def test_miss_budget_off() -> None:
     """DNS_MISS_BUDGET_PER_SECOND=0 switches the budget off: every miss is answered."""
-    async with dns_server(dns_miss_budget_per_second=0, dns_miss_budget_burst=1) as (
+    async with dns_server(dns_miss_budget_per_second=0) as (
         server,
         metrics,
     ):
@@ -179,7 +180,7 @@ async def test_miss_budget_off() -> None:
 
 def test_default_budget_is_generous() -> None:
     config = Config()
-    assert config.dns_miss_budget_per_second >= 1000 and config.dns_miss_budget_burst >= 2000
+    assert config.dns_miss_budget_per_second >= 1000
 
 
 # ---- item 3: DNS over TCP ---------------------------------------------------------------------
@@ -383,20 +384,23 @@ async def test_dig_sees_a_good_server_cookie() -> None:
 
 
 async def test_rrl_limits_one_network_spares_others_and_cookies() -> None:
-    """RRL at 1 answer a second, burst 5, slip 2. 1. 40 queries for a cached name from
-    127.0.1.7 without a cookie: about 5 answered, then every other one an empty TC answer and
-    the rest dropped; 2. 127.0.2.9 is answered in full meanwhile; 3. from 127.0.1.7 again, with
-    a valid server cookie: every answer, though its network is still over the rate."""
-    settings = {"dns_rrl_responses_per_second": 1, "dns_rrl_burst": 5, "dns_slip": 2}
+    """RRL at 3 answers a second (6 at once), slip 2. 1. 40 queries for a cached name from
+    127.0.1.7 without a cookie: the burst and what refills meanwhile answered, of the rest
+    every other one an empty TC answer and the others dropped; 2. 127.0.2.9 is answered in full
+    meanwhile; 3. from 127.0.1.7 again, with a valid server cookie: every answer, though its
+    network is still over the rate."""
+    settings = {"dns_rrl_responses_per_second": 3, "dns_slip": 2}
     async with dns_server(**settings) as (server, metrics):
         async with udp_from(FLOOD, server.port) as ask:
+            started = time.monotonic()
             replies = [await ask(query(f"webapp.{ZONE}"), timeout=0.15) for _ in range(40)]
+            refilled = 3 * (time.monotonic() - started)
             full = [r for r in replies if r is not None and not r.flags & dns.flags.TC]
             truncated = [r for r in replies if r is not None and r.flags & dns.flags.TC]
             dropped = replies.count(None)
-            assert 5 <= len(full) <= 7, len(full)
+            assert 6 <= len(full) <= 6 + refilled + 1, (len(full), refilled)
             assert all(not r.answer for r in truncated)
-            assert abs(len(truncated) - dropped) <= 1 and dropped >= 15, (len(truncated), dropped)
+            assert abs(len(truncated) - dropped) <= 1, (len(truncated), dropped)
         async with udp_from(OTHER, server.port) as ask:
             for _ in range(5):
                 reply = await ask(query(f"webapp.{ZONE}"))
@@ -413,8 +417,8 @@ async def test_rrl_limits_one_network_spares_others_and_cookies() -> None:
             for _ in range(20):
                 reply = await ask(with_cookie(f"webapp.{ZONE}", cookie.server))
                 assert reply is not None and reply.answer and not reply.flags & dns.flags.TC
-        assert limited(metrics, "rrl", "dropped") >= 15
-        assert limited(metrics, "rrl", "truncated") >= 15
+        assert limited(metrics, "rrl", "dropped") >= dropped
+        assert limited(metrics, "rrl", "truncated") >= len(truncated)
 
 
 async def test_rrl_is_off_by_default() -> None:

@@ -17,7 +17,7 @@ from service_discovery.config import Config
 from service_discovery.dns.answers import AnswerCache
 from service_discovery.dns.cookies import Cookies
 from service_discovery.dns.counters import Counters
-from service_discovery.dns.ratelimit import Buckets
+from service_discovery.dns.ratelimit import BURST_SECONDS, Buckets
 from service_discovery.dns.records import (
     BADVERS,
     FORMERR,
@@ -83,7 +83,7 @@ class QueryHandler:
         # most dns_rrl_udp_size_without_cookie bytes (TC beyond), so even its allowed answers
         # amplify little: the fast path, which never sees a cookie, uses `_max_udp`.
         rrl = config.dns_rrl_responses_per_second
-        self._rrl = Buckets(rrl, config.dns_rrl_burst) if rrl else None
+        self._rrl = Buckets(rrl, rrl * BURST_SECONDS) if rrl else None
         self._max_udp = (
             min(config.dns_max_udp_size, config.dns_rrl_udp_size_without_cookie)
             if rrl
@@ -92,7 +92,8 @@ class QueryHandler:
         # The miss budget: a client network's cache misses, one bucket per transport (UDP,
         # TCP), so a flood of spoofed UDP cannot spend what the real clients of that network
         # fall back to TCP for. None: no budget.
-        rate, burst = config.dns_miss_budget_per_second, config.dns_miss_budget_burst
+        rate = config.dns_miss_budget_per_second
+        burst = rate * BURST_SECONDS
         self._misses = (Buckets(rate, burst), Buckets(rate, burst)) if rate else None
         # What a UDP query beyond a limit gets: every `_slip`-th an empty answer with TC set (a
         # real client retries over TCP; a spoofed address gets no more bytes than were sent),

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from itertools import islice
 
+# A bucket holds this many seconds of its rate: a client may burst to it after a quiet spell.
+BURST_SECONDS = 2
 # Enough for every site that is active at once; a flood from ever-new spoofed networks makes
 # the table forget the oldest half (which then start again from a full bucket), never grow.
 MAX_NETWORKS = 16384
