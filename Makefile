@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format constraints system-deps bench bench-http bench-dns bench-grpc bench-leases bench-watches bench-scale bench-writes slow clean
+.PHONY: run test lint format constraints system-deps bench bench-http bench-dns bench-grpc bench-leases bench-watches bench-scale bench-writes bench-abuse slow clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,7 +78,7 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-http bench-dns bench-grpc bench-leases bench-watches bench-scale bench-writes
+bench: bench-http bench-dns bench-grpc bench-leases bench-watches bench-scale bench-writes bench-abuse
 
 bench-http: $(VENV)/.installed-dev
 	$(BIN)/python bench/http_bench.py
@@ -100,6 +100,10 @@ bench-scale: $(VENV)/.installed-dev
 
 bench-writes: $(VENV)/.installed-dev
 	$(BIN)/python bench/writes.py
+
+# The floods of issue 11 against a daemon, and what each costs everyone else.
+bench-abuse: $(VENV)/.installed-dev
+	$(BIN)/python bench/abuse.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache dist build

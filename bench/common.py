@@ -23,6 +23,33 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
+# The per-client DNS limits, switched off: a bench measures the daemon, not its defences, unless
+# it measures those (bench/abuse.py passes its own settings over these). Loopback load
+# generators are one client each and would otherwise be measured against their budget.
+LIMITS_OFF = {
+    "DNS_MISS_BUDGET_PER_SECOND": "0",
+    "DNS_TCP_MAX_CONNECTIONS_PER_CLIENT": "0",
+    "DNS_RRL_RESPONSES_PER_SECOND": "0",
+}
+# Settings a bench sets for its own plumbing, not worth a line of its report.
+_PLUMBING = {"database_url", "bind_address", "http_port", "dns_port", "grpc_port", "logger_level"}
+
+
+def settings_line(env: dict[str, str]) -> str:
+    """The settings a daemon with this environment runs with, as far as they differ from the
+    defaults (ports and the database left out): what a bench prints with its figures."""
+    import dataclasses
+
+    from service_discovery.config import Config
+
+    config, default = Config.from_env(env), Config()
+    changed = [
+        f"{f.metadata['env']}={'***' if f.metadata['secret'] else getattr(config, f.name)}"
+        for f in dataclasses.fields(Config)
+        if f.name not in _PLUMBING and getattr(config, f.name) != getattr(default, f.name)
+    ]
+    return "settings: defaults, except " + (", ".join(changed) if changed else "none")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -124,6 +151,7 @@ class Daemon:
             "GRPC_PORT": str(self.grpc_port),
             "SHUTDOWN_DRAIN_SECONDS": "0",
             "LOGGER_LEVEL": "warning",
+            **LIMITS_OFF,
             **env,
         }
         cmd = [PY, "-m", "service_discovery", "serve"]
@@ -131,6 +159,10 @@ class Daemon:
             cmd = ["taskset", "-c", str(core), *cmd]
         self.proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT)
         self.base = f"http://127.0.0.1:{self.http_port}"
+
+    def settings(self) -> str:
+        """The line to print with a bench's figures: the settings this daemon runs with."""
+        return settings_line(self.env)
 
     def wait_ready(self, timeout: float = 120) -> float:
         started = time.monotonic()

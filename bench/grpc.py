@@ -312,6 +312,7 @@ def main() -> int:
         reference: subprocess.Popen[bytes] | None = None
         try:
             daemon.wait_ready()
+            print(daemon.settings())
             request, response = _seed(daemon.grpc_port)
             payload = Path(tmp) / "response.bin"
             payload.write_bytes(response)

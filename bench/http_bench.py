@@ -73,6 +73,7 @@ def main() -> None:
         ref = None
         try:
             daemon.wait_ready()
+            print(daemon.settings())
             put(daemon.base + "/service", {"name": "webapp", "attributes": {"attr-1": "value-1"}})
             put(daemon.base + "/service/webapp/ports", {"http": {"protocol": "tcp", "port": 8000}})
             for i in range(5):

@@ -530,6 +530,7 @@ def main() -> None:
         )
         try:
             daemon.wait_ready()
+            print(daemon.settings())
             started = time.time()
             asyncio.run(_register_all(daemon.base, targets))
             print(f"registered {ENDPOINTS} leased endpoints in {len(services)} services "

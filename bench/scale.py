@@ -149,6 +149,7 @@ def main() -> None:
             large = Daemon(large_url, core=SERVER_CORE)
             daemons.append(large)
             ready_large = large.wait_ready()
+            print(large.settings())
             rss_small, rss_large = small.rss_mib(), large.rss_mib()
             print("start-up, spawn to /ready 200 (pinned to one core):")
             print(f"  {SMALL:>6} services: {ready_small:6.2f}s  RSS {rss_small:7.1f} MiB  "

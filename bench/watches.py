@@ -323,6 +323,7 @@ def main() -> int:
             daemon = Daemon(url, core=SERVER_CORE, SD_MAX_WATCHES_PER_CLIENT=watchers, **PARKED)
             try:
                 daemon.wait_ready()
+                print(daemon.settings())
                 uvloop.run(run(daemon, timings))
             finally:
                 daemon.stop()
@@ -330,6 +331,7 @@ def main() -> int:
             capped = Daemon(url, core=SERVER_CORE, SD_WATCH_MAX_WAIT_SECONDS=str(CAP), **PARKED)
             try:
                 capped.wait_ready()
+                print(capped.settings())
                 uvloop.run(run(capped, capped_timings))
                 capped.proc.wait(timeout=30)  # SIGTERM was sent: let it drain and exit
             finally:
@@ -338,6 +340,7 @@ def main() -> int:
             listing = Daemon(url, core=SERVER_CORE, **PARKED)
             try:
                 listing.wait_ready()
+                print(listing.settings())
                 uvloop.run(run(listing, listing_release))
             finally:
                 listing.stop()

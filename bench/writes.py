@@ -456,6 +456,7 @@ def main() -> None:
         daemon = Daemon(url, core=SERVER_CORE)
         try:
             daemon.wait_ready()
+            print(daemon.settings())
             for s in range(SERVICES):
                 status, _ = put(daemon.base, "/service", {"name": f"wbench-{s}"})
                 assert status == 201, status

@@ -23,6 +23,7 @@ from service_discovery.config_parsers import (
     datacenter,
     domain,
     float_range,
+    hex_secret,
     int_range,
     ip,
     postgres_url,
@@ -182,6 +183,26 @@ class Config:
     )
     consul_datacenter: str = _setting(
         "SD_CONSUL_DATACENTER", "dc1", datacenter, "datacenter the Consul-compatible API reports"
+    )
+
+    # ---- DNS: what one client may cost (README: "What one DNS client may cost") ----------
+    dns_miss_budget_per_second: int = _setting(
+        "DNS_MISS_BUDGET_PER_SECOND", 1000, int_range(0, 10**7),
+        "cache misses a second per client /24 or /56, per transport (0 = off)",
+    )  # fmt: skip
+    dns_slip: int = _setting("DNS_SLIP", 2, int_range(0, 100), "every Nth limited UDP query: TC")
+    dns_tcp_max_connections_per_client: int = _setting(
+        "DNS_TCP_MAX_CONNECTIONS_PER_CLIENT", 64, int_range(0, 10**6), "open TCP conns per address"
+    )
+    dns_rrl_responses_per_second: int = _setting(
+        "DNS_RRL_RESPONSES_PER_SECOND", 0, int_range(0, 10**7), "RRL: UDP answers/s per network"
+    )
+    dns_rrl_udp_size_without_cookie: int = _setting(
+        "DNS_RRL_UDP_SIZE_WITHOUT_COOKIE", 512, int_range(512, 65535), "RRL: UDP size w/o cookie"
+    )
+    dns_cookies: bool = _setting("DNS_COOKIES", True, boolean, "answer DNS cookies (RFC 7873)")
+    dns_cookie_secret: str | None = _setting(
+        "DNS_COOKIE_SECRET", None, hex_secret, "same on all replicas; unset: random", secret=True
     )
 
     # ---- TLS, client certificates and the migration role (README: Production) ----------

@@ -99,3 +99,13 @@ def _parse_datacenter(raw: str) -> str:
 
 
 datacenter = Parser(_parse_datacenter, "1-64 letters, digits, _ and -, such as dc1")
+
+
+def _parse_hex_secret(raw: str) -> str:
+    value = raw.strip().lower()
+    if len(bytes.fromhex(value)) != 16:
+        raise ValueError
+    return value
+
+
+hex_secret = Parser(_parse_hex_secret, "32 hexadecimal digits (16 bytes)")

@@ -89,6 +89,12 @@ class Metrics:
         self.dns_tcp_connections = Gauge(
             "sd_dns_tcp_connections", "open DNS TCP connections", registry=r
         )
+        self.dns_limited = Counter(
+            "sd_dns_limited_total",
+            "DNS queries and connections a per-client or global limit acted on, by limit "
+            "(misses, rrl, tcp_connections, tcp_per_client, tcp_write_timeout) and action",
+            ["limit", "action"], registry=r,
+        )  # fmt: skip
         # gRPC
         self.grpc_calls = Counter(
             "sd_grpc_calls_total", "gRPC calls by method and status code",

@@ -12,6 +12,7 @@ import random
 import struct
 from collections.abc import Iterator
 
+import dns.edns
 import dns.message
 import dns.rcode
 import pytest
@@ -100,11 +101,18 @@ def valid_queries(draw: st.DrawFn) -> bytes:
     name = "".join(c.upper() if draw(st.booleans()) else c for c in name)
     edns = draw(st.sampled_from([None, 0, 1]))
     payload = draw(st.integers(0, 65535))
+    # a COOKIE option (RFC 7873): a client cookie, maybe a server cookie of any allowed size
+    cookie = draw(st.sampled_from([None, 0, 8, 16, 32]))
+    options = []
+    if edns is not None and cookie is not None:
+        server = draw(st.binary(min_size=cookie, max_size=cookie))
+        options.append(dns.edns.CookieOption(draw(st.binary(min_size=8, max_size=8)), server))
     q = dns.message.make_query(
         name,
         draw(st.sampled_from(TYPES)),
         use_edns=False if edns is None else edns,
         payload=payload,
+        options=options,
     )
     q.id = draw(st.integers(0, 65535))
     return q.to_wire()
@@ -186,6 +194,42 @@ def test_valid_queries_are_answered_within_their_limit(
     r = dns.message.from_wire(reply)
     assert r.id == q.id and r.question[0].name.to_text() == q.question[0].name.to_text()
     assert (r.edns >= 0) == (q.edns >= 0)
+
+
+LIMITED = Config(
+    bind_address="127.0.0.1", dns_port=0, dns_cache_size=500, dns_rrl_responses_per_second=10,
+    dns_miss_budget_per_second=10,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def limited_metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture(scope="module")
+def limited_server(limited_metrics: Metrics) -> Iterator[DnsServer]:
+    registry = Registry(LIMITED)
+    registry.replace_all(Snapshot(3, _services()))
+    yield DnsServer(LIMITED, Catalog(LIMITED, None, registry, None, Metrics()), limited_metrics)
+
+
+@given(
+    query=st.one_of(valid_queries(), mutated_queries(), structured_junk()),
+    client=st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.9.1", "fd00::1", "fd00:0:0:1::1"]),
+)
+@QUICK
+def test_limited_paths_survive_junk(
+    limited_server: DnsServer, limited_metrics: Metrics, query: bytes, client: str
+) -> None:
+    """With RRL and the miss budget tight, queries over UDP from a few networks: a reply, when
+    there is one, is well-formed and within the query's limit (limits only drop or shrink)."""
+    reply = limited_server._handler.respond_udp(query, False, client)
+    if reply is not None:
+        assert len(reply) <= _limit(query, False)
+        assert reply[:2] == query[:2] and reply[2] & 0x80
+        assert dns.message.from_wire(reply).rcode() != dns.rcode.SERVFAIL
+    assert internal_errors(limited_metrics) == 0
 
 
 def test_no_internal_errors_and_still_answering(server: DnsServer, metrics: Metrics) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -383,3 +383,63 @@ def test_odd_labels_never_match_and_never_raise() -> None:
 def test_reverse_name() -> None:
     assert reverse_name("10.1.2.3") == ("3", "2", "1", "10", "in-addr", "arpa")
     assert reverse_name("::1")[:2] == ("1", "0") and len(reverse_name("::1")) == 34
+
+
+# ---- cost: a miss costs its answer, not the service's size ----------------------------------
+class CountingTags(tuple[str, ...]):
+    """An endpoint's tags that count, in `seen`, how often anything walks them."""
+
+    seen = [0]
+
+    def __iter__(self) -> Any:
+        CountingTags.seen[0] += 1
+        return super().__iter__()
+
+
+def test_names_under_a_big_service_cost_no_walk_over_its_endpoints() -> None:
+    """A service of 2,000 endpoints x 32 tags. 1. the first name under it builds its index,
+    walking every endpoint's tags once; 2. 500 names that do not exist, tag names, the
+    service's own name and `_tcp` walk no tags and build nothing; 3. the answers are the ones
+    the table promises; 4. the same for the Consul-style names (SD_DNS_CONSUL_NAMES); 5. a
+    change to the service rebuilds its index once, on the next lookup.
+    """
+    endpoints = tuple(
+        Endpoint(
+            f"10.7.{i // 250}.{i % 250 + 1}", CountingTags(f"t{(i + j) % 40}" for j in range(32))
+        )
+        for i in range(2000)
+    )
+    big = Service("big", "big", {}, {"http": HTTP}, endpoints, 1)
+    registry = Registry(CONFIG)
+    registry.replace_all(Snapshot(5, {"big": big}))
+    view = ZoneView(reads(registry))
+    registry.subscribe(lambda key, _reason: view.changed(key))
+
+    zone = Zone(Config(bind_address="127.0.0.1", dns_consul_names=True))
+
+    def rcode(qname: str, qtype: int = 1) -> str:
+        return RCODE_NAMES[resolve(Question(split_name(qname), qtype), view, zone).rcode]
+
+    CountingTags.seen[0] = 0
+    assert rcode("first.big.svc.cluster.local") == "NXDOMAIN"
+    assert CountingTags.seen[0] == 2000  # the index: every endpoint's tags, once
+
+    CountingTags.seen[0] = 0
+    for i in range(500):
+        assert rcode(f"nothing-{i}.big.svc.cluster.local") == "NXDOMAIN"
+        assert rcode(f"x.nothing-{i}.big.svc.cluster.local") == "NXDOMAIN"
+    assert rcode("_tcp.big.svc.cluster.local", 33) == "NOERROR"
+    assert rcode("_udp.big.svc.cluster.local", 33) == "NXDOMAIN"
+    for suffix in ("big.svc.cluster.local", "big.service.svc.cluster.local"):
+        tagged = resolve(Question(split_name(f"t3.{suffix}"), 1), view, zone)
+        assert len(tagged.answer) == 2000 * 32 // 40  # every endpoint whose 32 tags include t3
+        for i in range(200):
+            assert rcode(f"consul-{i}.{suffix}") == "NXDOMAIN"
+    assert rcode("big.svc.cluster.local", 28) == "NOERROR"  # NODATA: no IPv6, no list read
+    assert CountingTags.seen[0] == 0
+    assert view.builds == 1
+
+    registry.apply(6, "big", replace(big, endpoints=endpoints[:10], version=6))
+    assert rcode("t39.big.svc.cluster.local") == "NOERROR"
+    assert rcode("t0.big.svc.cluster.local") == "NOERROR"
+    assert CountingTags.seen[0] == 10 and view.builds == 2

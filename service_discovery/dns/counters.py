@@ -3,7 +3,8 @@
 A prometheus `inc` takes a lock (~1 us), more than a cached answer costs to serve, so the
 handler adds to plain integers and `flush` moves what was counted into the `Metrics` every
 second and at stop. Query counts are kept in cells (one-item lists) per (transport, type,
-rcode); each cached answer holds its pair of cells, so a hit is one addition.
+rcode); each cached answer holds its pair of cells, so a hit is one addition. What the limits
+did is counted the same way, in a cell per (limit, action).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from service_discovery.dns.records import RCODE_NAMES, TYPE_NAMES
 from service_discovery.metrics import Metrics
 
 Labels = tuple[str, str, str]  # transport, query type, rcode
+LIMITS = ("misses", "rrl", "tcp_connections", "tcp_per_client", "tcp_write_timeout")
+ACTIONS = ("truncated", "dropped", "refused", "closed")
 
 
 class Counters:
@@ -22,6 +25,16 @@ class Counters:
         self._pairs: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
         self.hits = self.misses = self.truncated = self.dropped = self.uncached = 0
         self._flushed_simple = [0, 0, 0, 0]
+        self._limited: dict[tuple[str, str], list[int]] = {}
+        self._limited_flushed: dict[tuple[str, str], int] = {}
+
+    def limited(self, limit: str, action: str) -> list[int]:
+        """The cell counting what `limit` did (`action`) to a query or connection."""
+        assert limit in LIMITS and action in ACTIONS, (limit, action)  # fixed label values
+        cell = self._limited.get((limit, action))
+        if cell is None:
+            cell = self._limited[(limit, action)] = [0]
+        return cell
 
     def cell(self, transport: str, qtype: int, rcode: int) -> list[int]:
         # Labels come from fixed tables, so hostile query types cannot add label values.
@@ -59,3 +72,8 @@ class Counters:
             if now[i] != self._flushed_simple[i]:
                 counter.inc(now[i] - self._flushed_simple[i])
         self._flushed_simple = now
+        for pair, cell in self._limited.items():
+            delta = cell[0] - self._limited_flushed.get(pair, 0)
+            if delta:
+                m.dns_limited.labels(*pair).inc(delta)
+                self._limited_flushed[pair] = cell[0]

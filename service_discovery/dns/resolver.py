@@ -9,8 +9,6 @@ serves).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from service_discovery.dns.records import (
     AAAA,
     ANY,
@@ -40,7 +38,6 @@ from service_discovery.dns.zone import (
     V4_ZONE_LABELS,
     V6_NAME_LABELS,
     V6_ZONE_LABELS,
-    CatalogReads,
     Zone,
     ZoneView,
 )
@@ -68,7 +65,7 @@ def resolve(question: Question, view: ZoneView, zone: Zone) -> Answer:
     if qtype in (AXFR, IXFR):
         return Answer(REFUSED, authoritative=False)  # no zone transfers, to anyone
     if name[-zone.depth :] == zone.origin and len(name) >= zone.depth:
-        return _forward(name, name[: len(name) - zone.depth], qtype, catalog, zone)
+        return _forward(name, name[: len(name) - zone.depth], qtype, view, zone)
     if name[-2:] in (IN_ADDR, IP6):
         return _reverse(name, qtype, view, zone)
     return Answer(REFUSED, authoritative=False)  # not an open resolver: never recurse
@@ -87,14 +84,8 @@ def _negative(rcode: int, zone: Zone, apex: Name, serial: int, depends_on: str |
     return Answer(rcode, authority=(_soa(zone, apex, serial),), depends_on=depends_on)
 
 
-def _addresses(owner: Name, qtype: int, ips: Iterable[str], ttl: int) -> tuple[Record, ...]:
-    if qtype == AAAA:
-        return tuple([Record(owner, AAAA, ttl, ip) for ip in ips if ":" in ip])
-    return tuple([Record(owner, A, ttl, ip) for ip in ips if ":" not in ip])
-
-
-def _forward(name: Name, rel: Name, qtype: int, catalog: CatalogReads, zone: Zone) -> Answer:
-    serial = catalog.version
+def _forward(name: Name, rel: Name, qtype: int, view: ZoneView, zone: Zone) -> Answer:
+    serial = view.catalog.version
     origin = zone.origin
     if not rel:
         if qtype in (SOA, ANY):  # ANY: one RRset is enough (RFC 8482)
@@ -111,31 +102,32 @@ def _forward(name: Name, rel: Name, qtype: int, catalog: CatalogReads, zone: Zon
         return _negative(NOERROR, zone, origin, serial, None)
 
     if zone.consul_names and len(rel) >= 2 and rel[-1] == "service":
-        return _consul(name, rel[:-1], qtype, catalog, zone)
+        return _consul(name, rel[:-1], qtype, view, zone)
+    # What the name is, decided from the service's index before any address list is touched:
+    # a name that does not exist costs a few dictionary lookups however big the service is.
     key = rel[-1]
-    svc = catalog.find(key) if key.isascii() else None
+    svc = view.service(key) if key.isascii() else None
     if svc is None:
         # Negative answers depend on every change (any write may create the name): None.
         return _negative(NXDOMAIN, zone, origin, serial, None)
     # `key` is the lowercase label that found the service: its key
-    ips = [e.ip for e in svc.endpoints]
     if len(rel) == 1:
-        return _address_answer(name, qtype, ips, zone, serial, key)
+        return _address_answer(name, qtype, svc.v4, svc.v6, zone, serial, key)
     first = rel[0]
     if len(rel) == 2 and first.startswith("_"):
         # `_tcp.<service>` exists (as an empty non-terminal) when some named port uses tcp.
-        if any("_" + p.protocol == first for p in svc.named_ports.values()):
+        if first in svc.protocols:
             return _negative(NOERROR, zone, origin, serial, key)
         return _negative(NXDOMAIN, zone, origin, serial, None)
     if len(rel) == 2:
         # A tag name exists while a live endpoint carries the tag; otherwise it is NXDOMAIN
         # (every label under a service would otherwise "exist").
-        tagged = [e.ip for e in svc.endpoints if any(t.lower() == first for t in e.tags)]
-        if not tagged:
+        tagged = svc.tags.get(first)
+        if tagged is None:
             return _negative(NXDOMAIN, zone, origin, serial, None)
-        return _address_answer(name, qtype, tagged, zone, serial, key)
+        return _address_answer(name, qtype, tagged[0], tagged[1], zone, serial, key)
     if len(rel) == 3 and first.startswith("_") and rel[1].startswith("_"):
-        port = svc.named_ports.get(first[1:])
+        port = svc.service.named_ports.get(first[1:])
         if port is not None and "_" + port.protocol == rel[1]:
             if qtype not in (SRV, ANY):
                 return _negative(NOERROR, zone, origin, serial, key)
@@ -143,34 +135,33 @@ def _forward(name: Name, rel: Name, qtype: int, catalog: CatalogReads, zone: Zon
             srv = Srv(port.priority, port.weight, port.port, owner_name)
             ttl = zone.ttl
             additional = tuple(  # the target's addresses: IPv4 first, as the A query lists them
-                [Record(owner_name, A, ttl, ip) for ip in ips if ":" not in ip]
-                + [Record(owner_name, AAAA, ttl, ip) for ip in ips if ":" in ip]
+                [Record(owner_name, A, ttl, ip) for ip in svc.v4]
+                + [Record(owner_name, AAAA, ttl, ip) for ip in svc.v6]
             )
             return Answer(NOERROR, True, (Record(name, SRV, ttl, srv),), (), additional, key)
     return _negative(NXDOMAIN, zone, origin, serial, None)
 
 
-def _consul(name: Name, rel: Name, qtype: int, catalog: CatalogReads, zone: Zone) -> Answer:
+def _consul(name: Name, rel: Name, qtype: int, view: ZoneView, zone: Zone) -> Answer:
     """Consul's names under `service.<zone>` (SD_DNS_CONSUL_NAMES): `<svc>`, `<tag>.<svc>` and
     `_<svc>._tcp` (RFC 2782), answered from the same service as the native names. The SRV
     record carries the service's default port (`model.default_port`, the Consul API's
     ServicePort) and targets `<svc>.service.<zone>`, whose addresses come in the additional
-    section."""
-    serial = catalog.version
+    section. Decided from the service's index, as the native names are."""
+    serial = view.catalog.version
     srv = len(rel) == 2 and rel[0].startswith("_") and rel[1] == "_tcp"
     key = rel[0][1:] if srv else rel[-1]
-    svc = catalog.find(key) if key.isascii() and len(rel) <= 2 else None
+    svc = view.service(key) if key.isascii() and len(rel) <= 2 else None
     if svc is None:
         return _negative(NXDOMAIN, zone, zone.origin, serial, None)
-    ips = [e.ip for e in svc.endpoints]
     if len(rel) == 1:
-        return _address_answer(name, qtype, ips, zone, serial, key)
+        return _address_answer(name, qtype, svc.v4, svc.v6, zone, serial, key)
     if not srv:
-        tagged = [e.ip for e in svc.endpoints if any(t.lower() == rel[0] for t in e.tags)]
-        if not tagged:
+        tagged = svc.tags.get(rel[0])
+        if tagged is None:
             return _negative(NXDOMAIN, zone, zone.origin, serial, None)
-        return _address_answer(name, qtype, tagged, zone, serial, key)
-    port = default_port(svc)
+        return _address_answer(name, qtype, tagged[0], tagged[1], zone, serial, key)
+    port = default_port(svc.service)
     if port is None or port.protocol != "tcp":
         return _negative(NXDOMAIN, zone, zone.origin, serial, None)
     if qtype not in (SRV, ANY):
@@ -178,24 +169,24 @@ def _consul(name: Name, rel: Name, qtype: int, catalog: CatalogReads, zone: Zone
     target = (key, "service", *zone.origin)
     ttl = zone.ttl
     additional = tuple(
-        [Record(target, A, ttl, ip) for ip in ips if ":" not in ip]
-        + [Record(target, AAAA, ttl, ip) for ip in ips if ":" in ip]
+        [Record(target, A, ttl, ip) for ip in svc.v4]
+        + [Record(target, AAAA, ttl, ip) for ip in svc.v6]
     )
     record = Record(name, SRV, ttl, Srv(port.priority, port.weight, port.port, target))
     return Answer(NOERROR, True, (record,), (), additional, key)
 
 
 def _address_answer(
-    owner: Name, qtype: int, ips: list[str], zone: Zone, serial: int, key: str
+    owner: Name, qtype: int, v4: list[str], v6: list[str], zone: Zone, serial: int, key: str
 ) -> Answer:
-    if qtype == ANY:
-        # RFC 8482: a minimal answer; the IPv4 set, else the IPv6 set.
-        records = _addresses(owner, A, ips, zone.ttl) or _addresses(owner, AAAA, ips, zone.ttl)
-    elif qtype in (A, AAAA):
-        records = _addresses(owner, qtype, ips, zone.ttl)
+    """The A or AAAA RRset of `owner` (ANY: the IPv4 set, else the IPv6 set, as RFC 8482
+    allows), or NODATA. Only the list answered is read."""
+    ttl = zone.ttl
+    if (qtype == A or qtype == ANY) and v4:
+        records = tuple([Record(owner, A, ttl, ip) for ip in v4])
+    elif (qtype == AAAA or qtype == ANY) and v6:
+        records = tuple([Record(owner, AAAA, ttl, ip) for ip in v6])
     else:
-        records = ()
-    if not records:
         return _negative(NOERROR, zone, zone.origin, serial, key)  # NODATA
     return Answer(NOERROR, True, records, (), (), key)
 

@@ -21,6 +21,7 @@ import socket
 import struct
 from typing import NamedTuple
 
+from service_discovery.dns.cookies import COOKIE
 from service_discovery.dns.records import (
     AAAA,
     NS,
@@ -87,11 +88,23 @@ def question_end(data: bytes) -> int:
     return qend
 
 
-def parse_additional(data: bytes, offset: int) -> tuple[int, int] | None:
-    """Find the OPT record among the additional records: (version, payload size), (-1, 0)
-    without one, or None if the section is malformed or has two OPT records."""
+class Edns(NamedTuple):
+    """What a query's OPT record says: EDNS version (-1: no OPT record), UDP payload size, and
+    the data of its COOKIE option (None: none)."""
+
+    version: int
+    payload: int
+    cookie: bytes | None = None
+
+
+NO_EDNS = Edns(-1, 0)
+
+
+def parse_additional(data: bytes, offset: int) -> Edns | None:
+    """Find the OPT record among the additional records (NO_EDNS without one), or None if the
+    section is malformed or has two OPT records."""
     count = data[10] << 8 | data[11]
-    found: tuple[int, int] | None = None
+    found: Edns | None = None
     size = len(data)
     for _ in range(count):
         # Owner name: labels, possibly ending in a compression pointer.
@@ -114,11 +127,27 @@ def parse_additional(data: bytes, offset: int) -> tuple[int, int] | None:
         if rtype == OPT:
             if found is not None or data[offset - 1] != 0:
                 return None  # RFC 6891 6.1.1: one OPT, owned by the root
-            found = (data[offset + 5], data[offset + 2] << 8 | data[offset + 3])
+            cookie = _option(data, offset + 10, min(offset + 10 + rdlen, size), COOKIE)
+            found = Edns(data[offset + 5], data[offset + 2] << 8 | data[offset + 3], cookie)
         offset += 10 + rdlen
         if offset > size:
             return None
-    return found if found is not None else (-1, 0)
+    return found if found is not None else NO_EDNS
+
+
+def _option(data: bytes, at: int, end: int, code: int) -> bytes | None:
+    """The data of the first EDNS option `code` in data[at:end] (an OPT record's RDATA)."""
+    while at + 4 <= end:
+        length = data[at + 2] << 8 | data[at + 3]
+        if data[at] << 8 | data[at + 1] == code:
+            return data[at + 4 : at + 4 + length] if at + 4 + length <= end else None
+        at += 4 + length
+    return None
+
+
+def opt_with(our_opt: bytes, option: bytes) -> bytes:
+    """Our OPT record (`opt`) carrying one option (code, length and data, packed)."""
+    return our_opt[:-2] + len(option).to_bytes(2, "big") + option
 
 
 def split_labels(qwire: bytes) -> Name:
@@ -135,9 +164,12 @@ def split_labels(qwire: bytes) -> Name:
 
 
 # ---- encoding --------------------------------------------------------------------------------
-def error_response(data: bytes, rcode: int, qend: int | None, our_opt: bytes) -> bytes:
-    """An answer without records: the question echoed if it parsed, `our_opt` if EDNS0."""
-    flags = bytes((0x80 | (data[2] & 0x79), rcode & 0xF))
+def error_response(
+    data: bytes, rcode: int, qend: int | None, our_opt: bytes, truncated: bool = False
+) -> bytes:
+    """An answer without records: the question echoed if it parsed, `our_opt` if EDNS0, TC
+    set if `truncated`."""
+    flags = bytes((0x80 | (data[2] & 0x79) | (0x02 if truncated else 0), rcode & 0xF))
     counts = COUNTS.pack(1 if qend else 0, 0, 0, 1 if our_opt else 0)
     question = data[12:qend] if qend else b""
     return data[:2] + flags + counts + question + our_opt

@@ -1,11 +1,12 @@
 """What the resolver reads: the zone's fixed shape, and the catalog with indexes derived from it.
 
 `Zone` holds what Config decides (origin, NS host, TTLs), built once at start. `ZoneView`
-holds the catalog's reads (`CatalogReads`) plus the indexes the resolver derives from them;
-each index hears of every change (`changed`) and brings itself up to date when it is next
-read, so forward lookups never pay for an index only reverse lookups use. Indexes the resolver
-needs later (per-service ones included) belong here, beside the reverse-zone index
-(`dns.reverse`).
+holds the catalog's reads (`CatalogReads`) plus the indexes the resolver derives from them:
+one `ServiceIndex` per service (its addresses by family, tag -> addresses, the protocols of its
+named ports) and the reverse-zone index (`dns.reverse`). Each hears of every change (`changed`)
+and brings itself up to date when it is next read, so forward lookups never pay for an index
+only reverse lookups use, and a name under a service costs a dictionary lookup, never a walk
+over the service's endpoints and their tags.
 """
 
 from __future__ import annotations
@@ -65,14 +66,68 @@ class Zone:
         )
 
 
+class ServiceIndex:
+    """What the resolver needs of one service, derived once per change of it: its addresses by
+    family, tag (lowercased) -> the addresses of the endpoints carrying it, and the protocols
+    of its named ports (`_tcp.<service>` exists when one uses tcp).
+
+    Building it walks every endpoint and tag once; after that, deciding what a name under the
+    service is costs a dictionary lookup, and an answer costs its own size.
+    """
+
+    __slots__ = ("protocols", "service", "tags", "v4", "v6")
+
+    def __init__(self, svc: Service) -> None:
+        self.service = svc
+        v4: list[str] = []
+        v6: list[str] = []
+        tags: dict[str, tuple[list[str], list[str]]] = {}
+        for e in svc.endpoints:
+            ip = e.ip
+            family = 1 if ":" in ip else 0
+            (v6 if family else v4).append(ip)
+            # An endpoint is listed once per tag, however many spellings of it it carries.
+            for tag in {t.lower() for t in e.tags}:
+                lists = tags.get(tag)
+                if lists is None:
+                    lists = tags[tag] = ([], [])
+                lists[family].append(ip)
+        self.v4 = v4
+        self.v6 = v6
+        self.tags = tags
+        self.protocols = frozenset("_" + p.protocol for p in svc.named_ports.values())
+
+
 class ZoneView:
-    """The catalog plus the indexes derived from it: `reverse`, whether a reverse name leads to
-    a live endpoint."""
+    """The catalog plus the indexes derived from it: one `ServiceIndex` per service looked up,
+    and `reverse`, whether a reverse name leads to a live endpoint.
+
+    A service's index is built on the first lookup that needs it after a change; `changed`
+    (which the DNS server calls for every change the catalog announces, as it does for the
+    answer cache) drops what the change makes stale.
+    """
 
     def __init__(self, catalog: CatalogReads) -> None:
         self.catalog = catalog
+        self._services: dict[str, ServiceIndex] = {}
         self.reverse = ReverseIndex(catalog.find, catalog.services)
+        self.builds = 0  # ServiceIndex objects built: what a miss path test can count
 
     def changed(self, key: str | None) -> None:
         """Service `key` changed (None: anything may have): tell the indexes."""
+        if key is None:
+            self._services.clear()
+        else:
+            self._services.pop(key, None)
         self.reverse.changed(key)
+
+    def service(self, key: str) -> ServiceIndex | None:
+        """The index of the service whose key (lowercase name) is `key`, or None if absent."""
+        index = self._services.get(key)
+        if index is None:
+            svc = self.catalog.find(key)
+            if svc is None:
+                return None
+            index = self._services[key] = ServiceIndex(svc)
+            self.builds += 1
+        return index
