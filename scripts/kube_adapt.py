@@ -37,6 +37,8 @@ DROPPED_KINDS = {
     "Namespace": "podman has no namespaces: the names carry the overlay's suffix, and the pods "
     "share a network named after the Namespace",
     "PodDisruptionBudget": "nothing evicts pods on one machine",
+    "NetworkPolicy": "podman enforces no network policies: the pods share one private network, "
+    "and only the daemon's ports are published, on loopback",
 }
 # $(VAR) in an env value, as Kubernetes expands it; `$$` is a literal `$`.
 REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
@@ -153,6 +155,10 @@ def adapt(
                     )
         unpublished_ports(name, spec, note)
         play.docs = [configmaps[c] for c in sorted(configmaps_used(spec)) if c in configmaps]
+        # podman keeps a ConfigMap mounted as a volume in a volume of that name: removed at down
+        for v in spec.get("volumes", []):
+            if "configMap" in v and v["configMap"]["name"] not in plan.volumes:
+                plan.volumes.append(v["configMap"]["name"])
         for claim in claims_used(spec):
             if claim not in plan.volumes:  # created by the first play that claims it
                 play.docs.append(claims[claim])

@@ -5,13 +5,15 @@ errors into exit codes: 0 ok, 1 failure, 2 bad configuration or usage, 3 migrati
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from service_discovery import __version__
-from service_discovery.config import Config, ConfigError, add_arguments, overrides_from
+from service_discovery.config import Config, ConfigError, flag_of
 from service_discovery.logs import FORMAT, RedactingFormatter
 
 NOTICE = 25
@@ -23,6 +25,47 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_PENDING = 0, 1, 2, 3
+
+
+# ---- flags generated from Config's fields, so each option is written once ----
+class _SecretFlag(argparse.Action):
+    """A flag that used to carry a secret: refused, without repeating its value."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+        env = self.metavar
+        parser.exit(
+            2,  # a usage error, as argparse's own
+            f"{parser.prog}: {self.option_strings[0]} is not accepted (a command line is visible "
+            f"to every user of the machine): set {env} in the environment, or {env}_FILE to a "
+            "file holding it\n",
+        )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--flag` per Config field, generated so each option is written once."""
+    group = parser.add_argument_group("settings (flags win over the environment)")
+    for f in dataclasses.fields(Config):
+        flag = flag_of(f)
+        if flag is None:
+            group.add_argument(
+                "--" + f.name.replace("_", "-"),
+                action=_SecretFlag,
+                nargs="?",
+                metavar=f.metadata["env"],
+                help=argparse.SUPPRESS,
+            )
+            continue
+        group.add_argument(
+            flag,
+            dest=f.name,
+            default=None,
+            metavar=f.metadata["env"],
+            help=f"{f.metadata['help']} (default: {f.default})",
+        )
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Config) if flag_of(f)}
 
 
 def build_parser() -> argparse.ArgumentParser:

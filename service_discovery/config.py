@@ -6,7 +6,6 @@ fields (`add_arguments`), so an option is written exactly once, here.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import ipaddress
 import os
@@ -364,43 +363,3 @@ def flag_of(f: dataclasses.Field[Any]) -> str | None:
     """The command-line flag of a setting; None for secrets, which a command line shows to every
     user of the machine (/proc/*/cmdline, ps): they come from the environment or <VARIABLE>_FILE."""
     return None if f.metadata["secret"] else "--" + f.name.replace("_", "-")
-
-
-class _SecretFlag(argparse.Action):
-    """A flag that used to carry a secret: refused, without repeating its value."""
-
-    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
-        env = self.metavar
-        parser.exit(
-            2,  # a usage error, as argparse's own
-            f"{parser.prog}: {self.option_strings[0]} is not accepted (a command line is visible "
-            f"to every user of the machine): set {env} in the environment, or {env}_FILE to a "
-            "file holding it\n",
-        )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--flag` per Config field, generated so each option is written once."""
-    group = parser.add_argument_group("settings (flags win over the environment)")
-    for f in dataclasses.fields(Config):
-        flag = flag_of(f)
-        if flag is None:
-            group.add_argument(
-                "--" + f.name.replace("_", "-"),
-                action=_SecretFlag,
-                nargs="?",
-                metavar=f.metadata["env"],
-                help=argparse.SUPPRESS,
-            )
-            continue
-        group.add_argument(
-            flag,
-            dest=f.name,
-            default=None,
-            metavar=f.metadata["env"],
-            help=f"{f.metadata['help']} (default: {f.default})",
-        )
-
-
-def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    return {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Config) if flag_of(f)}
