@@ -246,6 +246,15 @@ def test_second_signal_exits_at_once(database_url: str, tmp_path: Path) -> None:
         assert daemon.proc.wait(timeout=3) != 0
 
 
+def _ready_body(base: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(base + "/ready", timeout=5) as resp:
+            body: dict[str, Any] = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read())
+    return body
+
+
 def test_embedded_database_survives_restart(tmp_path: Path) -> None:
     """1. serve with no DATABASE_URL (embedded PostgreSQL in SD_DATA_DIR); 2. create a service;
     3. stop; 4. serve again: the service is still there."""
@@ -254,6 +263,11 @@ def test_embedded_database_survives_restart(tmp_path: Path) -> None:
     try:
         daemon.start()
         daemon.wait_ready_sync(timeout=60, interval=0.1)
+        # /ready is 200 once the copy is loaded; writes need the pool too: "database": "up"
+        deadline = time.monotonic() + 60
+        while _ready_body(daemon.base).get("database") != "up":
+            assert time.monotonic() < deadline, daemon.output()
+            time.sleep(0.1)
         req = urllib.request.Request(
             daemon.base + "/service", data=b'{"name": "kept"}', method="PUT"
         )
