@@ -2,11 +2,13 @@
 when each must be looked at next (`ExpiryQueue`) with its one timer, and the mass-expiry guards
 that decide whether clients still see lapsed endpoints.
 
-The queue holds one live entry per lease, however often it is renewed: a renewal moves the
-lease's expiry, not its entry; when the entry comes due the lease is found renewed and
-scheduled again at its current expiry. Removed and shortened leases leave stale entries in the
-heap, skipped when popped; the heap is rebuilt from the live entries when it holds more than
-twice as many (plus a constant), so its size is bounded by the leases, not by the writes.
+The queue holds, for every lease that has not lapsed, an entry due no later than its expiry,
+however often it is renewed: a renewal moves the lease's expiry, not its entry; when the entry
+comes due the lease is found renewed and scheduled again at its current expiry. Removed and
+shortened leases leave stale entries in the heap, skipped when popped; the heap is rebuilt from
+the leases when it holds more than twice as many entries (plus a constant), so its size is
+bounded by the leases, not by the writes. The lease itself is the endpoint's `expires_at`, read
+where the copy holds it: a lease costs one heap entry and no other record.
 
 One timer, set for the earliest entry, hides lapsed endpoints; no loop polls. The guards apply
 the reaper's rule (`mass_expiry.mass_expiry_guards`) to the leases that lapsed here and are not
@@ -29,7 +31,6 @@ from service_discovery.model import Endpoint, Service
 
 log = logging.getLogger(__name__)
 
-Lease = tuple[str, str]  # (lowercased service name, ip)
 _SLACK = 64  # stale entries tolerated beyond the live ones before a rebuild
 _TIMER_MIN_DELAY = 0.02  # coalesce expiries that fall close together into one pass
 _GUARD_RECHECK_SECONDS = 1.0  # while a mass-expiry guard holds, how often it is re-evaluated
@@ -40,9 +41,10 @@ ExpiredCallback = Callable[[dict[str, str] | None], None]
 
 
 class ExpiryQueue:
+    """Entries (due, service key, ip), earliest first; which are stale the caller decides."""
+
     def __init__(self) -> None:
         self._heap: list[tuple[float, str, str]] = []
-        self._due: dict[Lease, float] = {}  # each lease's live entry
 
     def __len__(self) -> int:
         """Entries in the heap, stale ones included: at most 2 x leases + 64."""
@@ -50,43 +52,31 @@ class ExpiryQueue:
 
     def clear(self) -> None:
         self._heap.clear()
-        self._due.clear()
 
-    def schedule(self, lease: Lease, at: float) -> None:
-        """Make sure `lease` comes due by `at`. A lease with an entry due earlier needs no new
-        one (it comes due, and is scheduled again at its expiry then)."""
-        due = self._due.get(lease)
-        if due is not None and due <= at:
-            return
-        self._due[lease] = at
-        heapq.heappush(self._heap, (at, *lease))
-        if len(self._heap) > 2 * len(self._due) + _SLACK:  # O(1) amortised over the pushes
-            self._heap = [(t, *held) for held, t in self._due.items()]
-            heapq.heapify(self._heap)
+    def push(self, at: float, key: str, ip: str) -> None:
+        heapq.heappush(self._heap, (at, key, ip))
 
-    def forget(self, lease: Lease) -> None:
-        """`lease` is gone: its entry turns stale."""
-        self._due.pop(lease, None)
+    def rebuild(self, entries: Iterator[tuple[float, str, str]]) -> None:
+        """Replace every entry by `entries` (one per lease)."""
+        self._heap = list(entries)
+        heapq.heapify(self._heap)
 
     def next_due(self) -> float:
         """When the earliest entry comes due (inf: none); a stale one may come first."""
         return self._heap[0][0] if self._heap else float("inf")
 
-    def pop_due(self, now: float) -> Iterator[Lease]:
-        """The leases whose entry is due at `now`, each entry removed (schedule again what is
-        still leased). Scheduling while iterating is allowed."""
+    def pop_due(self, now: float) -> Iterator[tuple[str, str]]:
+        """(key, ip) of each entry due at `now`, removed. Pushing while iterating is allowed."""
         while self._heap and self._heap[0][0] <= now:
-            due, *held = heapq.heappop(self._heap)
-            lease = (held[0], held[1])
-            if self._due.get(lease) == due:
-                del self._due[lease]
-                yield lease
+            _, key, ip = heapq.heappop(self._heap)
+            yield key, ip
 
 
 class Leased(Protocol):
-    """What expiry reads and sets on one service of the copy (`registry._Stored`)."""
+    """What expiry reads and sets on one service of the copy (`stored.Stored`)."""
 
-    hidden: set[str]  # ips whose lease lapsed here
+    endpoints: dict[str, Endpoint]  # by ip; an endpoint's lease is its `expires_at`
+    hidden: set[str] | frozenset[str]  # ips whose lease lapsed here (set only by `Expiry`)
     leased: int  # how many of its endpoints have a lease
     guarded: bool  # its own mass-expiry guard holds: its lapsed endpoints stay visible
     view: Service | None  # what clients see, rebuilt when None
@@ -106,7 +96,7 @@ class Expiry:
         self._clock = clock
         self._entries = entries  # the registry's services, by key (the same dict, kept current)
         self._on_expired = on_expired
-        self._leased: dict[Lease, float] = {}  # each lease's expiry
+        self._leases = 0  # endpoints with a lease, lapsed or not
         self._hidden_total = 0
         self._queue = ExpiryQueue()
         self._timer: asyncio.TimerHandle | None = None
@@ -127,40 +117,69 @@ class Expiry:
     # ---- what the registry tells it --------------------------------------------------------
     def clear(self) -> None:
         """Forget every lease (a reload puts them all again)."""
-        self._leased.clear()
+        self._leases = 0
         self._queue.clear()
         self._hidden_total = 0
         self.guarded.clear()
 
-    def track(self, key: str, entry: Leased, e: Endpoint, now: float) -> None:
-        """An endpoint was put: hidden at once if its lease has lapsed, else scheduled."""
-        if e.expires_at is None:
-            return
-        self._leased[(key, e.ip)] = e.expires_at
-        entry.leased += 1
-        if e.expires_at <= now:
-            entry.hidden.add(e.ip)
-            self._hidden_total += 1
-        else:
-            self._queue.schedule((key, e.ip), e.expires_at)
-
-    def untrack(self, key: str, entry: Leased, ip: str, removed: bool) -> None:
-        """An endpoint is about to be replaced (`track` follows) or is `removed`."""
-        if ip in entry.hidden:
-            entry.hidden.discard(ip)
-            self._hidden_total -= 1
-        if self._leased.pop((key, ip), None) is not None:
+    def put(
+        self, key: str, entry: Leased, ip: str, old: Endpoint | None, new: Endpoint | None,
+        now: float,
+    ) -> None:  # fmt: skip
+        """Endpoint `ip` of service `key` went from `old` to `new` (None: absent), which
+        `entry.endpoints` already holds: a new lease is hidden at once if it has lapsed, else
+        scheduled, unless the old lease's entry (due no later than its expiry) already comes
+        due in time."""
+        queued = float("inf")  # when the entry of `old`'s lease comes due at the latest
+        if old is not None and old.expires_at is not None:
+            self._leases -= 1
             entry.leased -= 1
-        if removed:
-            self._queue.forget((key, ip))
+            if ip in entry.hidden:
+                self._unhide(entry, ip)
+            else:
+                queued = old.expires_at
+        if new is None or new.expires_at is None:
+            return
+        self._leases += 1
+        entry.leased += 1
+        at = new.expires_at
+        if at <= now:
+            self._hide(entry, ip)
+        elif queued > at:
+            self._queue.push(at, key, ip)
+            if len(self._queue) > 2 * self._leases + _SLACK:  # O(1) amortised over the pushes
+                self._queue.rebuild(self._due_entries())
 
-    def drop(self, key: str, entry: Leased, ips: Sequence[str]) -> None:
-        """A service left the copy with its endpoints `ips`."""
-        for ip in ips:
-            self._leased.pop((key, ip), None)
-            self._queue.forget((key, ip))
+    def drop(self, key: str, entry: Leased) -> None:
+        """A service left the copy (its queue entries turn stale)."""
+        self._leases -= entry.leased
         self._hidden_total -= len(entry.hidden)
         self.guarded.discard(key)
+
+    def _hide(self, entry: Leased, ip: str) -> None:
+        hidden = entry.hidden
+        if isinstance(hidden, set):
+            hidden.add(ip)
+        else:
+            entry.hidden = {ip}  # a service's first lapse: until now it shared `NO_IPS`
+        self._hidden_total += 1
+
+    def _unhide(self, entry: Leased, ip: str) -> None:
+        hidden = entry.hidden
+        if isinstance(hidden, set):
+            hidden.discard(ip)
+            if not hidden:
+                entry.hidden = frozenset()  # the empty one, shared: a set costs 200 bytes
+        self._hidden_total -= 1
+
+    def _due_entries(self) -> Iterator[tuple[float, str, str]]:
+        """One queue entry per lease that has not lapsed, at its expiry."""
+        for key, entry in self._entries.items():
+            if entry.leased:
+                hidden = entry.hidden
+                for ip, e in entry.endpoints.items():
+                    if e.expires_at is not None and ip not in hidden:
+                        yield e.expires_at, key, ip
 
     # ---- the guards --------------------------------------------------------------------------
     def judge(self, key: str, entry: Leased, *, logged: bool = True) -> bool:
@@ -194,7 +213,7 @@ class Expiry:
         """
         guarded_entries = [self._entries[k] for k in self.guarded]
         hidden = self._hidden_total - sum(len(e.hidden) for e in guarded_entries)
-        leased = len(self._leased) - sum(e.leased for e in guarded_entries)
+        leased = self._leases - sum(e.leased for e in guarded_entries)
         guarded = mass_expiry(
             hidden,
             leased,
@@ -260,16 +279,15 @@ class Expiry:
         now = self._clock()
         lapsed: set[str] = set()
         for key, ip in self._queue.pop_due(now):
-            at = self._leased.get((key, ip))
             entry = self._entries.get(key)
-            if at is None or entry is None or ip in entry.hidden:
+            e = entry.endpoints.get(ip) if entry is not None else None
+            if entry is None or e is None or e.expires_at is None or ip in entry.hidden:
+                continue  # a stale entry: the lease is gone, or lapsed already
+            if e.expires_at > now:  # renewed since it was scheduled: due again at its expiry
+                self._queue.push(e.expires_at, key, ip)
                 continue
-            if at > now:  # renewed since it was scheduled: due again at its current expiry
-                self._queue.schedule((key, ip), at)
-                continue
-            entry.hidden.add(ip)
+            self._hide(entry, ip)
             entry.view = None
-            self._hidden_total += 1
             lapsed.add(key)
         # Services with new lapses, and those guarded (renewals may have ended their guard).
         on: list[str] = []

@@ -87,7 +87,9 @@ class Service:
 
     @property
     def key(self) -> str:
-        return self.name.lower()
+        name = self.name
+        key = name.lower()
+        return name if key == name else key  # the name itself, not a copy for indexes to keep
 
 
 @dataclass(frozen=True, slots=True)

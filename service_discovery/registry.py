@@ -1,11 +1,13 @@
 """The in-memory registry copy that every read is served from.
 
-Each service is held as `_Stored`: what PostgreSQL last told us, updated in O(1) for a change
-of one endpoint. Clients see views (`get`): frozen `Service` objects without endpoints whose lease
-has lapsed, built lazily and kept until the service changes. Lapsing is `expiry.Expiry`'s job
-(its queue, its one timer, the mass-expiry guards); telling of changes is `announce.Announcer`'s
-(subscribers such as the DNS answer cache, called synchronously, and HTTP blocking queries);
-this module holds the services, applies what PostgreSQL says, and keeps the registry version.
+Each service is held as `stored.Stored`: what PostgreSQL last told us, updated in O(1) for a
+change of one endpoint. Clients see views (`get`): frozen `Service` objects without endpoints
+whose lease has lapsed, built lazily and kept until the service changes. The index of services
+by address (PTR answers) is built on the first question that needs it, then kept current.
+Lapsing is `expiry.Expiry`'s job (its queue, its one timer, the mass-expiry guards); telling of
+changes is `announce.Announcer`'s (subscribers such as the DNS answer cache, called
+synchronously, and HTTP blocking queries); this module holds the services, applies what
+PostgreSQL says, and keeps the registry version.
 """
 
 from __future__ import annotations
@@ -18,49 +20,22 @@ from service_discovery.announce import Announcer, ChangeCallback
 from service_discovery.config import Config
 from service_discovery.expiry import Expiry, log_guards
 from service_discovery.model import Endpoint, EndpointChange, LeaseRenewal, Service, Snapshot
+from service_discovery.stored import Shared, Stored, index_ip, unindex_ip
 
 _MAX_TOMBSTONES = 10_000
-
-
-class _Stored:
-    """One service as the copy holds it: `endpoints` keyed by ip, `hidden` = ips whose lease
-    lapsed, `leased` = how many endpoints have a lease, `guarded` = its own mass-expiry guard
-    holds (its lapsed endpoints stay visible), `view` = the `Service` clients see, built on
-    demand."""
-
-    __slots__ = ("endpoints", "guarded", "hidden", "leased", "service", "view")
-
-    def __init__(self, service: Service) -> None:
-        self.service = service  # header fields; its endpoints tuple is not kept current
-        self.endpoints: dict[str, Endpoint] = {e.ip: e for e in service.endpoints}
-        self.hidden: set[str] = set()
-        self.leased = 0
-        self.guarded = False
-        self.view: Service | None = None
-
-    @property
-    def version(self) -> int:
-        return self.service.version
-
-
-def _same(entry: _Stored, svc: Service) -> bool:
-    """Whether a full read says exactly what the copy holds."""
-    held = entry.service
-    return (
-        held.name == svc.name
-        and held.attributes == svc.attributes
-        and held.named_ports == svc.named_ports
-        and entry.endpoints == {e.ip: e for e in svc.endpoints}
-    )
 
 
 class Registry:
     def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._clock = clock
-        self._entries: dict[str, _Stored] = {}
+        self._entries: dict[str, Stored] = {}
+        self._shared = Shared()
         self._tombstones: dict[str, int] = {}
-        self._by_ip: dict[str, set[str]] = {}
+        # ip -> the key of the service that has it, or the keys of those that have it (rare):
+        # no set per address. None until a PTR question needs it (forward-only replicas never
+        # pay for it), then kept current and rebuilt by every reload.
+        self._by_ip: dict[str, str | tuple[str, ...]] | None = None
         self._by_instance: dict[str, tuple[str, str]] = {}  # instance ID -> (key, ip)
         self._expiry = Expiry(config, clock, self._entries, self._expired)
         self._changes = Announcer(self.index)
@@ -102,7 +77,7 @@ class Registry:
     def display_name(self, name: str) -> str | None:
         """A service's name as it was created (lookups ignore case), without building its view."""
         entry = self._entries.get(name.lower())
-        return None if entry is None else entry.service.name
+        return None if entry is None else entry.name
 
     def service_count(self) -> int:
         return len(self._entries)
@@ -116,9 +91,19 @@ class Registry:
         return entry.version if entry is not None else self._tombstones.get(key, 0)
 
     def names_for_ip(self, ip: str) -> tuple[str, ...]:
-        return tuple(
-            sorted(k for k in self._by_ip.get(ip, ()) if self._visible(self._entries[k], ip))
-        )
+        by_ip = self._by_ip
+        if by_ip is None:
+            by_ip = self._by_ip = {}
+            for key, entry in self._entries.items():
+                for held in entry.endpoints:
+                    index_ip(by_ip, held, key)
+        keys = by_ip.get(ip)
+        if keys is None:
+            return ()
+        entries = self._entries
+        if isinstance(keys, str):
+            return (keys,) if self._visible(entries[keys], ip) else ()
+        return tuple(sorted(k for k in keys if self._visible(entries[k], ip)))
 
     def instance(self, instance_id: str) -> tuple[str, str] | None:
         """(service key, ip) of the endpoint registered with this instance ID, lapsed or not."""
@@ -150,16 +135,14 @@ class Registry:
         however often they are renewed."""
         return self._expiry.queue_size()
 
-    def _visible(self, entry: _Stored, ip: str) -> bool:
+    def _visible(self, entry: Stored, ip: str) -> bool:
         return ip not in entry.hidden or self._expiry.kept(entry)
 
-    def _view(self, entry: _Stored) -> Service:
-        if entry.view is None:
-            eps: Iterable[Endpoint] = entry.endpoints.values()
-            if entry.hidden and not self._expiry.kept(entry):
-                eps = [e for e in eps if e.ip not in entry.hidden]
-            entry.view = replace(entry.service, endpoints=tuple(eps))
-        return entry.view
+    def _view(self, entry: Stored) -> Service:
+        view = entry.view
+        if view is None:
+            view = entry.view = entry.build_view(self._expiry.kept(entry))
+        return view
 
     # ---- change notification --------------------------------------------------------------
     def subscribe(self, callback: ChangeCallback) -> Callable[[], None]:
@@ -185,12 +168,14 @@ class Registry:
         for key in set(self._entries) - set(snapshot.services):
             self._bury(key, snapshot.version)
         self._entries.clear()  # the same dict: `_expiry` reads it
-        self._by_ip.clear()
+        by_ip, self._by_ip = self._by_ip, None  # rebuilt below if it was in use
         self._by_instance.clear()
         self._expiry.clear()
         now = self._clock()
         for key, svc in snapshot.services.items():
             self._put(key, svc, now)
+        if by_ip is not None:
+            self.names_for_ip("")  # builds it: the reload is O(n) anyway, a PTR question is not
         log_guards(sorted(self._expiry.guarded), ())
         self.version = max(self.version, snapshot.version)
         # Our writes past the snapshot were replaced by it; the sync applies them again.
@@ -217,11 +202,7 @@ class Registry:
         if service is not None:
             if current is not None and current.version > service.version:
                 return
-            if (
-                current is not None
-                and current.version == service.version
-                and _same(current, service)
-            ):
+            if current is not None and current.version == service.version and current.same(service):
                 return  # our own write, heard again: nothing to announce
             self._tombstones.pop(key, None)
             was_guarded = current is not None and current.guarded
@@ -266,7 +247,7 @@ class Registry:
             self.own(change.version)  # before announcing, as in `apply`
         self._set_endpoint(change.service, entry, change.ip, change.endpoint, self._clock())
         self._expiry.judge(change.service, entry)
-        entry.service = replace(entry.service, version=change.version)
+        entry.version = change.version
         entry.view = None
         self._expiry.schedule()
         self._changes.announce(change.service, "update")
@@ -336,27 +317,25 @@ class Registry:
             del self._tombstones[next(iter(self._tombstones))]
 
     def _put(self, key: str, svc: Service, now: float) -> None:
-        entry = _Stored(svc)
+        if key == svc.name:
+            key = svc.name  # one string for both (a key is a lowercase name: often the name)
+        entry = Stored(svc, self._shared)
         self._entries[key] = entry
+        by_ip, by_instance, put = self._by_ip, self._by_instance, self._expiry.put
         for ip, e in entry.endpoints.items():
-            self._by_ip.setdefault(ip, set()).add(key)
+            if by_ip is not None:
+                index_ip(by_ip, ip, key)
             if e.instance_id is not None:
-                self._by_instance[e.instance_id] = (key, ip)
-            self._expiry.track(key, entry, e, now)
+                by_instance[e.instance_id] = (key, ip)
+            put(key, entry, ip, None, e, now)
         self._expiry.judge(key, entry, logged=False)
 
-    def _drop(self, key: str, entry: _Stored) -> None:
+    def _drop(self, key: str, entry: Stored) -> None:
         for ip, e in entry.endpoints.items():
-            self._untrack_ip(key, ip)
+            if self._by_ip is not None:
+                unindex_ip(self._by_ip, ip, key)
             self._untrack_instance(key, ip, e)
-        self._expiry.drop(key, entry, list(entry.endpoints))
-
-    def _untrack_ip(self, key: str, ip: str) -> None:
-        names = self._by_ip.get(ip)
-        if names is not None:
-            names.discard(key)
-            if not names:
-                del self._by_ip[ip]
+        self._expiry.drop(key, entry)
 
     def _untrack_instance(self, key: str, ip: str, endpoint: Endpoint | None) -> None:
         if endpoint is not None and endpoint.instance_id is not None:
@@ -364,19 +343,21 @@ class Registry:
                 del self._by_instance[endpoint.instance_id]
 
     def _set_endpoint(
-        self, key: str, entry: _Stored, ip: str, endpoint: Endpoint | None, now: float
+        self, key: str, entry: Stored, ip: str, endpoint: Endpoint | None, now: float
     ) -> None:
-        self._expiry.untrack(key, entry, ip, removed=endpoint is None)
-        self._untrack_instance(key, ip, entry.endpoints.get(ip))
+        old = entry.endpoints.get(ip)
+        self._untrack_instance(key, ip, old)
         if endpoint is None:
             entry.endpoints.pop(ip, None)
-            self._untrack_ip(key, ip)
-            return
-        entry.endpoints[ip] = endpoint
-        self._by_ip.setdefault(ip, set()).add(key)
-        if endpoint.instance_id is not None:
-            self._by_instance[endpoint.instance_id] = (key, ip)
-        self._expiry.track(key, entry, endpoint, now)
+            if self._by_ip is not None:
+                unindex_ip(self._by_ip, ip, key)
+        else:
+            endpoint = entry.endpoints[ip] = self._shared.endpoint(endpoint)
+            if self._by_ip is not None:
+                index_ip(self._by_ip, ip, key)
+            if endpoint.instance_id is not None:
+                self._by_instance[endpoint.instance_id] = (key, ip)
+        self._expiry.put(key, entry, ip, old, endpoint, now)
 
     def _expired(self, changed: dict[str, str] | None) -> None:
         """What a pass of the expiry timer changed for clients (None: everything)."""

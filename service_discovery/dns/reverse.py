@@ -17,14 +17,16 @@ pays for it.
 from __future__ import annotations
 
 import socket
+from array import array
 from bisect import bisect_left, insort
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableSequence
 
 from service_discovery.dns.records import IN_ADDR, IP6, Name
-from service_discovery.model import Service
+from service_discovery.model import Endpoint, Service
 
 _MAX_STALE = 10_000  # beyond this many changed services, rebuilding is cheaper than tracking
 _HEX = frozenset("0123456789abcdef")
+_V4 = "I" if array("I").itemsize >= 4 else "L"  # an unsigned type of 32 bits at least
 
 
 def _number(ip: str) -> tuple[bool, int]:
@@ -69,8 +71,10 @@ class ReverseIndex:
         self._services = services
         self._built = False
         self._stale: set[str] = set()
-        self._indexed: dict[str, frozenset[str]] = {}  # service key -> its addresses indexed
-        self._v4: list[int] = []
+        # service key -> the endpoints indexed (its view's own tuple, not a copy)
+        self._indexed: dict[str, tuple[Endpoint, ...]] = {}
+        # IPv4 addresses packed 4 bytes each, not an int object (32 bytes) and a pointer each
+        self._v4: MutableSequence[int] = array(_V4)
         self._v6: list[int] = []
 
     def changed(self, key: str | None) -> None:
@@ -81,7 +85,7 @@ class ReverseIndex:
             self._built = False
             self._stale.clear()
             self._indexed.clear()
-            self._v4, self._v6 = [], []
+            self._v4, self._v6 = array(_V4), []
             return
         self._stale.add(key)
 
@@ -102,10 +106,11 @@ class ReverseIndex:
             return
         for key in self._stale:
             svc = self._find(key)
-            now = frozenset(e.ip for e in svc.endpoints) if svc is not None else frozenset()
-            old = self._indexed.pop(key, frozenset())
+            held = svc.endpoints if svc is not None else ()
+            now = {e.ip for e in held}
+            old = {e.ip for e in self._indexed.pop(key, ())}
             if now:
-                self._indexed[key] = now
+                self._indexed[key] = held
             for ip in old - now:
                 v6, number = _number(ip)
                 numbers = self._v6 if v6 else self._v4
@@ -119,13 +124,13 @@ class ReverseIndex:
         v4: list[int] = []
         v6: list[int] = []
         for svc in self._services():
-            ips = frozenset(e.ip for e in svc.endpoints)
-            if ips:
-                self._indexed[svc.key] = ips
-            _add_all(ips, v4, v6)
+            if svc.endpoints:
+                self._indexed[svc.key] = svc.endpoints
+            # an address held by two services is indexed twice: each removal takes one
+            _add_all({e.ip for e in svc.endpoints}, v4, v6)
         v4.sort()
         v6.sort()
-        self._v4, self._v6 = v4, v6
+        self._v4, self._v6 = array(_V4, v4), v6
         self._built = True
 
 
