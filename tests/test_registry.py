@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from service_discovery.model import (
     Endpoint,
     EndpointChange,
     LeaseRenewal,
+    NamedPort,
     Service,
     Snapshot,
 )
@@ -110,3 +112,95 @@ def test_the_copy_keeps_one_services_mass_lapse_and_hides_anothers_few() -> None
     assert kept is not None and len(kept.endpoints) == 12
     assert hidden is not None and [e.expires_at for e in hidden.endpoints] == [160.0] * 8
     assert registry.endpoint_count() == 20
+
+
+def _holding(name: str, version: int, *ips: str) -> Service:
+    return Service(f"id-{name}", name, {}, {}, tuple(Endpoint(ip) for ip in ips), version)
+
+
+def _scan_ip(registry: Registry, ip: str) -> tuple[str, ...]:
+    """The services of `ip` the slow way: every view that lists it."""
+    return tuple(s.key for s in registry.services() if any(e.ip == ip for e in s.endpoints))
+
+
+def test_the_address_index_answers_what_a_scan_would() -> None:
+    """1. 50 random changes before any PTR question (the index is not built); 2. 300 more
+    (registrations, deregistrations, services created and deleted, reloads; addresses shared
+    between services), after each of which the services of every address (what PTR answers)
+    are those a scan of the views finds: built on the first question, then kept current, and
+    rebuilt by a reload."""
+    rng = random.Random(7)
+    pool = [f"10.0.{rng.randrange(2)}.{rng.randrange(1, 6)}" for _ in range(12)] + ["fd00::1"]
+    names = [f"S{i}" if i % 2 else f"s{i}" for i in range(5)]  # keys are lowercase names
+    registry = Registry(Config())
+    registry.replace_all(Snapshot(0, {}))
+    version = 0
+    for step in range(350):
+        version += 1
+        name = rng.choice(names)
+        held = registry.get(name)
+        roll = rng.random()
+        if roll < 0.03:
+            services = {s.key: s for s in registry.services()}
+            registry.replace_all(Snapshot(version, services))
+        elif held is None or roll < 0.1:
+            registry.apply(version, name, _holding(name, version, *rng.sample(pool, 3)))
+        elif roll < 0.15:
+            registry.apply(version, name, None)
+        elif roll < 0.6 or not held.endpoints:
+            ip = rng.choice(pool)
+            change = EndpointChange(name.lower(), version, held.version, ip, Endpoint(ip))
+            assert registry.apply_endpoint(change)
+        else:
+            ip = rng.choice(held.endpoints).ip
+            change = EndpointChange(name.lower(), version, held.version, ip, None)
+            assert registry.apply_endpoint(change)
+        if step >= 50:
+            for ip in pool:
+                assert registry.names_for_ip(ip) == _scan_ip(registry, ip), (ip, step)
+
+
+def test_equal_values_are_held_once() -> None:
+    """Two services read apart, with equal (not identical) named ports, attributes and tags:
+    1. the copy holds one object of each; 2. the views say exactly what was read; 3. a later
+    endpoint with the same tags shares them too."""
+
+    def read(name: str) -> Service:
+        port = NamedPort("".join(["ht", "tp"]), "tcp", 8080)
+        tags = tuple(["".join(["can", "ary"]), "v2"])
+        endpoints = (Endpoint("10.1.0.1", tags), Endpoint("10.1.0.2"))
+        return Service(f"id-{name}", name, {"team": "a"}, {port.name: port}, endpoints, 1)
+
+    a, b = read("a"), read("b")
+    assert a.named_ports is not b.named_ports and a.endpoints[0].tags is not b.endpoints[0].tags
+    registry = Registry(Config())
+    registry.replace_all(Snapshot(1, {"a": a, "b": b}))
+    va, vb = registry.get("a"), registry.get("b")
+    assert va is not None and vb is not None
+    assert va.named_ports is vb.named_ports and va.attributes is vb.attributes
+    assert va.endpoints[0].tags is vb.endpoints[0].tags
+    assert (va.named_ports, va.attributes, va.endpoints) == (
+        a.named_ports,
+        {"team": "a"},
+        a.endpoints,
+    )
+    later = Endpoint("10.1.0.3", tuple(["canary", "v2"]))
+    assert registry.apply_endpoint(EndpointChange("b", 2, 1, "10.1.0.3", later))
+    held = registry.endpoint("b", "10.1.0.3")
+    assert held == later and held is not None and held.tags is va.endpoints[0].tags
+
+
+async def test_a_lease_renewed_often_holds_one_queue_entry_and_lapses_at_its_last_expiry() -> None:
+    """1. a leased endpoint renewed 1,000 times: the expiry queue holds one entry; 2. it is
+    still live after its first expiry (renewed); 3. it lapses after its last one."""
+    now = time.time()
+    registry = Registry(Config())
+    registry.replace_all(Snapshot(1, {"r": _leased("r", 1, ("10.5.0.1", now + 0.5))}))
+    for i in range(1000):
+        registry.renew([LeaseRenewal("r", "10.5.0.1", now + 1.0 + i / 1000)])
+    assert registry.lease_queue_size() == 1
+    await asyncio.sleep(max(0.0, now + 0.8 - time.time()))
+    assert registry.is_live("r", "10.5.0.1")
+    await asyncio.sleep(max(0.0, now + 2.5 - time.time()))
+    assert not registry.is_live("r", "10.5.0.1")
+    assert registry.lease_queue_size() == 0
