@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service_discovery.config import Config
+from service_discovery.endpoint import Endpoint as Endpoint  # one of the model's types
 from service_discovery.errors import InvalidInput, LimitExceeded
 
 # The rules below are stated once, here; the OpenAPI document (openapi.py) is built from them.
@@ -58,20 +59,6 @@ class NamedPort:
     port: int
     priority: int = 1
     weight: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    ip: str
-    tags: tuple[str, ...] = ()
-    ttl_seconds: int | None = None
-    expires_at: float | None = None  # unix time; None = no lease
-    # The ID a client gave at registration (Consul's ServiceID), unique across the registry;
-    # None for endpoints registered natively, whose Consul ID is derived (consul_model).
-    instance_id: str | None = None
-
-    def expired(self, now: float) -> bool:
-        return self.expires_at is not None and self.expires_at <= now
 
 
 @dataclass(frozen=True, slots=True)

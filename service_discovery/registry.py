@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 
 from service_discovery.announce import Announcer, ChangeCallback
 from service_discovery.config import Config
@@ -296,7 +295,7 @@ class Registry:
             if r.expires_at <= old.expires_at:
                 continue
             was_hidden = r.ip in entry.hidden
-            self._set_endpoint(r.service, entry, r.ip, replace(old, expires_at=r.expires_at), now)
+            self._set_endpoint(r.service, entry, r.ip, old.renewed(r.expires_at), now)
             entry.view = None
             if was_hidden != (r.ip in entry.hidden) and not self._expiry.kept(entry):
                 changed.add(r.service)

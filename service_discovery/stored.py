@@ -14,7 +14,6 @@ are never mutated once they reach the copy, so sharing them changes nothing a cl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import TypeVar
 
 from service_discovery.model import Endpoint, NamedPort, Service
@@ -63,7 +62,7 @@ class Shared:
         if not tags:
             return e  # () is one object already
         held = self._tags.share(tags, tags)
-        return e if held is tags else replace(e, tags=held)
+        return e if held is tags else e.tagged(held)
 
 
 class Stored:
