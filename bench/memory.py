@@ -16,12 +16,14 @@ For each phase: tracemalloc's net bytes per endpoint and its top allocation site
 copy, a census by type of everything reachable from the `Registry` (sys.getsizeof, each object
 counted once).
 
+MODE=rss: the same phases without tracemalloc, reporting this process's RSS growth instead.
+
 MODE=daemon: bulk-loads two scratch databases (10 services, and SERVICES) as scale.py does,
 starts the daemon on each and prints VmRSS once /ready, then again after WARM names were asked
 over DNS; memory per endpoint = the difference over the difference in endpoints.
 
 Run: .venv/bin/python bench/memory.py   (env SERVICES=10000 PER_SERVICE=10 WARM=5000 TAGGED=0
-LEASED=0 MODE=inprocess|daemon TOP=12). Loopback only; every process is stopped by its PID.
+LEASED=0 MODE=inprocess|rss|daemon TOP=12). Loopback only; every process is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -187,6 +189,49 @@ def in_process() -> None:
     tracemalloc.stop()
 
 
+def status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss() -> None:
+    """The same phases without tracemalloc: this process's RSS growth, per endpoint (the load
+    here makes no database rows, as a load streamed in small chunks would not hold them)."""
+    from service_discovery.catalog import Catalog
+    from service_discovery.config import Config
+    from service_discovery.dns.server import DnsServer
+    from service_discovery.metrics import Metrics
+    from service_discovery.registry import Registry
+
+    endpoints = SERVICES * PER_SERVICE
+    config = Config(bind_address="127.0.0.1", dns_port=0)
+    metrics = Metrics()
+    registry = Registry(config)
+    dns = DnsServer(config, Catalog(config, None, registry, None, metrics), metrics)  # type: ignore[arg-type]
+    gc.collect()
+    base = status_mib("VmRSS")
+
+    def report(what: str) -> None:
+        gc.collect()
+        grown = (status_mib("VmRSS") - base) * 2**20 / endpoints
+        print(f"  {what:<44} RSS {grown:6.0f} B/endpoint  (peak {status_mib('VmHWM'):.0f} MiB)")
+
+    print(f"RSS, in-process: {SERVICES} services x {PER_SERVICE} endpoints "
+          f"(tagged={TAGGED} leased={LEASED}), above {base:.0f} MiB:")  # fmt: skip
+    snapshot = build_snapshot(SERVICES, PER_SERVICE)
+    registry.replace_all(snapshot)
+    del snapshot
+    report("1. the copy")
+    for i in range(min(WARM, SERVICES)):
+        dns._handler.respond(query(f"svc-{(i * 7919) % SERVICES + 1}.{ZONE}"), False)
+    report(f"3. + {min(WARM, SERVICES)} DNS A answers")
+    dns._handler.respond(query("1.0.1.10.in-addr.arpa", 12), False)
+    report("4. + the reverse (PTR) indexes")
+
+
 def daemon() -> None:
     import psycopg2
     from common import Daemon, scratch_database
@@ -242,7 +287,10 @@ def daemon() -> None:
 
 
 if __name__ == "__main__":
-    if os.environ.get("MODE", "inprocess") == "daemon":
+    mode = os.environ.get("MODE", "inprocess")
+    if mode == "daemon":
         daemon()
+    elif mode == "rss":
+        rss()
     else:
         in_process()

@@ -90,13 +90,7 @@ class Registry:
         return entry.version if entry is not None else self._tombstones.get(key, 0)
 
     def names_for_ip(self, ip: str) -> tuple[str, ...]:
-        by_ip = self._by_ip
-        if by_ip is None:
-            by_ip = self._by_ip = {}
-            for key, entry in self._entries.items():
-                for held in entry.endpoints:
-                    index_ip(by_ip, held, key)
-        keys = by_ip.get(ip)
+        keys = self._ips().get(ip)
         if keys is None:
             return ()
         entries = self._entries
@@ -133,6 +127,16 @@ class Registry:
         """Entries in the lease-expiry queue: at most twice the leases (plus a small constant),
         however often they are renewed."""
         return self._expiry.queue_size()
+
+    def _ips(self) -> dict[str, str | tuple[str, ...]]:
+        """The index of services by address, built now if it is not (see `_by_ip`)."""
+        by_ip = self._by_ip
+        if by_ip is None:
+            by_ip = self._by_ip = {}
+            for key, entry in self._entries.items():
+                for ip in entry.endpoints:
+                    index_ip(by_ip, ip, key)
+        return by_ip
 
     def _visible(self, entry: Stored, ip: str) -> bool:
         return ip not in entry.hidden or self._expiry.kept(entry)
@@ -174,7 +178,7 @@ class Registry:
         for key, svc in snapshot.services.items():
             self._put(key, svc, now)
         if by_ip is not None:
-            self.names_for_ip("")  # builds it: the reload is O(n) anyway, a PTR question is not
+            self._ips()  # built here, as the reload is O(n) anyway, rather than by a query
         log_guards(sorted(self._expiry.guarded), ())
         self.version = max(self.version, snapshot.version)
         # Our writes past the snapshot were replaced by it; the sync applies them again.

@@ -54,7 +54,10 @@ class Shared:
 
     def attributes(self, attributes: Mapping[str, str]) -> Mapping[str, str]:
         # keyed in order: services that share a mapping list its keys in the same order
-        return self._attributes.share(tuple(attributes.items()), attributes)
+        try:
+            return self._attributes.share(tuple(attributes.items()), attributes)
+        except TypeError:  # a value that is not a string (written around the API): not shared
+            return attributes
 
     def endpoint(self, e: Endpoint) -> Endpoint:
         """`e`, or an equal endpoint whose tags tuple (and its strings) is shared."""
