@@ -69,7 +69,7 @@ def build_snapshot(services: int, per_service: int) -> Any:
         }
         eps = []
         for j in range(1, per_service + 1):
-            ip = f"10.{j % 256}.{i // 256 % 256}.{i % 256}"
+            ip = f"10.{j + 20 * (i >> 16)}.{i >> 8 & 255}.{i & 255}"  # unique to 655,360
             tags = [fresh("canary"), fresh("v2")] if TAGGED and j % 2 else []
             ttl, expires = (30, now + 30 + (i * 7 + j) % 30) if LEASED else (None, None)
             eps.append(Endpoint(ip, tuple(tags), ttl, expires, None))
@@ -250,8 +250,8 @@ def daemon() -> None:
             )
             cur.execute(
                 "INSERT INTO endpoints (service_id, ip) "
-                "SELECT s.id, ('10.' || j || '.' || (s.version / 256) || '.' "
-                "|| (s.version %% 256))::inet "
+                "SELECT s.id, ('10.' || (j + 20 * (s.version / 65536)) || '.' "
+                "|| (s.version / 256 %% 256) || '.' || (s.version %% 256))::inet "
                 "FROM services s, generate_series(1, %s) AS j",
                 (PER_SERVICE,),
             )
