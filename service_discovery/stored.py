@@ -22,7 +22,10 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 NO_IPS: frozenset[str] = frozenset()  # `Stored.hidden` while nothing lapsed: one shared object
-_MAX_SHARED = 1 << 16  # distinct values remembered per kind; beyond it, sharing starts afresh
+# Distinct values remembered per kind; beyond it, sharing starts afresh. Small: a table's key
+# copies its value's items (some 400 bytes for 5 attributes), pinned while remembered, and the
+# values worth sharing (no attributes, the usual ports and tags) come back within a few services.
+_MAX_SHARED = 4096
 
 
 class _Table(dict[K, V]):

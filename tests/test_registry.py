@@ -204,3 +204,17 @@ async def test_a_lease_renewed_often_holds_one_queue_entry_and_lapses_at_its_las
     await asyncio.sleep(max(0.0, now + 2.5 - time.time()))
     assert not registry.is_live("r", "10.5.0.1")
     assert registry.lease_queue_size() == 0
+
+
+def test_distinct_values_do_not_grow_the_sharing_tables_for_ever() -> None:
+    """10,000 services, each with attributes of its own: the tables of shared values stay
+    within their bound, and every service still reads its own attributes."""
+    registry = Registry(Config())
+    registry.replace_all(Snapshot(0, {}))
+    for i in range(10_000):
+        name = f"own-{i}"
+        registry.apply(i + 1, name, Service(f"id-{i}", name, {"owner": str(i)}, {}, (), i + 1))
+    assert len(registry._shared._attributes) <= 4096  # the bound is the point: read it
+    for i in range(0, 10_000, 97):
+        svc = registry.get(f"own-{i}")
+        assert svc is not None and svc.attributes == {"owner": str(i)}
