@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
+import tracemalloc
 
 import pytest
 
@@ -218,3 +220,31 @@ def test_distinct_values_do_not_grow_the_sharing_tables_for_ever() -> None:
     for i in range(0, 10_000, 97):
         svc = registry.get(f"own-{i}")
         assert svc is not None and svc.attributes == {"owner": str(i)}
+
+
+def test_the_copy_holds_an_endpoint_in_under_250_bytes() -> None:
+    """2,000 services x 10 endpoints, 2 named ports each, every string its own object (as the
+    database driver decodes rows): once loaded (the snapshot dropped), the copy holds under 250
+    bytes per endpoint, its share of services and ports included (565 before issue 18;
+    bench/memory.py shows where they go)."""
+    registry = Registry(Config())
+    gc.collect()
+    tracemalloc.start()
+    try:
+        services = {}
+        for i in range(2000):
+            ports = {
+                name: NamedPort(name.encode().decode(), b"tcp".decode(), port)
+                for name, port in (("http", 8080), ("grpc", 9090))
+            }
+            endpoints = tuple(Endpoint(f"10.{j}.{i // 256}.{i % 256}") for j in range(10))
+            name = f"svc-{i}"
+            services[name] = Service(f"{i:036d}", name, {}, ports, endpoints, i + 1, 1.5, 2.5)
+        registry.replace_all(Snapshot(2000, services))
+        del services
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert registry.endpoint_count() == 20_000
+    assert held / 20_000 < 250, f"{held / 20_000:.0f} bytes per endpoint"
