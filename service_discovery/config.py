@@ -26,6 +26,7 @@ from service_discovery.config_parsers import (
     int_range,
     ip,
     postgres_url,
+    secret_file,
     verbatim,
 )
 
@@ -249,6 +250,8 @@ class Config:
                 raise ConfigError("DATABASE_URL and DATABASE_URL_FILE are both set: give one")
             url = _read_url(config.database_url_file)
             config = dataclasses.replace(config, database_url=url)
+        for name in ("migrate_database_url", "dns_cookie_secret"):  # no *_FILE setting of its own
+            config = _with_secret_file(config, _FIELDS[name], env)
         config._check_tls()
         return config
 
@@ -323,6 +326,18 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _with_secret_file(config: Config, f: dataclasses.Field[Any], env: Mapping[str, str]) -> Config:
+    var = f.metadata["env"]
+    if (path := env.get(var + "_FILE")) is None:
+        return config
+    if getattr(config, f.name) is not None:
+        raise ConfigError(f"{var} and {var}_FILE are both set: give one")
+    try:
+        return dataclasses.replace(config, **{f.name: secret_file(var, path, f.metadata["parse"])})
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _read_url(path: str) -> str:
