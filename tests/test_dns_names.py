@@ -5,7 +5,11 @@ larger answers must be."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+import shlex
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import dns.flags
@@ -128,3 +132,49 @@ async def test_srv_targets_each_endpoint_with_glue(
         assert len(r.answer[0]) == 3 and f"10-32-0-2.{fqdn} 5 IN A 10.32.0.2" in records(
             r.additional
         )
+
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def readme_digs() -> list[tuple[list[str], list[str]]]:
+    """The README's dig block under its DNS table: each command's arguments and the output
+    lines (`# ...`) it shows beneath."""
+    section = README.split("\n## DNS\n", 1)[1].split("\n### ", 1)[0]
+    [block] = re.findall(r"```sh\n(.*?)```", section, re.S)
+    out: list[tuple[list[str], list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("dig "):
+            out.append((shlex.split(line)[1:], []))
+        else:
+            out[-1][1].append(line.removeprefix("# "))
+    return out
+
+
+@pytest.fixture
+def fresh_database(new_database: Callable[..., Any]) -> Iterator[str]:
+    """A migrated database of its own: the README's names (`webapp`) are exact."""
+    with new_database("sd_dns_names") as url:
+        yield url
+
+
+@needs_dig
+async def test_readme_dig_lines(make_config: Callable[..., Config], fresh_database: str) -> None:
+    """1. the quick start's webapp, a second endpoint fd00::1, DNS_SRV_TARGETS=endpoint; 2. each
+    dig line of the README's DNS section prints what the README shows (the SOA serial aside,
+    which counts the writes)."""
+    digs = readme_digs()
+    assert {args[3] for args, _ in digs} >= {"SOA", "TXT", "A", "AAAA", "SRV"}
+    config = make_config(database_url=fresh_database, dns_srv_targets="endpoint")
+    async with run_app(config) as app:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{app.http_port}") as http:
+            await put_ok(http, "/service", {"name": "webapp", "attributes": {"attr-1": "value-1"}})
+            for ip in ("127.0.0.1", "fd00::1"):
+                await put_ok(http, "/service/webapp/register", {"ip": ip, "tags": []})
+            await put_ok(http, "/service/webapp/port", {"http": {"protocol": "tcp", "port": 8000}})
+        for args, shown in digs:
+            assert args[0].startswith("-p") and args[1] == "@127.0.0.1", args
+            got = (await dig(app.dns_port, *args[2:])).splitlines()
+            if args[2:4] == ["svc.cluster.local", "SOA"]:
+                got = [" ".join([*f.split()[:2], "4", *f.split()[3:]]) for f in got]
+            assert got == shown, args
