@@ -30,18 +30,22 @@ async def test_soa_txt_and_endpoint_names_with_dig(
 ) -> None:
     """1. a service with attributes and two endpoints, over HTTP; 2. dig SOA shows RFC 1912's
     timers; 3. dig TXT shows what GET /service shows of the attributes; 4. each endpoint's own
-    name answers its address; 5. the service deleted and created again with other attributes:
-    the next TXT answer has them (the cached one was dropped); 6. without attributes, NODATA
-    with the SOA."""
+    name answers its address, and a tag spelled like an address is no DNS name; 5. the service
+    deleted and created again with other attributes: the next TXT answer has them (the cached
+    one was dropped); 6. without attributes, NODATA with the SOA."""
     async with run_app(make_config()) as app:
         port, fqdn = app.dns_port, f"{unique_name}.{ZONE}."
         attributes = {"attr-1": "value-1", "owner=team": "core `x`", "long": "y" * 300}
         async with aiohttp.ClientSession(f"http://127.0.0.1:{app.http_port}") as http:
             await put_ok(http, "/service", {"name": unique_name, "attributes": attributes})
             for ip in ("10.31.0.1", "fd00:31::1"):
-                await put_ok(http, f"/service/{unique_name}/register", {"ip": ip})
+                # a tag shaped like an address is accepted (and shown), but not a DNS name
+                tags = ["10-31-0-9", "blue"] if ip == "10.31.0.1" else []
+                await put_ok(http, f"/service/{unique_name}/register", {"ip": ip, "tags": tags})
             async with http.get(f"/service/{unique_name}") as resp:
-                shown = (await resp.json())["attributes"]
+                body = await resp.json()
+            shown = body["attributes"]
+            assert ["10-31-0-9", "blue"] in [e["tags"] for e in body["endpoints"]]
             soa = (await dig(port, ZONE, "SOA", "+short")).split()
             assert soa[3:] == ["3600", "600", "1209600", "5"]  # refresh, retry, expire, minimum
 
@@ -63,6 +67,9 @@ async def test_soa_txt_and_endpoint_names_with_dig(
             aaaa = await dig(port, f"fd00-31--1.{fqdn}", "AAAA", "+noall", "+answer")
             assert aaaa == f"fd00-31--1.{fqdn} 5 IN AAAA fd00:31::1"
             assert "status: NXDOMAIN" in await dig(port, f"10-31-0-2.{fqdn}", "A")
+            # the address form wins: no endpoint 10.31.0.9, so NXDOMAIN despite the tag
+            assert "status: NXDOMAIN" in await dig(port, f"10-31-0-9.{fqdn}", "A")
+            assert await dig(port, f"blue.{fqdn}", "A", "+short") == "10.31.0.1"
 
             async with http.delete(f"/service/{unique_name}") as resp:
                 assert resp.status == 204
