@@ -156,6 +156,7 @@ async def test_dns_route_describes_the_records(app: App, unique_name: str) -> No
         (f"{unique_name}.{zone}", "A", [f"{unique_name}.{zone} 5 IN A 10.7.0.1"]),
         (f"_http._tcp.{unique_name}.{zone}", "SRV",
          [f"_http._tcp.{unique_name}.{zone} 5 IN SRV 1 1 8080 {unique_name}.{zone}"]),
+        (f"10-7-0-1.{unique_name}.{zone}", "A", [f"10-7-0-1.{unique_name}.{zone} 5 IN A 10.7.0.1"]),
         (f"canary.{unique_name}.{zone}", "A", [f"canary.{unique_name}.{zone} 5 IN A 10.7.0.1"]),
     ]  # fmt: skip
 
