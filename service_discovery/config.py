@@ -31,6 +31,7 @@ from service_discovery.config_parsers import (
 )
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error")
+_I32 = 2**31 - 1  # SOA timers are 32-bit; BIND and Knot take at most this
 
 
 class ConfigError(ValueError):
@@ -99,6 +100,16 @@ class Config:
     dns_consul_names: bool = _setting(
         "SD_DNS_CONSUL_NAMES", False, boolean,
         "also answer <svc>.service.<zone>, <tag>.<svc>.service.<zone>, _<svc>._tcp.service.<zone>",
+    )  # fmt: skip
+    # SOA timers (RFC 1912 2.2): refresh 20 min-12 h, retry below it, expire 2-4 weeks.
+    dns_soa_refresh: int = _setting("DNS_SOA_REFRESH", 3600, int_range(1, _I32), "SOA refresh")
+    dns_soa_retry: int = _setting("DNS_SOA_RETRY", 600, int_range(1, _I32), "SOA retry (< refresh)")
+    dns_soa_expire: int = _setting(
+        "DNS_SOA_EXPIRE", 1_209_600, int_range(7 * 86400, _I32), "SOA expire (> refresh + retry)"
+    )
+    dns_srv_targets: str = _setting(
+        "DNS_SRV_TARGETS", "service", choice("service", "endpoint"),
+        "SRV target: <svc>.<zone>, or one record per endpoint, <address>.<svc>.<zone>",
     )  # fmt: skip
     dns_cache_size: int = _setting(
         "DNS_CACHE_SIZE", 50000, int_range(0, 10_000_000), "encoded answers kept"
@@ -253,6 +264,10 @@ class Config:
         for name in ("migrate_database_url", "dns_cookie_secret"):  # no *_FILE setting of its own
             config = _with_secret_file(config, _FIELDS[name], env)
         config._check_tls()
+        if not config.dns_soa_retry < config.dns_soa_refresh:
+            raise ConfigError("DNS_SOA_RETRY must be below DNS_SOA_REFRESH (RFC 1912 2.2)")
+        if config.dns_soa_expire <= config.dns_soa_refresh + config.dns_soa_retry:
+            raise ConfigError("DNS_SOA_EXPIRE must exceed DNS_SOA_REFRESH + DNS_SOA_RETRY")
         return config
 
     def _check_tls(self) -> None:
