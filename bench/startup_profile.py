@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import gc
 import os
 import pstats
 import sys
@@ -58,6 +59,7 @@ async def objects(url: str, config: Config) -> int:
         chunks = stream_snapshot(conn, config.db_snapshot_chunk_rows, config.db_timeout_seconds)
         async for _version, services in chunks:
             n += sum(len(s.endpoints) for s in services)
+            gc.freeze()  # as the sync does
     finally:
         await conn.close()
     return n

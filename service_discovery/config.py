@@ -121,7 +121,7 @@ class Config:
         "DB_TIMEOUT_SECONDS", 5.0, float_range(0.1, 600), "connect/statement timeout of writes"
     )
     db_snapshot_chunk_rows: int = _setting(
-        "DB_SNAPSHOT_CHUNK_ROWS", 5000, int_range(1, 1_000_000),
+        "DB_SNAPSHOT_CHUNK_ROWS", 2000, int_range(1, 1_000_000),
         "rows per round trip when loading the copy (DB_TIMEOUT_SECONDS bounds each)",
     )  # fmt: skip
     http_idle_timeout_seconds: float = _setting(

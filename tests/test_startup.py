@@ -226,3 +226,20 @@ async def test_reload_serves_the_old_copy_until_it_is_done(
         assert slow.registry.service_count() == SERVICES
         assert await dns_a(slow.dns_port, "svc-42", tcp=True) == before
         await writer.catalog.deregister("svc-43", "10.99.0.43")
+
+
+async def test_stop_during_a_load_ends_it(
+    make_config: Callable[..., Config], slow_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1. the slow replica starts loading; 2. it is stopped halfway: the load is abandoned, the
+    sync ends with it (nothing reconnects, nothing is left running at the deadline)."""
+    slow = App(slow_config(make_config, slow_url))
+    try:
+        await slow.start()
+        await eventually(lambda: slow.sync.listen_pid() is not None, 20, "LISTEN is up")
+        await asyncio.sleep(0.5)  # into the load
+        assert not slow.sync.synced.is_set()
+    finally:
+        await slow.stop()
+    assert not [r for r in caplog.records if "abandoned" in r.getMessage()]
+    assert sample(slow.metrics, "sd_sync_listen_reconnects_total") == 0
