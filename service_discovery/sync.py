@@ -163,16 +163,18 @@ class Sync:
         stream = stream_snapshot(conn, config.db_snapshot_chunk_rows, config.db_timeout_seconds)
         async with contextlib.aclosing(stream):
             async for version, services in stream:
+                # The copy lives as long as the process: keep the collector from scanning it
+                # again and again as it grows (a full collection of a million objects stalls
+                # the loop for tenths of a second). O(1); what is dropped later is freed anyway.
+                gc.freeze()
+                # Probes and queries between chunks; none between the last one and the end, so a
+                # copy of one chunk is replaced in one step (lapses and guards all at once).
+                await asyncio.sleep(0)
                 for svc in services:
                     key = svc.key
                     seen.add(key)
                     if registry.index(key) <= svc.version:
                         registry.apply(version, key, svc)
-                # The copy lives as long as the process: keep the collector from scanning it
-                # again and again as it grows (a full collection of a million objects stalls
-                # the loop for tenths of a second). O(1); what is dropped later is freed anyway.
-                gc.freeze()
-                await asyncio.sleep(0)  # probes and queries between chunks
         finish_load(registry, version, seen)
         return version, len(seen)
 
