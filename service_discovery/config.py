@@ -132,6 +132,10 @@ class Config:
     db_timeout_seconds: float = _setting(
         "DB_TIMEOUT_SECONDS", 5.0, float_range(0.1, 600), "connect/statement timeout of writes"
     )
+    db_snapshot_chunk_rows: int = _setting(
+        "DB_SNAPSHOT_CHUNK_ROWS", 2000, int_range(1, 1_000_000),
+        "rows per round trip when loading the copy (DB_TIMEOUT_SECONDS bounds each)",
+    )  # fmt: skip
     http_idle_timeout_seconds: float = _setting(
         "HTTP_IDLE_TIMEOUT_SECONDS", 15.0, float_range(0.1, 3600),
         "close an HTTP connection idle (or still sending its headers) this long",
