@@ -130,9 +130,10 @@ class Store:
         limit = self._config.max_endpoints_per_service
         arrays = writes.endpoint_arrays(batch)
         if arrays is not None:  # the common batch, in typed arrays (migration 0011)
+            # (addresses as text: asyncpg would parse each one in Python to send it as inet)
             async with self._one() as conn:
                 rows = await conn.fetch(
-                    "SELECT * FROM sd_write_endpoints($1, $2, $3::inet[], $4, $5, $6)",
+                    "SELECT * FROM sd_write_endpoints($1, $2, $3::text[]::inet[], $4, $5, $6)",
                     *arrays,
                     limit,
                 )
