@@ -21,7 +21,32 @@
 -- sd_write_batch whole (in the same statement: it counts write by write), as are any other
 -- writes: the daemon sends those there itself. sd_write_batch stays for them and for replicas
 -- of the earlier version during a rolling upgrade.
+-- - each service's endpoint count is moved in the same update of its row that records its
+--   version: one new version of the row per batch instead of two (the dead versions are what
+--   every lookup of a service, the foreign-key check of every endpoint row included, scans
+--   until vacuum; a service's row is rewritten by every batch that touches it). 0005's triggers
+--   skip the function's own statements (`sd.counted`, set only around them) and count every
+--   other writer as before.
 -- depends: 0006.limits 0010.runtime-role
+
+CREATE OR REPLACE FUNCTION sd_count_endpoints() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('sd.counted', true) = 'on' THEN
+        RETURN NULL;  -- the writer moves the count itself (sd_write_endpoints)
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        UPDATE services s SET endpoint_count = s.endpoint_count + d.n
+        FROM (SELECT a.service_id, count(*) AS n FROM added a GROUP BY a.service_id) d
+        WHERE s.id = d.service_id;
+    ELSE
+        UPDATE services s SET endpoint_count = s.endpoint_count - d.n
+        FROM (SELECT r.service_id, count(*) AS n FROM removed r GROUP BY r.service_id) d
+        WHERE s.id = d.service_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
 
 -- p_kinds: 'register' or 'deregister'; p_names: service names; p_ips: addresses, distinct per
 -- service; p_tags: a registration's tags as a JSON array (NULL: none); p_ttls: its lease (NULL:
@@ -104,6 +129,7 @@ BEGIN
         END IF;
     END LOOP;
 
+    PERFORM set_config('sd.counted', 'on', true);  -- counted below, with the versions
     IF v_deletes THEN
         DELETE FROM endpoints e USING unnest(p_kinds, a_sid, p_ips, a_had) u(kind, sid, ip, had)
         WHERE u.kind = 'deregister' AND u.had AND e.service_id = u.sid AND e.ip = u.ip;
@@ -121,6 +147,7 @@ BEGIN
            u.ttl, now() + make_interval(secs => u.ttl)
     FROM unnest(p_kinds, a_sid, p_ips, a_had, p_tags, p_ttls) u(kind, sid, ip, had, tags, ttl)
     WHERE u.kind = 'register' AND u.sid IS NOT NULL AND NOT u.had;
+    PERFORM set_config('sd.counted', 'off', true);
 
     WITH ok AS (SELECT u.n, u.sid, row_number() OVER (ORDER BY u.n) AS k
                 FROM unnest(p_kinds, a_sid, a_had) WITH ORDINALITY u(kind, sid, had, n)
@@ -136,8 +163,15 @@ BEGIN
         -- this transaction commits.
         UPDATE registry_state r SET version = r.version + v_nc
         RETURNING r.version - v_nc INTO v_base;
-        UPDATE services s SET version = v_base + m.k, updated_at = now()
-        FROM (SELECT u.sid, max(u.k) AS k FROM unnest(a_sid, a_k) u(sid, k)
+        -- (a registration that succeeded added a row unless its endpoint existed; a
+        -- deregistration that succeeded removed one)
+        UPDATE services s
+        SET version = v_base + m.k, updated_at = now(),
+            endpoint_count = s.endpoint_count + m.added
+        FROM (SELECT u.sid, max(u.k) AS k,
+                     count(*) FILTER (WHERE u.kind = 'register' AND NOT u.had)
+                     - count(*) FILTER (WHERE u.kind = 'deregister') AS added
+              FROM unnest(a_sid, a_k, p_kinds, a_had) u(sid, k, kind, had)
               WHERE u.k IS NOT NULL GROUP BY u.sid) m
         WHERE s.id = m.sid;
         PERFORM sd_notify_changes(

@@ -362,7 +362,8 @@ async def test_a_batch_of_registrations_and_deregistrations_keeps_each_outcome(
        register 10.8.0.3 in `a`: each answer is its own, versions increase in order and each
        names the service's version before it; the answer is what was stored;
     3. a batch that would take `c` over its limit is written write by write: that registration
-       fails alone (422), a registration in `b` and a deregistration in `c` after it commit."""
+       fails alone (422), a registration in `b` and a deregistration in `c` after it commit;
+       every service's endpoint count matches its endpoints."""
     a, b, c = (f"{unique_name}-{s}" for s in "abc")
     for name in (a, b, c):
         assert (await put(http, "/service", {"name": name})).status == 201
@@ -428,6 +429,22 @@ async def test_a_batch_of_registrations_and_deregistrations_keeps_each_outcome(
     for name, ips in ((b, ["10.8.1.1", "10.8.1.2"]), (c, ["10.8.2.2", "10.8.2.3"])):
         async with http.get(f"/service/{name}") as resp:
             assert [e["ip"] for e in (await resp.json())["endpoints"]] == ips
+    # the endpoint counts (the limit's) moved with the versions, or by the triggers
+    conn = await asyncpg.connect(database_url)
+    try:
+        counts = await conn.fetch(
+            """SELECT s.name, s.endpoint_count,
+                      (SELECT count(*) FROM endpoints e WHERE e.service_id = s.id) AS real
+               FROM services s WHERE s.name = ANY($1)""",
+            [a, b, c],
+        )
+    finally:
+        await conn.close()
+    assert {r["name"]: (r["endpoint_count"], r["real"]) for r in counts} == {
+        a: (2, 2),
+        b: (2, 2),
+        c: (2, 2),
+    }
 
 
 async def test_only_the_common_batch_goes_to_its_function() -> None:
