@@ -20,6 +20,10 @@
    them): p50/p99, the latency a lone writer sees.
 6. Bulk: `PUT /service/{name}/endpoints` with BULK (10,000) endpoints in one call, when the
    daemon has that route: the time to the answer (target < 1 s).
+The machine's load average is printed first and last, and, after the HTTP rounds, the time
+PostgreSQL spent inside the write functions per call (track_functions on the scratch database,
+where the role may set it): what of a batch's commit time is the database's statement, the rest
+being the round trip, the commit's flush and the daemon's event loop.
 
 Run: .venv/bin/python bench/writes.py   (or `make bench-writes`; env DURATION=10 ROUNDS=3
      CLIENTS=50 SERVICES=100 PHASES=http,grpc,one,bulk)
@@ -280,6 +284,50 @@ def batch_histogram(base: str) -> dict[str, float] | None:
     return out or None
 
 
+_FUNCTIONS = ("sd_write_endpoints", "sd_write_batch", "sd_register", "sd_deregister")
+
+
+def function_times(url: str) -> dict[str, tuple[int, float]] | None:
+    """(calls, total ms) of the write functions so far (track_functions), None if untracked.
+    Backends report at most once a second and, once idle, within 10 s: read after a pause."""
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        cur = conn.cursor()
+        cur.execute(
+            "SELECT funcname, calls, total_time FROM pg_stat_user_functions"
+            " WHERE funcname = ANY(%s)",
+            (list(_FUNCTIONS),),
+        )
+        return {name: (calls, total) for name, calls, total in cur.fetchall()} or None
+    finally:
+        conn.close()
+
+
+def track_functions(url: str) -> bool:
+    """Time plpgsql functions in the scratch database (a superuser's setting)."""
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT current_database()")
+        (name,) = cur.fetchone()
+        cur.execute(f"ALTER DATABASE \"{name}\" SET track_functions = 'pl'")
+        return True
+    except psycopg2.Error:
+        return False
+    finally:
+        conn.close()
+
+
+def load_line() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} cores)"
+
+
 def describe_batches(before: dict[str, float] | None, after: dict[str, float] | None) -> str:
     if before is None or after is None:
         return "batch sizes -"
@@ -386,6 +434,12 @@ def bench_http(daemon: Daemon, url: str, ids: Counter) -> None:
           f"median {statistics.median(ratios):.2f}  (target >= 2.0)")  # fmt: skip
     many = run_reference(url, ids, REF_BATCH)
     print(line(f"reference, {REF_BATCH} rows/tx", many) + "  (rows/s, for scale)")
+    time.sleep(1)  # the daemon's connections were idle through the last round: reported
+    if (times := function_times(url)) is not None:
+        inside = ", ".join(
+            f"{name} {total / calls:.2f} ms x {calls}" for name, (calls, total) in times.items()
+        )
+        print(f"  PostgreSQL inside the write functions, per call (every round): {inside}")
 
 
 def bench_grpc(daemon: Daemon, ids: Counter) -> None:
@@ -453,6 +507,8 @@ def main() -> None:
         conn.autocommit = True
         conn.cursor().execute(REFERENCE_SCHEMA)
         conn.close()
+        track_functions(url)  # before the daemon connects
+        print(load_line())
         daemon = Daemon(url, core=SERVER_CORE)
         try:
             daemon.wait_ready()
@@ -470,6 +526,7 @@ def main() -> None:
             if "bulk" in PHASES:
                 bench_bulk(daemon)
             print(f"daemon peak RSS {daemon.peak_rss_mib():.0f} MiB")
+            print(load_line())
         finally:
             daemon.stop()
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from service_discovery import __version__
 from service_discovery.config import Config, ConfigError, flag_of
-from service_discovery.logs import FORMAT, RedactingFormatter
+from service_discovery.logs import FORMAT, MalformedRequests, RedactingFormatter
 
 NOTICE = 25
 _LEVELS = {
@@ -100,7 +100,8 @@ def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter(FORMAT))  # tokens in URLs never reach the log
     logging.basicConfig(level=_LEVELS[level], handlers=[handler])
-    if _LEVELS[level] > logging.DEBUG:
+    if _LEVELS[level] > logging.DEBUG:  # at debug, every malformed request with its traceback
+        logging.getLogger("aiohttp.server").addFilter(MalformedRequests())
         logging.getLogger("asyncio").setLevel(logging.WARNING)
 
 

@@ -26,10 +26,12 @@ from service_discovery.config_parsers import (
     int_range,
     ip,
     postgres_url,
+    secret_file,
     verbatim,
 )
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error")
+_I32 = 2**31 - 1  # SOA timers are 32-bit; BIND and Knot take at most this
 
 
 class ConfigError(ValueError):
@@ -99,6 +101,16 @@ class Config:
         "SD_DNS_CONSUL_NAMES", False, boolean,
         "also answer <svc>.service.<zone>, <tag>.<svc>.service.<zone>, _<svc>._tcp.service.<zone>",
     )  # fmt: skip
+    # SOA timers (RFC 1912 2.2): refresh 20 min-12 h, retry below it, expire 2-4 weeks.
+    dns_soa_refresh: int = _setting("DNS_SOA_REFRESH", 3600, int_range(1, _I32), "SOA refresh")
+    dns_soa_retry: int = _setting("DNS_SOA_RETRY", 600, int_range(1, _I32), "SOA retry (< refresh)")
+    dns_soa_expire: int = _setting(
+        "DNS_SOA_EXPIRE", 1_209_600, int_range(7 * 86400, _I32), "SOA expire (> refresh + retry)"
+    )
+    dns_srv_targets: str = _setting(
+        "DNS_SRV_TARGETS", "service", choice("service", "endpoint"),
+        "SRV target: <svc>.<zone>, or one record per endpoint, <address>.<svc>.<zone>",
+    )  # fmt: skip
     dns_cache_size: int = _setting(
         "DNS_CACHE_SIZE", 50000, int_range(0, 10_000_000), "encoded answers kept"
     )
@@ -120,6 +132,10 @@ class Config:
     db_timeout_seconds: float = _setting(
         "DB_TIMEOUT_SECONDS", 5.0, float_range(0.1, 600), "connect/statement timeout of writes"
     )
+    db_snapshot_chunk_rows: int = _setting(
+        "DB_SNAPSHOT_CHUNK_ROWS", 2000, int_range(1, 1_000_000),
+        "rows per round trip when loading the copy (DB_TIMEOUT_SECONDS bounds each)",
+    )  # fmt: skip
     http_idle_timeout_seconds: float = _setting(
         "HTTP_IDLE_TIMEOUT_SECONDS", 15.0, float_range(0.1, 3600),
         "close an HTTP connection idle (or still sending its headers) this long",
@@ -249,7 +265,13 @@ class Config:
                 raise ConfigError("DATABASE_URL and DATABASE_URL_FILE are both set: give one")
             url = _read_url(config.database_url_file)
             config = dataclasses.replace(config, database_url=url)
+        for name in ("migrate_database_url", "dns_cookie_secret"):  # no *_FILE setting of its own
+            config = _with_secret_file(config, _FIELDS[name], env)
         config._check_tls()
+        if not config.dns_soa_retry < config.dns_soa_refresh:
+            raise ConfigError("DNS_SOA_RETRY must be below DNS_SOA_REFRESH (RFC 1912 2.2)")
+        if config.dns_soa_expire <= config.dns_soa_refresh + config.dns_soa_retry:
+            raise ConfigError("DNS_SOA_EXPIRE must exceed DNS_SOA_REFRESH + DNS_SOA_RETRY")
         return config
 
     def _check_tls(self) -> None:
@@ -323,6 +345,18 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _with_secret_file(config: Config, f: dataclasses.Field[Any], env: Mapping[str, str]) -> Config:
+    var = f.metadata["env"]
+    if (path := env.get(var + "_FILE")) is None:
+        return config
+    if getattr(config, f.name) is not None:
+        raise ConfigError(f"{var} and {var}_FILE are both set: give one")
+    try:
+        return dataclasses.replace(config, **{f.name: secret_file(var, path, f.metadata["parse"])})
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _read_url(path: str) -> str:

@@ -7,6 +7,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from service_discovery import dburl
@@ -109,3 +110,20 @@ def _parse_hex_secret(raw: str) -> str:
 
 
 hex_secret = Parser(_parse_hex_secret, "32 hexadecimal digits (16 bytes)")
+
+
+def secret_file(var: str, path: str, parse: Parser) -> Any:
+    """Secret `var`'s value from the file `path` (its <VARIABLE>_FILE), parsed; ValueError with
+    one line that never quotes the file."""
+    if not path:
+        raise ValueError(f"{var}_FILE is set but empty: give a path, or unset it")
+    try:
+        raw = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{var}_FILE: cannot read it ({exc.strerror})") from None
+    if not raw:
+        raise ValueError(f"{var}_FILE holds no value")
+    try:
+        return parse(raw)
+    except (ValueError, TypeError):
+        raise ValueError(f"{var}_FILE holds an invalid value: expected {parse.accepts}") from None

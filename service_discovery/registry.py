@@ -167,22 +167,24 @@ class Registry:
 
     # ---- updates from PostgreSQL ----------------------------------------------------------
     def replace_all(self, snapshot: Snapshot) -> None:
-        """Load everything (start-up, or after the LISTEN connection came back)."""
-        for key in set(self._entries) - set(snapshot.services):
-            self._bury(key, snapshot.version)
+        """Load everything (start-up, or after LISTEN came back) but our writes past it."""
+        v, now = snapshot.version, self._clock()
+        services = {k: s for k, s in snapshot.services.items() if self._tombstones.get(k, 0) <= v}
+        for key, entry in self._entries.items():
+            if entry.version > v:  # committed while it was read, exact: kept (read-your-writes)
+                services[key] = entry.build_view(kept=True)  # every endpoint, lapsed or not
+            elif key not in services:
+                self._bury(key, v)
         self._entries.clear()  # the same dict: `_expiry` reads it
         by_ip, self._by_ip = self._by_ip, None  # rebuilt below if it was in use
         self._by_instance.clear()
         self._expiry.clear()
-        now = self._clock()
-        for key, svc in snapshot.services.items():
+        for key, svc in services.items():
             self._put(key, svc, now)
         if by_ip is not None:
             self._ips()  # built here, as the reload is O(n) anyway, rather than by a query
         log_guards(sorted(self._expiry.guarded), ())
-        self.version = max(self.version, snapshot.version)
-        # Our writes past the snapshot were replaced by it; the sync applies them again.
-        self._ahead.clear()
+        self._catch_up(max(self.version, v))  # our later writes wait in `_ahead`, as before
         self._expiry.refresh_guard()
         self.loaded = True
         self._expiry.schedule()
@@ -271,8 +273,7 @@ class Registry:
             self._catch_up(version)
 
     def _catch_up(self, version: int) -> None:
-        """Move the registry version to `version` and through our writes that follow it; wake
-        the watchers of the registry."""
+        """Move the registry version to `version`, on through our writes after it; wake watchers."""
         ahead = self._ahead
         while version + 1 in ahead:
             version += 1

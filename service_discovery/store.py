@@ -1,5 +1,6 @@
 """PostgreSQL storage: writes go in batches, each one statement and one transaction
-(`sd_write_batch`, migration 0005) that moves the registry version once per write and notifies
+(`sd_write_endpoints` for registrations and deregistrations, migration 0011; `sd_write_batch`
+for any other, migration 0005) that moves the registry version once per write and notifies
 the replicas; every error leaves here as a typed RegistryError (23505 -> AlreadyExists, lost
 connection -> StoreUnavailable) whose message says nothing of the database: what PostgreSQL and
 the driver said (hosts, ports, constraint names, values) is its `detail`, for the log only
@@ -126,11 +127,22 @@ class Store:
         the statement failed as a whole, nothing written (write them one at a time to know)."""
         if len(batch) == 1 and isinstance(batch[0], writes.Register | writes.Deregister):
             return [await self._write_one(batch[0])]
+        limit = self._config.max_endpoints_per_service
+        arrays = writes.endpoint_arrays(batch)
+        if arrays is not None:  # the common batch, in typed arrays (migration 0011)
+            # (addresses as text: asyncpg would parse each one in Python to send it as inet)
+            async with self._one() as conn:
+                rows = await conn.fetch(
+                    "SELECT * FROM sd_write_endpoints($1, $2, $3::text[]::inet[], $4, $5, $6)",
+                    *arrays,
+                    limit,
+                )
+            return [writes.endpoint_outcome(w, r) for w, r in zip(batch, rows, strict=True)]
         async with self._one() as conn:
             rows = await conn.fetch(
                 "SELECT * FROM sd_write_batch($1::jsonb, $2)",
                 [writes.to_json(w) for w in batch],
-                self._config.max_endpoints_per_service,
+                limit,
             )
         return [writes.outcome(w, r) for w, r in zip(batch, rows, strict=True)]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import time
@@ -16,6 +17,7 @@ import asyncpg
 
 from service_discovery.config import Config
 from service_discovery.errors import StoreUnavailable
+from service_discovery.loading import finish_load
 from service_discovery.metrics import Metrics
 from service_discovery.model import EndpointChange, LeaseRenewal
 from service_discovery.notify import (
@@ -26,7 +28,7 @@ from service_discovery.notify import (
     decode_bumps,
     decode_leases,
 )
-from service_discovery.reads import connect, read_endpoints, read_snapshot
+from service_discovery.reads import connect, read_endpoints, read_snapshot, stream_snapshot
 from service_discovery.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -133,19 +135,48 @@ class Sync:
         # notified, and applying it twice is harmless.
         self._pending.clear()
         self._pending_leases.clear()
-        snapshot = await read_snapshot(conn)
-        self._registry.replace_all(snapshot)
+        started = time.monotonic()
+        version, services = await self._load(conn)
         self._metrics.sync_reloads.inc()
         self._set_connected(True)
+        took = time.monotonic() - started
         if not self.synced.is_set():
-            log.info(
-                "registry loaded: %d services at version %d",
-                len(snapshot.services),
-                snapshot.version,
-            )
+            log.info("registry loaded: %d services at version %d in %.1fs",
+                     services, version, took)  # fmt: skip
         else:
-            log.info("registry reloaded after reconnect at version %d", snapshot.version)
+            log.info("registry reloaded after reconnect at version %d in %.1fs", version, took)
         self.synced.set()
+
+    async def _load(self, conn: asyncpg.Connection) -> tuple[int, int]:
+        """Load the whole registry into the copy as it streams in, a chunk of rows at a time
+        (the loop answers probes and queries in between); the version and number of services.
+
+        Service by service, each only if the snapshot has it newer than (or different from)
+        the copy: a reload after a reconnect keeps serving the old copy meanwhile, each service
+        moving straight from its old state to its new one, and our own writes committed during
+        the load are not undone. The copy counts as loaded (`/ready`) only at the end.
+        """
+        registry = self._registry
+        config = self._config
+        seen: set[str] = set()
+        version = 0
+        stream = stream_snapshot(conn, config.db_snapshot_chunk_rows, config.db_timeout_seconds)
+        async with contextlib.aclosing(stream):
+            async for version, services in stream:
+                # The copy lives as long as the process: keep the collector from scanning it
+                # again and again as it grows (a full collection of a million objects stalls
+                # the loop for tenths of a second). O(1); what is dropped later is freed anyway.
+                gc.freeze()
+                # Probes and queries between chunks; none between the last one and the end, so a
+                # copy of one chunk is replaced in one step (lapses and guards all at once).
+                await asyncio.sleep(0)
+                for svc in services:
+                    key = svc.key
+                    seen.add(key)
+                    if registry.index(key) <= svc.version:
+                        registry.apply(version, key, svc)
+        finish_load(registry, version, seen)
+        return version, len(seen)
 
     def _on_notify(self, _conn: object, pid: int, channel: str, payload: str) -> None:
         try:

@@ -1,12 +1,15 @@
 """The writes a client can ask of the registry, as values, and what one of them did once
 committed: what the group commit (`commit.py`) queues, the store writes in one batch, and a copy
-of the registry applies. Also their form for the batch function, both ways (`to_json`,
-`outcome`): its SQL is in migrations/0005.group-commit.sql and its call in store.py.
+of the registry applies. Also their form for the batch functions, both ways: any batch as JSON
+for `sd_write_batch` (`to_json`, `outcome`; migrations/0005.group-commit.sql), the common one
+as typed arrays for `sd_write_endpoints` (`endpoint_arrays`, `endpoint_outcome`;
+migrations/0011.write-endpoints.sql). Their calls are in store.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,3 +173,45 @@ def outcome(write: Write, row: Mapping[str, Any]) -> Committed | RegistryError:
     if isinstance(write, DeleteService):
         return Committed(key, version, prev, True)
     return Committed(key, version, prev, True, state=_service_of(data, version))
+
+
+# ---- the common batch's form: registrations and deregistrations as typed arrays ----------
+def endpoint_arrays(batch: Sequence[Write]) -> tuple[list[Any], ...] | None:
+    """The arguments of `sd_write_endpoints` for a batch of registrations (without an instance
+    ID) and deregistrations of distinct endpoints: kinds, names, ips, tags (a JSON array or
+    None), ttls. None for any other batch (it goes to `sd_write_batch`)."""
+    kinds, names, ips, tags, ttls = [], [], [], [], []
+    seen = set()
+    for w in batch:
+        if isinstance(w, Register) and w.spec.instance_id is None:
+            spec = w.spec
+            kinds.append("register")
+            ips.append(spec.ip)
+            tags.append(json.dumps(spec.tags) if spec.tags else None)
+            ttls.append(spec.ttl_seconds)
+        elif isinstance(w, Deregister):
+            kinds.append("deregister")
+            ips.append(w.ip)
+            tags.append(None)
+            ttls.append(None)
+        else:
+            return None
+        names.append(w.service)
+        seen.add((w.service.lower(), ips[-1]))
+    if len(seen) != len(batch):
+        return None  # two writes of one endpoint: their order matters, write by write
+    return kinds, names, ips, tags, ttls
+
+
+def endpoint_outcome(write: Write, row: Mapping[str, Any]) -> Committed | RegistryError:
+    """What one row of `sd_write_endpoints` says of `write` (a Register or a Deregister)."""
+    code = row["code"]
+    if code != "ok":
+        return _FAILURES.get(code, RegistryError)(row["message"])
+    key, version, prev = row["service"], row["version"], row["prev_version"] or 0
+    if isinstance(write, Deregister):
+        return Committed(key, version, prev, False, endpoints=((write.ip, None),))
+    ip = row["ip"]
+    stored = Endpoint(ip, tuple(row["tags"]), row["ttl_seconds"], row["expires_at"],
+                      row["instance_id"])  # fmt: skip
+    return Committed(key, version, prev, False, endpoints=((ip, stored),))

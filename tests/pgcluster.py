@@ -101,22 +101,38 @@ class PgCluster:
         self._run("pg_ctl", "-D", str(node.datadir), "-l", str(self.root / f"{node.name}.log"),
                   "-w", "-t", "60", "start")  # fmt: skip
 
-    def start(self) -> None:
+    def start_primary(
+        self, conf: str = "", hba: str | None = None, files: dict[str, bytes] | None = None
+    ) -> None:
+        """The primary alone: `conf` appended to its postgresql.conf, `hba` (when given) as its
+        whole pg_hba.conf, `files` written into its data directory (owner only, as a server
+        key must be) before it starts."""
         p = self.primary
         self._run("initdb", "-D", str(p.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        with open(p.datadir / "postgresql.conf", "a") as conf:
-            conf.write(
+        with open(p.datadir / "postgresql.conf", "a") as out:
+            out.write(
                 f"port = {p.port}\n"
                 "listen_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.root}'\n"
                 "wal_level = replica\nmax_wal_senders = 4\nhot_standby = on\n"
                 "synchronous_standby_names = 'standby'\nsynchronous_commit = on\n"
-                "fsync = off\nfull_page_writes = on\nshared_buffers = 16MB\n"
+                "fsync = off\nfull_page_writes = on\nshared_buffers = 16MB\n" + conf
             )
-        with open(p.datadir / "pg_hba.conf", "a") as hba:
-            hba.write("host replication postgres 127.0.0.1/32 trust\n")
+        if hba is not None:
+            (p.datadir / "pg_hba.conf").write_text(hba)
+        with open(p.datadir / "pg_hba.conf", "a") as out:
+            out.write("host replication postgres 127.0.0.1/32 trust\n")
+        for name, data in (files or {}).items():
+            path = p.datadir / name
+            path.write_bytes(data)
+            path.chmod(0o600)
+            if os.geteuid() == 0:
+                shutil.chown(path, "postgres", "postgres")
         self._start(p)
-        s = self.standby
+
+    def start(self) -> None:
+        self.start_primary()
+        p, s = self.primary, self.standby
         self._run("pg_basebackup", "-h", "127.0.0.1", "-p", str(p.port), "-U", "postgres",
                   "-D", str(s.datadir), "-R", "-X", "stream")  # fmt: skip
         with open(s.datadir / "postgresql.conf", "a") as conf:

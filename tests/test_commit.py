@@ -22,7 +22,7 @@ from helpers import eventually, put, sample
 from service_discovery import writes
 from service_discovery.app import App, run_app
 from service_discovery.config import Config
-from service_discovery.errors import AlreadyExists, InvalidInput, NotFound
+from service_discovery.errors import AlreadyExists, InvalidInput, LimitExceeded, NotFound
 from service_discovery.model import EndpointSpec
 
 pytestmark = pytest.mark.asyncio
@@ -349,3 +349,112 @@ async def test_instance_ids_stay_unique_within_a_batch(
     assert results[3].stored[0].instance_id == taken and results[3].stored[0].tags == ("kept",)
     assert app.catalog.instance(fresh) == (unique_name, "10.7.0.1")
     assert app.catalog.instance(taken) == (unique_name, "10.7.0.9")
+
+
+async def test_a_batch_of_registrations_and_deregistrations_keeps_each_outcome(
+    app: App, http: aiohttp.ClientSession, database_url: str, unique_name: str
+) -> None:
+    """The common batch (registrations without an instance ID and deregistrations of distinct
+    endpoints: `sd_write_endpoints`, migration 0011) answers as any other batch:
+    1. service `a` holds 10.8.0.1 (with an instance ID) and 10.8.0.2, `b` nothing, `c` is full;
+    2. one batch: re-register 10.8.0.1 with tags and a lease, deregister 10.8.0.2, register in
+       `b`, deregister a missing endpoint of `b` (404), register in a missing service (404),
+       register 10.8.0.3 in `a`: each answer is its own, versions increase in order and each
+       names the service's version before it; the answer is what was stored;
+    3. a batch that would take `c` over its limit is written write by write: that registration
+       fails alone (422), a registration in `b` and a deregistration in `c` after it commit;
+       every service's endpoint count matches its endpoints."""
+    a, b, c = (f"{unique_name}-{s}" for s in "abc")
+    for name in (a, b, c):
+        assert (await put(http, "/service", {"name": name})).status == 201
+    iid = f"{unique_name}-iid"
+    await submit(app, writes.Register(a, EndpointSpec("10.8.0.1", instance_id=iid)))
+    await submit(app, writes.Register(a, EndpointSpec("10.8.0.2")))
+    for i in range(1, 4):
+        await submit(app, writes.Register(c, EndpointSpec(f"10.8.2.{i}")))
+    before = {name: app.registry.index(name) for name in (a, b)}
+    batch: list[writes.Write] = [
+        writes.Register(a, EndpointSpec("10.8.0.1", ("x",), 300)),
+        writes.Deregister(a, "10.8.0.2"),
+        writes.Register(b, EndpointSpec("10.8.1.1")),
+        writes.Deregister(b, "10.8.1.9"),
+        writes.Register(f"{unique_name}-missing", EndpointSpec("10.8.9.1")),
+        writes.Register(a.upper(), EndpointSpec("10.8.0.3")),
+    ]
+    assert writes.endpoint_arrays(batch) is not None  # the common batch's function
+    async with gate(app, database_url, http, f"{unique_name}-gate") as queued:
+        tasks = [asyncio.create_task(submit(app, w)) for w in batch]
+        await queued(1 + len(batch))
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[3], NotFound) and "10.8.1.9" in results[3].message
+    assert isinstance(results[4], NotFound) and "missing" in results[4].message
+    done = [r for r in results if isinstance(r, writes.Committed)]
+    assert len(done) == 4
+    assert [d.version for d in done] == sorted({d.version for d in done})
+    r0, r1, r2, r5 = done
+    assert (r0.prev_version, r1.prev_version, r5.prev_version) == (
+        before[a],
+        r0.version,
+        r1.version,
+    )
+    assert r2.prev_version == before[b] and r1.removed == ("10.8.0.2",)
+    assert r5.service == a and r5.stored[0].ip == "10.8.0.3"
+    stored = r0.stored[0]
+    assert (stored.tags, stored.ttl_seconds, stored.instance_id) == (("x",), 300, iid)
+    conn = await asyncpg.connect(database_url)
+    try:
+        expires = await conn.fetchval(
+            """SELECT extract(epoch FROM e.expires_at)::float8 FROM endpoints e
+               JOIN services s ON s.id = e.service_id WHERE s.name = $1 AND e.ip = '10.8.0.1'""",
+            a,
+        )
+    finally:
+        await conn.close()
+    assert stored.expires_at == expires
+    assert [e.ip for e in app.registry.get(a).endpoints] == ["10.8.0.1", "10.8.0.3"]  # type: ignore[union-attr]
+    assert app.registry.index(a) == r5.version and app.catalog.instance(iid) == (a, "10.8.0.1")
+
+    # Step 3.
+    over: list[writes.Write] = [
+        writes.Register(c, EndpointSpec("10.8.2.4")),
+        writes.Register(b, EndpointSpec("10.8.1.2")),
+        writes.Deregister(c, "10.8.2.1"),
+    ]
+    async with gate(app, database_url, http, f"{unique_name}-gate2") as queued:
+        tasks = [asyncio.create_task(submit(app, w)) for w in over]
+        await queued(1 + len(over))
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[0], LimitExceeded), results[0]
+    assert [type(r) for r in results[1:]] == [writes.Committed] * 2, results
+    for name, ips in ((b, ["10.8.1.1", "10.8.1.2"]), (c, ["10.8.2.2", "10.8.2.3"])):
+        async with http.get(f"/service/{name}") as resp:
+            assert [e["ip"] for e in (await resp.json())["endpoints"]] == ips
+    # the endpoint counts (the limit's) moved with the versions, or by the triggers
+    conn = await asyncpg.connect(database_url)
+    try:
+        counts = await conn.fetch(
+            """SELECT s.name, s.endpoint_count,
+                      (SELECT count(*) FROM endpoints e WHERE e.service_id = s.id) AS real
+               FROM services s WHERE s.name = ANY($1)""",
+            [a, b, c],
+        )
+    finally:
+        await conn.close()
+    assert {r["name"]: (r["endpoint_count"], r["real"]) for r in counts} == {
+        a: (2, 2),
+        b: (2, 2),
+        c: (2, 2),
+    }
+
+
+async def test_only_the_common_batch_goes_to_its_function() -> None:
+    """Registrations with an instance ID, two writes of one endpoint (their order matters) and
+    any other kind of write go to sd_write_batch."""
+    reg = writes.Register("s", EndpointSpec("10.0.0.1"))
+    assert writes.endpoint_arrays([reg, writes.Deregister("t", "10.0.0.1")]) is not None
+    assert writes.endpoint_arrays([reg, writes.Deregister("S", "10.0.0.1")]) is None
+    assert (
+        writes.endpoint_arrays([writes.Register("s", EndpointSpec("10.0.0.2", instance_id="i"))])
+        is None
+    )
+    assert writes.endpoint_arrays([reg, writes.DeleteService("s")]) is None

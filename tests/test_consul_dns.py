@@ -24,7 +24,7 @@ METRICS = NamedPort("metrics", "tcp", 9100)
 DEFAULT = NamedPort("default", "tcp", 8080)
 REGISTRY = (
     service("web", ("10.0.0.1", ("canary",)), "10.0.0.2", "fd00::1", ports=(METRICS, DEFAULT)),
-    service("api", "10.0.1.1", ports=(HTTP,)),
+    service("api", "10.0.1.1", ports=(HTTP,), attributes={"version": "2"}),
     service("dns", "10.0.2.1", ports=(NamedPort("dns", "udp", 53),)),
     service("service", "10.0.3.1"),  # a service named like the label: still at its own name
 )
@@ -37,6 +37,12 @@ CASES = [
     (f"web.service.{Z}", "AAAA", {"answer": [f"web.service.{Z} 5 IN AAAA fd00::1"]}),
     (f"canary.web.service.{Z}", "A", {"answer": [f"canary.web.service.{Z} 5 IN A 10.0.0.1"]}),
     (f"blue.web.service.{Z}", "A", NX),
+    # an endpoint's own name and the service's attributes, as under the native names
+    (f"10-0-0-2.web.service.{Z}", "A", {"answer": [f"10-0-0-2.web.service.{Z} 5 IN A 10.0.0.2"]}),
+    (f"fd00--1.web.service.{Z}", "AAAA",
+     {"answer": [f"fd00--1.web.service.{Z} 5 IN AAAA fd00::1"]}),
+    (f"10-0-0-9.web.service.{Z}", "A", NX),
+    (f"api.service.{Z}", "TXT", {"answer": [f'api.service.{Z} 5 IN TXT "version=2"']}),
     # the port named "default" (a Consul registration's Port), as ServicePort; else the first
     (f"_web._tcp.service.{Z}", "SRV", {
         "answer": [f"_web._tcp.service.{Z} 5 IN SRV 1 1 8080 web.service.{Z}"],
@@ -63,6 +69,22 @@ def test_consul_names(qname: str, qtype: str, want: dict[str, object]) -> None:
     assert got["answer"] == want["answer"]
     if "extra" in want:
         assert got["extra"] == want["extra"]
+
+
+def test_srv_targets_each_endpoint_under_consul_names_too() -> None:
+    """DNS_SRV_TARGETS=endpoint: `_<svc>._tcp.service.<zone>` targets each instance's own name
+    under `<svc>.service.<zone>`, with its address as glue."""
+    config = Config(bind_address="127.0.0.1", dns_consul_names=True, dns_srv_targets="endpoint")
+    view = view_of(REGISTRY, config=config)
+    question = Question(split_name(f"_web._tcp.service.{Z}"), TYPES["SRV"], CLASS_IN)
+    got = lines(resolve(question, view, Zone(config)))
+    assert got["answer"] == [
+        f"_web._tcp.service.{Z} 5 IN SRV 1 1 8080 {label}.web.service.{Z}"
+        for label in ("10-0-0-1", "10-0-0-2", "fd00--1")
+    ]
+    assert got["extra"] == [f"10-0-0-1.web.service.{Z} 5 IN A 10.0.0.1",
+                            f"10-0-0-2.web.service.{Z} 5 IN A 10.0.0.2",
+                            f"fd00--1.web.service.{Z} 5 IN AAAA fd00::1"]  # fmt: skip
 
 
 def test_off_by_default() -> None:

@@ -204,7 +204,7 @@ async def test_records_and_rcodes(app: App, unique_name: str, transport: str, ne
     fqdn = f"{name}.{ZONE}."
     rev = ".".join(reversed(net.split(".")))
     serial = app.registry.version & 0xFFFFFFFF
-    soa = f"{ZONE}. 5 IN SOA ns.{ZONE}. hostmaster.{ZONE}. {serial} 60 10 3600 5"
+    soa = f"{ZONE}. 5 IN SOA ns.{ZONE}. hostmaster.{ZONE}. {serial} 3600 600 1209600 5"
 
     r = await ask(port, fqdn, "A", tcp=tcp)
     assert r.rcode() == dns.rcode.NOERROR

@@ -7,7 +7,13 @@ import time
 
 from test_resolver import DNS_UDP, HTTP, ZONE, service, view_of
 
-from service_discovery.dns.describe import MAX_LINES, MAX_TAGS, TAG_BUDGET, describe
+from service_discovery.dns.describe import (
+    MAX_ENDPOINT_NAMES,
+    MAX_LINES,
+    MAX_TAGS,
+    TAG_BUDGET,
+    describe,
+)
 from service_discovery.model import Endpoint, Service
 
 
@@ -17,17 +23,21 @@ def table(svc: Service, *others: Service) -> list[tuple[str, str, list[str], lis
             for s in records.sets]  # fmt: skip
 
 
-def test_a_service_with_both_families_ports_and_tags() -> None:
+def test_a_service_with_both_families_attributes_ports_and_tags() -> None:
     svc = service(
         "Dual",
-        ("10.0.0.1", ("canary", "Blue")),
+        ("10.0.0.1", ("canary", "Blue", "10-0-0-7")),
         ("fd00::1", ("blue",)),
         ports=(HTTP, DNS_UDP),
+        attributes={"team": "core", "tier": "1"},
     )
     assert table(svc) == [
         ("dual.svc.cluster.local. A", "NOERROR", ["dual.svc.cluster.local. 5 IN A 10.0.0.1"], []),
         ("dual.svc.cluster.local. AAAA", "NOERROR",
          ["dual.svc.cluster.local. 5 IN AAAA fd00::1"], []),
+        ("dual.svc.cluster.local. TXT", "NOERROR",
+         ['dual.svc.cluster.local. 5 IN TXT "team=core"',
+          'dual.svc.cluster.local. 5 IN TXT "tier=1"'], []),
         ("_dns._udp.dual.svc.cluster.local. SRV", "NOERROR",
          ["_dns._udp.dual.svc.cluster.local. 5 IN SRV 10 20 53 dual.svc.cluster.local."],
          ["dual.svc.cluster.local. 5 IN A 10.0.0.1",
@@ -36,7 +46,13 @@ def test_a_service_with_both_families_ports_and_tags() -> None:
          ["_http._tcp.dual.svc.cluster.local. 5 IN SRV 1 1 8000 dual.svc.cluster.local."],
          ["dual.svc.cluster.local. 5 IN A 10.0.0.1",
           "dual.svc.cluster.local. 5 IN AAAA fd00::1"]),
-        # tags are case-insensitive names: "Blue" and "blue" are one name with both addresses
+        # each endpoint's own name
+        ("10-0-0-1.dual.svc.cluster.local. A", "NOERROR",
+         ["10-0-0-1.dual.svc.cluster.local. 5 IN A 10.0.0.1"], []),
+        ("fd00--1.dual.svc.cluster.local. AAAA", "NOERROR",
+         ["fd00--1.dual.svc.cluster.local. 5 IN AAAA fd00::1"], []),
+        # tags are case-insensitive names: "Blue" and "blue" are one name with both addresses;
+        # "10-0-0-7" is not asked about: a name of that shape is an endpoint's, never a tag's
         ("blue.dual.svc.cluster.local. A", "NOERROR",
          ["blue.dual.svc.cluster.local. 5 IN A 10.0.0.1"], []),
         ("blue.dual.svc.cluster.local. AAAA", "NOERROR",
@@ -44,6 +60,14 @@ def test_a_service_with_both_families_ports_and_tags() -> None:
         ("canary.dual.svc.cluster.local. A", "NOERROR",
          ["canary.dual.svc.cluster.local. 5 IN A 10.0.0.1"], []),
     ]  # fmt: skip
+
+
+def test_endpoint_names_shown_are_the_first_few() -> None:
+    svc = service("many", *(f"10.5.0.{i}" for i in range(1, 11)))
+    names = [row[0] for row in table(svc)]
+    assert names == ["many.svc.cluster.local. A"] + [
+        f"10-5-0-{i}.many.svc.cluster.local. A" for i in range(1, MAX_ENDPOINT_NAMES + 1)
+    ]
 
 
 def test_no_endpoint_shows_nodata_and_srv_still_answers() -> None:
@@ -59,6 +83,7 @@ def test_names_are_escaped_as_dig_prints_them_and_odd_tags_are_skipped() -> None
     names = [row[0] for row in table(svc)]
     assert names == [
         "web.svc.cluster.local. A",
+        "10-0-0-1.web.svc.cluster.local. A",
         "<img\\032src=x>.web.svc.cluster.local. A",
         "a\\.b.web.svc.cluster.local. A",  # one label holding a dot
     ]
@@ -76,7 +101,8 @@ def test_long_answers_are_cut_and_tags_bounded_by_cost() -> None:
     looked_at = sum(len(e.tags) for e in svc.endpoints)  # by each tag question (A only)
     room = min(MAX_TAGS, TAG_BUDGET // looked_at)
     assert 0 < room < MAX_TAGS
-    assert len(records.sets) == 1 + room and records.tags_left_out == 40 - room
+    assert len(records.sets) == 1 + MAX_ENDPOINT_NAMES + room
+    assert records.tags_left_out == 40 - room
 
 
 def test_a_big_service_is_described_in_milliseconds() -> None:

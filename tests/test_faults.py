@@ -26,8 +26,8 @@ import aiohttp
 import asyncpg
 import grpc
 import pytest
-from helpers import Daemon, dns_a, eventually, put, scrape, with_budgets
-from pgproxy import TcpProxy
+from helpers import Daemon, dns_a, eventually, put, sample, scrape, with_budgets
+from pgproxy import NotificationHold, TcpProxy
 
 from service_discovery.app import run_app
 from service_discovery.config import Config
@@ -447,9 +447,6 @@ async def _fetchval(database_url: str, sql: str, *args: object) -> object:
         await conn.close()
 
 
-# Flaky once in a clean-clone CI run (a precondition read came back empty; passed in the run
-# before): kept under `make slow` until the race is found, so a flake cannot block a landing.
-@pytest.mark.slow
 async def test_batch_hit_by_outage_fails_every_caller_and_leaves_nothing(
     make_config: Callable[..., Config], database_url: str, proxy: TcpProxy, unique_name: str
 ) -> None:
@@ -542,6 +539,74 @@ async def test_batch_hit_by_outage_fails_every_caller_and_leaves_nothing(
         finally:
             await blocker.close()
             await creator.close()
+
+
+async def test_reload_after_reconnect_keeps_this_replicas_later_writes(
+    make_config: Callable[..., Config], database_url: str, unique_name: str
+) -> None:
+    """Read-your-writes across a reconnect of the sync (the race behind a flaky run of the
+    outage test above, made to happen every time):
+    1. a replica whose connections go through a proxy that can hold back notifications;
+       a service;
+    2. the test locks `named_ports`; the replica's LISTEN backend is terminated: it reconnects,
+       LISTENs, and its reload takes its snapshot, then waits for the lock;
+    3. notifications are held; a registration commits after that snapshot, is acknowledged,
+       and the copy shows it;
+    4. the lock is released: the reload applies its older snapshot;
+    5. the copy still shows the registration, while its notification is still held back and
+       after it is let through."""
+    ip = "10.7.9.1"
+    blocker = await asyncpg.connect(database_url)
+    try:
+        async with (
+            NotificationHold(database_url) as hold,
+            run_app(make_config(database_url=hold.url)) as app,
+            aiohttp.ClientSession(base_url=f"http://127.0.0.1:{app.http_port}") as http,
+        ):
+
+            async def endpoints() -> list[str]:
+                async with http.get(f"/service/{unique_name}") as resp:
+                    return [e["ip"] for e in (await resp.json())["endpoints"]]
+
+            assert (await put(http, "/service", {"name": unique_name})).status == 201
+            reloads = sample(app.metrics, "sd_sync_full_reloads_total")
+            # Step 2.
+            locked = blocker.transaction()
+            await locked.start()
+            await blocker.execute("LOCK TABLE named_ports IN ACCESS EXCLUSIVE MODE")
+            pid = app.sync.listen_pid()
+            assert await _fetchval(database_url, "SELECT pg_terminate_backend($1)", pid)
+
+            async def reload_waits() -> bool:
+                return (
+                    await _fetchval(
+                        database_url,
+                        """SELECT pid FROM pg_stat_activity
+                           WHERE datname = current_database() AND wait_event_type = 'Lock'
+                             AND query LIKE '%FROM named_ports p%'""",
+                    )
+                    is not None
+                )
+
+            await eventually(reload_waits, 10, "the reload waits for named_ports", 0.01)
+            # Step 3.
+            hold.holding = True
+            assert (await put(http, f"/service/{unique_name}/register", {"ip": ip})).status == 200
+            assert await endpoints() == [ip]
+            # Step 4.
+            await locked.rollback()
+            await eventually(
+                lambda: sample(app.metrics, "sd_sync_full_reloads_total") > reloads,
+                10,
+                "the reload ends",
+            )
+            # Step 5.
+            assert await endpoints() == [ip], "an acknowledged write went missing from the copy"
+            hold.release()
+            await eventually(lambda: app.sync.connected, 10, "the sync is up")
+            assert await endpoints() == [ip]
+    finally:
+        await blocker.close()
 
 
 async def test_kill_9_while_batches_are_in_flight(database_url: str, tmp_path: Path) -> None:

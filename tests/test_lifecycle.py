@@ -29,6 +29,7 @@ from helpers import Daemon, eventually, free_port, http_status, put, put_ok, scr
 from pgproxy import TcpProxy
 
 from service_discovery import migrate
+from service_discovery.config import Config
 from service_discovery.proto import discovery_pb2 as pb
 from service_discovery.proto import discovery_pb2_grpc as pb_grpc
 
@@ -201,6 +202,47 @@ def test_secrets_come_from_the_environment_or_a_file_never_a_flag(
         res = cli("migrate", "--check", env=env, unset=("DATABASE_URL",))
         assert res.returncode == 2 and needle in res.stderr, (env, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_every_secret_has_a_file_variable(database_url: str, tmp_path: Path) -> None:
+    """The refusal of a secret's flag names <VARIABLE>_FILE, so each secret has one:
+    1. MIGRATE_DATABASE_URL_FILE alone gives `migrate` its URL (and a URL that names no database
+    server fails: the file was read); 2. DNS_COOKIE_SECRET_FILE is parsed like the variable;
+    3. both set, an unreadable, empty or invalid file, an empty path: exit 2 with one line that
+    never quotes the secret."""
+    good = tmp_path / "migrate-url"
+    good.write_text(database_url + "\n")
+    ok = cli("migrate", "--check", env={"MIGRATE_DATABASE_URL_FILE": str(good)})
+    assert ok.returncode == 0, ok.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("postgresql://postgres@127.0.0.1:1/nowhere\n")
+    env = {"MIGRATE_DATABASE_URL_FILE": str(elsewhere), "DB_CONNECT_TIMEOUT_SECONDS": "2"}
+    assert cli("migrate", "--check", env=env).returncode != 0
+    (tmp_path / "cookie").write_text("00112233445566778899aabbccddeeff\n")
+    (tmp_path / "bad-cookie").write_text("not-hex-s3cret\n")
+    (tmp_path / "empty").write_text("\n")
+    for env, needle in [
+        ({"DNS_COOKIE_SECRET_FILE": str(tmp_path / "cookie"), "DNS_COOKIE_SECRET": "00" * 16},
+         "DNS_COOKIE_SECRET and DNS_COOKIE_SECRET_FILE are both set"),
+        ({"DNS_COOKIE_SECRET_FILE": str(tmp_path / "bad-cookie")},
+         "DNS_COOKIE_SECRET_FILE holds an invalid value"),
+        ({"MIGRATE_DATABASE_URL_FILE": str(tmp_path / "missing")},
+         "MIGRATE_DATABASE_URL_FILE: cannot read it"),
+        ({"MIGRATE_DATABASE_URL_FILE": str(tmp_path / "empty")},
+         "MIGRATE_DATABASE_URL_FILE holds no value"),
+        ({"MIGRATE_DATABASE_URL_FILE": ""}, "MIGRATE_DATABASE_URL_FILE is set but empty"),
+    ]:  # fmt: skip
+        res = cli("migrate", "--check", env=env)
+        assert res.returncode == 2 and needle in res.stderr, (env, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1 and "s3cret" not in res.stderr
+    from_file = Config.from_env({"DNS_COOKIE_SECRET_FILE": str(tmp_path / "cookie")})
+    assert (
+        from_file.dns_cookie_secret
+        == Config.from_env(
+            {"DNS_COOKIE_SECRET": "00112233445566778899aabbccddeeff"}
+        ).dns_cookie_secret
+    )
+    assert from_file.dns_cookie_secret is not None
 
 
 @with_budgets

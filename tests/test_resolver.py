@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from service_discovery.catalog import Catalog
-from service_discovery.config import Config
+from service_discovery.config import Config, ConfigError
 from service_discovery.dns.records import (
     CLASS_IN,
     RCODE_NAMES,
@@ -27,7 +27,8 @@ TYPES = {"A": 1, "NS": 2, "SOA": 6, "PTR": 12, "TXT": 16, "AAAA": 28, "SRV": 33,
 TYPES |= {"AXFR": 252, "IXFR": 251, "MX": 15}
 CONFIG = Config(bind_address="127.0.0.1")
 ZONE = Zone(CONFIG)
-SOA_LINE = "{} 5 IN SOA ns.svc.cluster.local. hostmaster.svc.cluster.local. {} 60 10 3600 5"
+# RFC 1912 2.2's timers: refresh 1 h, retry 10 min, expire 2 weeks; minimum = the negative TTL.
+SOA_LINE = "{} 5 IN SOA ns.svc.cluster.local. hostmaster.svc.cluster.local. {} 3600 600 1209600 5"
 
 
 def service(
@@ -35,12 +36,13 @@ def service(
     *endpoints: str | tuple[str, tuple[str, ...]],
     ports: tuple[NamedPort, ...] = (),
     version: int = 1,
+    attributes: dict[str, str] | None = None,
 ) -> Service:
     eps = tuple(Endpoint(e) if isinstance(e, str) else Endpoint(e[0], e[1]) for e in endpoints)
     return Service(
         id=name,
         name=name,
-        attributes={},
+        attributes=attributes or {},
         named_ports={p.name: p for p in ports},
         endpoints=eps,
         version=version,
@@ -48,6 +50,7 @@ def service(
 
 
 HTTP = NamedPort("http", "tcp", 8000)
+LONG = "v" * 300
 DNS_UDP = NamedPort("dns", "udp", 53, priority=10, weight=20)
 
 REGISTRY = (
@@ -58,6 +61,17 @@ REGISTRY = (
     service("Tagged", ("10.1.0.1", ("canary", "Blue")), ("10.1.0.2", ("blue",)), "fd00::3"),
     service("shared-a", "10.9.9.9"),
     service("shared-b", "10.9.9.9"),
+    # attributes, served as TXT: a name quoted as RFC 1464 says, a value over 255 bytes
+    service("attrs", "10.3.0.1", attributes={"attr-1": "value-1", "a=b`c": "x y", "long": LONG}),
+    # a headless-style service: one tag has an endpoint label's shape, another has not
+    service(
+        "hl",
+        ("10.2.0.1", ("10-2-0-3", "10-2-0-8", "web")),
+        "10.2.0.3",
+        "fd00::4",
+        "::ffff:10.2.0.5",
+        ports=(HTTP,),
+    ),
 )
 
 
@@ -164,6 +178,52 @@ CASES = [
     ),
     Case("canary.tagged.svc.cluster.local.", "AAAA", ns=[SOA42]),  # tag exists, no IPv6: NODATA
     Case("red.tagged.svc.cluster.local.", "A", "NXDOMAIN", ns=[SOA42]),  # nobody carries it
+    # TXT: one record per attribute, `name=value` (RFC 1464: "`" and "=" in the name quoted with
+    # "`"), sorted by name; past 255 bytes, more strings in the same record (joined by readers).
+    Case(
+        "attrs.svc.cluster.local.",
+        "TXT",
+        answer=[
+            'attrs.svc.cluster.local. 5 IN TXT "a`=b``c=x y"',
+            'attrs.svc.cluster.local. 5 IN TXT "attr-1=value-1"',
+            f'attrs.svc.cluster.local. 5 IN TXT "long={"v" * 250}" "{"v" * 50}"',
+        ],
+    ),
+    Case("webapp.svc.cluster.local.", "TXT", ns=[SOA42]),  # no attributes: NODATA
+    Case("canary.tagged.svc.cluster.local.", "TXT", ns=[SOA42]),  # only <service> has TXT
+    # An endpoint's own name: dashed IPv4, IPv6 with dashes for colons (compressed or not).
+    Case(
+        "10-2-0-1.hl.svc.cluster.local.",
+        "A",
+        answer=["10-2-0-1.hl.svc.cluster.local. 5 IN A 10.2.0.1"],
+    ),
+    Case("10-2-0-1.hl.svc.cluster.local.", "AAAA", ns=[SOA42]),
+    Case(
+        "fd00--4.hl.svc.cluster.local.",
+        "AAAA",
+        answer=["fd00--4.hl.svc.cluster.local. 5 IN AAAA fd00::4"],
+    ),
+    Case(
+        "FD00-0-0-0-0-0-0-4.hl.svc.cluster.local.",
+        "AAAA",
+        answer=["fd00-0-0-0-0-0-0-4.hl.svc.cluster.local. 5 IN AAAA fd00::4"],
+    ),
+    Case(
+        "--ffff-a02-5.hl.svc.cluster.local.",
+        "AAAA",
+        answer=["--ffff-a02-5.hl.svc.cluster.local. 5 IN AAAA ::ffff:10.2.0.5"],
+    ),
+    Case("10-2-0-9.hl.svc.cluster.local.", "A", "NXDOMAIN", ns=[SOA42]),  # not an endpoint
+    Case("10-2-0-8.hl.svc.cluster.local.", "A", "NXDOMAIN", ns=[SOA42]),  # a tag, no endpoint
+    Case("10-2-0-1.webapp.svc.cluster.local.", "A", "NXDOMAIN", ns=[SOA42]),  # nor of this one
+    # A tag shaped like an endpoint's label is that endpoint's name, never the tag's:
+    Case(
+        "10-2-0-3.hl.svc.cluster.local.",
+        "A",
+        answer=["10-2-0-3.hl.svc.cluster.local. 5 IN A 10.2.0.3"],
+    ),
+    Case("web.hl.svc.cluster.local.", "A", answer=["web.hl.svc.cluster.local. 5 IN A 10.2.0.1"]),
+    Case("010-2-0-1.hl.svc.cluster.local.", "A", "NXDOMAIN", ns=[SOA42]),  # not canonical: a tag
     # NODATA: the name exists, the type does not.
     Case("webapp.svc.cluster.local.", "AAAA", ns=[SOA42]),
     Case("v6only.svc.cluster.local.", "A", ns=[SOA42]),
@@ -279,6 +339,65 @@ def ask(
     )
 
 
+ENDPOINT_TARGETS = Config(bind_address="127.0.0.1", dns_srv_targets="endpoint")
+HL_SRV = "_http._tcp.hl.svc.cluster.local. 5 IN SRV 1 1 8000 {}.hl.svc.cluster.local."
+
+
+def test_srv_targets_each_endpoint_with_its_address_as_glue() -> None:
+    """DNS_SRV_TARGETS=endpoint: one SRV record per live endpoint (IPv4 first), each targeting
+    the endpoint's own name, which the additional section and its own A/AAAA query answer."""
+    got = ask("_http._tcp.hl.svc.cluster.local", "SRV", REGISTRY, ENDPOINT_TARGETS)
+    labels = ["10-2-0-1", "10-2-0-3", "fd00--4", "--ffff-a02-5"]
+    assert got["answer"] == [HL_SRV.format(label) for label in labels]
+    assert got["extra"] == [
+        "10-2-0-1.hl.svc.cluster.local. 5 IN A 10.2.0.1",
+        "10-2-0-3.hl.svc.cluster.local. 5 IN A 10.2.0.3",
+        "fd00--4.hl.svc.cluster.local. 5 IN AAAA fd00::4",
+        "--ffff-a02-5.hl.svc.cluster.local. 5 IN AAAA ::ffff:10.2.0.5",
+    ]
+    for line in got["extra"]:  # every target answers as the glue says
+        owner, _, _, rtype, _ = line.split()
+        assert ask(owner, rtype, REGISTRY, ENDPOINT_TARGETS)["answer"] == [line]
+    # priority and weight are the named port's, now per instance
+    got = ask("_dns._udp.dual.svc.cluster.local", "SRV", REGISTRY, ENDPOINT_TARGETS)
+    assert got["answer"][0].split()[4:7] == ["10", "20", "53"]
+    # a port with no live endpoint: NODATA (there is no target to name)
+    got = ask("_http._tcp.empty.svc.cluster.local", "SRV", REGISTRY, ENDPOINT_TARGETS)
+    assert (got["rcode"], got["answer"], got["ns"]) == ("NOERROR", [], [SOA42])
+    # the default stays the design's single target
+    got = ask("_http._tcp.hl.svc.cluster.local", "SRV", REGISTRY, CONFIG)
+    assert got["answer"] == ["_http._tcp.hl.svc.cluster.local. 5 IN SRV 1 1 8000 "
+                             "hl.svc.cluster.local."]  # fmt: skip
+
+
+def test_soa_timers_come_from_config() -> None:
+    config = Config(bind_address="127.0.0.1", dns_soa_refresh=7200, dns_soa_retry=900,
+                    dns_soa_expire=2419200, dns_negative_ttl=30)  # fmt: skip
+    [soa] = ask("svc.cluster.local", "SOA", REGISTRY, config)["answer"]
+    assert soa.split()[-5:] == ["42", "7200", "900", "2419200", "30"]
+    # and the reverse zones' SOA, and a negative answer's, are the same record
+    assert ask("2.0.0.127.in-addr.arpa", "PTR", REGISTRY, config)["ns"][0].split()[-4:] == [
+        "7200",
+        "900",
+        "2419200",
+        "30",
+    ]
+    # RFC 1912's advice is checked at start: expire a week at least and above refresh + retry,
+    # retry below refresh
+    for env, why in [
+        ({"DNS_SOA_EXPIRE": "3600"}, "DNS_SOA_EXPIRE='3600' is invalid: expected an integer from "
+                                     "604800"),
+        ({"DNS_SOA_RETRY": "3600"}, "DNS_SOA_RETRY must be below DNS_SOA_REFRESH"),
+        ({"DNS_SOA_REFRESH": "1209600"}, "DNS_SOA_EXPIRE must exceed"),
+        ({"DNS_SRV_TARGETS": "node"}, "DNS_SRV_TARGETS='node' is invalid: expected one of "
+                                      "service, endpoint"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError) as raised:
+            Config.from_env(env)
+        assert str(raised.value).startswith(why), (env, str(raised.value))
+    assert Config.from_env({"DNS_SRV_TARGETS": "Endpoint"}).dns_srv_targets == "endpoint"
+
+
 def test_not_loaded_is_servfail_never_nxdomain() -> None:
     registry = Registry(CONFIG)
     got = resolve(
@@ -312,7 +431,8 @@ def test_ttls_zone_and_ns_come_from_config() -> None:
     assert ask("webapp.disco.example", "A", REGISTRY, config)["answer"] == [
         "webapp.disco.example. 0 IN A 127.0.0.1"
     ]
-    soa = "disco.example. 30 IN SOA ns.disco.example. hostmaster.disco.example. 42 60 10 3600 30"
+    soa = "disco.example. 30 IN SOA ns.disco.example. hostmaster.disco.example. 42 3600 600 " \
+          "1209600 30"  # fmt: skip
     assert ask("nothing.disco.example", "A", REGISTRY, config)["ns"] == [soa]
     ns = ask("disco.example", "NS", REGISTRY, config)
     assert ns["answer"] == ["disco.example. 0 IN NS ns.disco.example."]
@@ -360,6 +480,8 @@ def test_answers_say_what_they_depend_on() -> None:
     assert depends("webapp.svc.cluster.local", "AAAA") == "webapp"  # NODATA of a service
     assert depends("_http._tcp.webapp.svc.cluster.local", "SRV") == "webapp"
     assert depends("canary.tagged.svc.cluster.local", "A") == "tagged"
+    assert depends("attrs.svc.cluster.local", "TXT") == "attrs"
+    assert depends("10-2-0-1.hl.svc.cluster.local", "A") == "hl"
     # negative answers, the apex and reverse names change with any write
     assert depends("nothing.svc.cluster.local", "A") is None
     assert depends("svc.cluster.local", "SOA") is None

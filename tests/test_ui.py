@@ -156,6 +156,7 @@ async def test_dns_route_describes_the_records(app: App, unique_name: str) -> No
         (f"{unique_name}.{zone}", "A", [f"{unique_name}.{zone} 5 IN A 10.7.0.1"]),
         (f"_http._tcp.{unique_name}.{zone}", "SRV",
          [f"_http._tcp.{unique_name}.{zone} 5 IN SRV 1 1 8080 {unique_name}.{zone}"]),
+        (f"10-7-0-1.{unique_name}.{zone}", "A", [f"10-7-0-1.{unique_name}.{zone} 5 IN A 10.7.0.1"]),
         (f"canary.{unique_name}.{zone}", "A", [f"canary.{unique_name}.{zone} 5 IN A 10.7.0.1"]),
     ]  # fmt: skip
 
@@ -405,13 +406,16 @@ def test_dns_records_shown_are_what_dig_gets(
     base = daemon.base
     ports = {"http": {"port": 8080}, "dns": {"protocol": "udp", "port": 53, "priority": 10,
                                              "weight": 20}}  # fmt: skip
-    ok(base, "PUT", "/service", {"name": unique_name, "named_ports": ports})
+    attributes = {"team": "core", "a=b": 'say "hi" \\ caf\u00e9', "long": "x" * 300}
+    ok(base, "PUT", "/service", {"name": unique_name, "named_ports": ports,
+                                 "attributes": attributes})  # fmt: skip
     for ip, tags in (("10.23.0.1", ["canary", "Blue"]), ("10.23.0.2", ["blue"]),
                      ("fd00::23", ["blue"])):  # fmt: skip
         ok(base, "PUT", f"/service/{unique_name}/register", {"ip": ip, "tags": tags})
     show_service(page, base, unique_name)
     expected = {(f"{n}{unique_name}.svc.cluster.local.", t) for n, t in (
-        ("", "A"), ("", "AAAA"), ("_http._tcp.", "SRV"), ("_dns._udp.", "SRV"),
+        ("", "A"), ("", "AAAA"), ("", "TXT"), ("_http._tcp.", "SRV"), ("_dns._udp.", "SRV"),
+        ("10-23-0-1.", "A"), ("10-23-0-2.", "A"), ("fd00--23.", "AAAA"),
         ("blue.", "A"), ("blue.", "AAAA"), ("canary.", "A"))}  # fmt: skip
     script = """return [...document.querySelectorAll('.rrset')].map(a => ({
         name: a.dataset.name, type: a.dataset.type,

@@ -1,8 +1,10 @@
 """What DNS answers about one service, for people: the questions its names raise, asked of the
 resolver itself, with the records as zone-file lines, the way `dig` prints them.
 
-The questions: `<service>.<zone>` A and AAAA, `_<port>._<proto>.<service>.<zone>` SRV for each
-named port, and `<tag>.<service>.<zone>` A and AAAA for tags that live endpoints carry. The
+The questions: `<service>.<zone>` A and AAAA, and TXT when it has attributes,
+`_<port>._<proto>.<service>.<zone>` SRV for each named port, `<address>.<service>.<zone>` for the
+first MAX_ENDPOINT_NAMES endpoints, and `<tag>.<service>.<zone>` A and AAAA for tags that live
+endpoints carry (but not tags shaped like an endpoint's label: such a name is the endpoint's). The
 answers are `resolve`'s, so what this shows is what the wire serves: there is no second copy of
 the rules here (nor in the dashboard, which shows these). What this module decides is only
 which questions to ask, and how much of a long answer to show.
@@ -16,18 +18,21 @@ from service_discovery.dns.records import (
     AAAA,
     RCODE_NAMES,
     SRV,
+    TXT,
     TYPE_NAMES,
     A,
     Name,
     Question,
+    address_label,
     name_text,
 )
 from service_discovery.dns.resolver import resolve
-from service_discovery.dns.zone import Zone, ZoneView
+from service_discovery.dns.zone import Zone, ZoneView, label_address
 from service_discovery.model import Service
 
 MAX_LINES = 100  # records listed per question; `count` says how many the answer holds
 MAX_TAGS = 16  # tag names asked about, in sorted order; the others are counted
+MAX_ENDPOINT_NAMES = 4  # endpoints' own names shown, as examples of the form
 # A tag question costs the resolver a look at every tag of every endpoint of the service: a
 # service with many tagged endpoints gets fewer tag questions, so that describing it stays
 # within some tens of milliseconds of the event loop.
@@ -64,8 +69,12 @@ def describe(service: Service, view: ZoneView, zone: Zone) -> ServiceRecords:
     types = (A, AAAA) if v6 and any(":" not in e.ip for e in endpoints) else (AAAA if v6 else A,)
     owner: Name = (service.key, *zone.origin)
     sets = _addresses(owner, types, view, zone)
+    if service.attributes:
+        sets.append(_ask(owner, TXT, view, zone))
     for port in sorted(service.named_ports.values(), key=lambda p: p.name):
         sets.append(_ask((f"_{port.name}", f"_{port.protocol}", *owner), SRV, view, zone))
+    for e in endpoints[:MAX_ENDPOINT_NAMES]:
+        sets.append(_ask((address_label(e.ip), *owner), AAAA if ":" in e.ip else A, view, zone))
     looked_at = sum(len(e.tags) for e in endpoints)  # by one tag question, per type
     carried: set[str] = set().union(*(e.tags for e in endpoints)) if looked_at else set()
     tags = sorted({t.lower() for t in carried if _label(t)})
@@ -77,7 +86,7 @@ def describe(service: Service, view: ZoneView, zone: Zone) -> ServiceRecords:
 
 def _label(tag: str) -> bool:
     """Whether a tag can be one label of a name in the zone (RFC 1035: 1-63 octets)."""
-    return tag.isascii() and 0 < len(tag) <= 63
+    return tag.isascii() and 0 < len(tag) <= 63 and label_address(tag.lower()) is None
 
 
 def _addresses(name: Name, types: tuple[int, ...], view: ZoneView, zone: Zone) -> list[RecordSet]:

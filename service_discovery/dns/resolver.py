@@ -1,10 +1,10 @@
 """DNS resolution as a pure function: (question, zone view, zone) -> answer records.
 
 This module owns which names exist in the zone and what they answer: the apex (SOA, NS), the
-NS host, `<service>`, `<tag>.<service>`, `_<port>._<proto>.<service>` (and the empty
-non-terminal `_<proto>.<service>`), and PTR names in the reverse zones of live endpoints. It
-does no I/O and knows nothing of the wire format (`wire` encodes, `answers` caches, `server`
-serves).
+NS host, `<service>` (A/AAAA, and TXT for its attributes), `<address>.<service>` (one
+endpoint), `<tag>.<service>`, `_<port>._<proto>.<service>` (and the empty non-terminal
+`_<proto>.<service>`), and PTR names in the reverse zones of live endpoints. It does no I/O and
+knows nothing of the wire format (`wire` encodes, `answers` caches, `server` serves).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from service_discovery.dns.records import (
     SERVFAIL,
     SOA,
     SRV,
+    TXT,
     A,
     Answer,
     Name,
@@ -32,20 +33,21 @@ from service_discovery.dns.records import (
     Record,
     Soa,
     Srv,
+    address_label,
+    attribute_txt,
 )
 from service_discovery.dns.zone import (
     V4_NAME_LABELS,
     V4_ZONE_LABELS,
     V6_NAME_LABELS,
     V6_ZONE_LABELS,
+    ServiceIndex,
     Zone,
     ZoneView,
+    label_address,
 )
-from service_discovery.model import default_port, ip_address
+from service_discovery.model import NamedPort, default_port, ip_address
 
-# SOA timers only matter to secondaries doing zone transfers, which we refuse; these are the
-# conventional small values for a zone that changes all the time.
-SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 60, 10, 3600
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -75,8 +77,9 @@ def resolve(question: Question, view: ZoneView, zone: Zone) -> Answer:
 def _soa(zone: Zone, owner: Name, serial: int) -> Record:
     # The SOA's own TTL is the negative TTL too: RFC 2308 caches negative answers for
     # min(SOA TTL, SOA minimum), and DNS_NEGATIVE_TTL is meant to be that number.
-    data = Soa(zone.ns, zone.rname, serial & 0xFFFFFFFF, SOA_REFRESH, SOA_RETRY, SOA_EXPIRE,
-               zone.negative_ttl)  # fmt: skip
+    # Refresh, retry and expire (DNS_SOA_*) matter only to secondaries, and we refuse zone
+    # transfers; still, checkers and secondaries read them, so they follow RFC 1912.
+    data = Soa(zone.ns, zone.rname, serial & 0xFFFFFFFF, *zone.soa_timers, zone.negative_ttl)
     return Record(owner, SOA, zone.negative_ttl, data)
 
 
@@ -112,7 +115,7 @@ def _forward(name: Name, rel: Name, qtype: int, view: ZoneView, zone: Zone) -> A
         return _negative(NXDOMAIN, zone, origin, serial, None)
     # `key` is the lowercase label that found the service: its key
     if len(rel) == 1:
-        return _address_answer(name, qtype, svc.v4, svc.v6, zone, serial, key)
+        return _service_answer(name, qtype, svc, zone, serial, key)
     first = rel[0]
     if len(rel) == 2 and first.startswith("_"):
         # `_tcp.<service>` exists (as an empty non-terminal) when some named port uses tcp.
@@ -120,26 +123,58 @@ def _forward(name: Name, rel: Name, qtype: int, view: ZoneView, zone: Zone) -> A
             return _negative(NOERROR, zone, origin, serial, key)
         return _negative(NXDOMAIN, zone, origin, serial, None)
     if len(rel) == 2:
-        # A tag name exists while a live endpoint carries the tag; otherwise it is NXDOMAIN
-        # (every label under a service would otherwise "exist").
-        tagged = svc.tags.get(first)
-        if tagged is None:
-            return _negative(NXDOMAIN, zone, origin, serial, None)
-        return _address_answer(name, qtype, tagged[0], tagged[1], zone, serial, key)
+        return _under_service(name, first, qtype, svc, zone, serial, key)
     if len(rel) == 3 and first.startswith("_") and rel[1].startswith("_"):
         port = svc.service.named_ports.get(first[1:])
         if port is not None and "_" + port.protocol == rel[1]:
             if qtype not in (SRV, ANY):
                 return _negative(NOERROR, zone, origin, serial, key)
-            owner_name = name[2:]  # <service>.<zone>, the SRV target
-            srv = Srv(port.priority, port.weight, port.port, owner_name)
-            ttl = zone.ttl
-            additional = tuple(  # the target's addresses: IPv4 first, as the A query lists them
-                [Record(owner_name, A, ttl, ip) for ip in svc.v4]
-                + [Record(owner_name, AAAA, ttl, ip) for ip in svc.v6]
-            )
-            return Answer(NOERROR, True, (Record(name, SRV, ttl, srv),), (), additional, key)
+            return _srv_answer(name, name[2:], port, svc, zone, serial, key)
     return _negative(NXDOMAIN, zone, origin, serial, None)
+
+
+def _under_service(
+    name: Name, first: str, qtype: int, svc: ServiceIndex, zone: Zone, serial: int, key: str
+) -> Answer:
+    """`<first>.<service>`: one endpoint's name if `first` is address-shaped (that shape always
+    wins over a tag of the same spelling), else a tag's. A tag name exists while a live
+    endpoint carries the tag; otherwise it is NXDOMAIN (every label under a service would
+    otherwise "exist"); so is an address name of no live endpoint of the service."""
+    ip = label_address(first)
+    if ip is not None:
+        if not svc.has_address(ip):
+            return _negative(NXDOMAIN, zone, zone.origin, serial, None)
+        one = [ip]
+        return _address_answer(name, qtype, [] if ":" in ip else one, one if ":" in ip else [],
+                               zone, serial, key)  # fmt: skip
+    tagged = svc.tags.get(first)
+    if tagged is None:
+        return _negative(NXDOMAIN, zone, zone.origin, serial, None)
+    return _address_answer(name, qtype, tagged[0], tagged[1], zone, serial, key)
+
+
+def _srv_answer(
+    name: Name, target: Name, port: NamedPort, svc: ServiceIndex, zone: Zone, serial: int, key: str
+) -> Answer:
+    """The SRV answer of a named port whose addresses are `target`'s. With DNS_SRV_TARGETS=
+    endpoint, one record per live endpoint (IPv4 first), each targeting that endpoint's own
+    name `<address>.<target>` with its address as glue; none is NODATA. Otherwise one record
+    targeting `target`, with every address in the additional section, even with none."""
+    ttl = zone.ttl
+    p = port.priority, port.weight, port.port
+    if zone.srv_per_endpoint:
+        targets = [((address_label(ip), *target), A, ip) for ip in svc.v4]
+        targets += [((address_label(ip), *target), AAAA, ip) for ip in svc.v6]
+        if not targets:
+            return _negative(NOERROR, zone, zone.origin, serial, key)
+        answer = tuple([Record(name, SRV, ttl, Srv(*p, t)) for t, _, _ in targets])
+        glue = tuple([Record(t, rtype, ttl, ip) for t, rtype, ip in targets])
+        return Answer(NOERROR, True, answer, (), glue, key)
+    additional = tuple(  # the target's addresses: IPv4 first, as the A query lists them
+        [Record(target, A, ttl, ip) for ip in svc.v4]
+        + [Record(target, AAAA, ttl, ip) for ip in svc.v6]
+    )
+    return Answer(NOERROR, True, (Record(name, SRV, ttl, Srv(*p, target)),), (), additional, key)
 
 
 def _consul(name: Name, rel: Name, qtype: int, view: ZoneView, zone: Zone) -> Answer:
@@ -155,25 +190,31 @@ def _consul(name: Name, rel: Name, qtype: int, view: ZoneView, zone: Zone) -> An
     if svc is None:
         return _negative(NXDOMAIN, zone, zone.origin, serial, None)
     if len(rel) == 1:
-        return _address_answer(name, qtype, svc.v4, svc.v6, zone, serial, key)
-    if not srv:
-        tagged = svc.tags.get(rel[0])
-        if tagged is None:
-            return _negative(NXDOMAIN, zone, zone.origin, serial, None)
-        return _address_answer(name, qtype, tagged[0], tagged[1], zone, serial, key)
+        return _service_answer(name, qtype, svc, zone, serial, key)
+    if not srv:  # `<address>.<svc>` or `<tag>.<svc>`, as under the native name
+        return _under_service(name, rel[0], qtype, svc, zone, serial, key)
     port = default_port(svc.service)
     if port is None or port.protocol != "tcp":
         return _negative(NXDOMAIN, zone, zone.origin, serial, None)
     if qtype not in (SRV, ANY):
         return _negative(NOERROR, zone, zone.origin, serial, key)
-    target = (key, "service", *zone.origin)
+    return _srv_answer(name, (key, "service", *zone.origin), port, svc, zone, serial, key)
+
+
+def _service_answer(
+    owner: Name, qtype: int, svc: ServiceIndex, zone: Zone, serial: int, key: str
+) -> Answer:
+    """`<service>`: its endpoints' addresses, or for TXT its attributes, one record each in
+    RFC 1464 form (`attribute_txt`), sorted by name; no attribute is NODATA."""
+    if qtype != TXT:
+        return _address_answer(owner, qtype, svc.v4, svc.v6, zone, serial, key)
+    attributes = svc.service.attributes
     ttl = zone.ttl
-    additional = tuple(
-        [Record(target, A, ttl, ip) for ip in svc.v4]
-        + [Record(target, AAAA, ttl, ip) for ip in svc.v6]
-    )
-    record = Record(name, SRV, ttl, Srv(port.priority, port.weight, port.port, target))
-    return Answer(NOERROR, True, (record,), (), additional, key)
+    txts = [attribute_txt(k, attributes[k]) for k in sorted(attributes)]
+    records = tuple([Record(owner, TXT, ttl, txt) for txt in txts if txt is not None])
+    if not records:
+        return _negative(NOERROR, zone, zone.origin, serial, key)
+    return Answer(NOERROR, True, records, (), (), key)
 
 
 def _address_answer(

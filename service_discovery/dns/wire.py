@@ -33,6 +33,7 @@ from service_discovery.dns.records import (
     Record,
     Soa,
     Srv,
+    Txt,
 )
 
 UDP_PLAIN_LIMIT = 512  # RFC 1035 4.2.1: without EDNS0 a UDP answer is at most 512 bytes
@@ -243,6 +244,10 @@ class Writer:
             self.name(data.mname)
             self.name(data.rname)
             buf += _SOA_TAIL.pack(data.serial, data.refresh, data.retry, data.expire, data.minimum)
+        elif isinstance(data, Txt):
+            for string in data.strings:  # each at most 255 bytes (the resolver splits them)
+                buf.append(len(string))
+                buf += string
         elif (rtype == NS or rtype == PTR) and not isinstance(data, str):
             self.name(data)
         else:  # pragma: no cover - the resolver makes no other types

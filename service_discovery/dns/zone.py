@@ -11,13 +11,14 @@ over the service's endpoints and their tags.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Protocol
 
 from service_discovery.config import Config
 from service_discovery.dns.records import AAAA, IN_ADDR, IP6, A, Name, split_name
 from service_discovery.dns.reverse import ReverseIndex
-from service_discovery.model import Service
+from service_discovery.model import Service, ip_address
 
 # We claim the /24 (IPv4) or /64 (IPv6) around each live endpoint as a reverse zone: unknown
 # addresses next to ours get NXDOMAIN (a forwarder for in-addr.arpa works), the rest REFUSED.
@@ -25,6 +26,7 @@ V4_ZONE_LABELS = 3 + len(IN_ADDR)
 V4_NAME_LABELS = 4 + len(IN_ADDR)
 V6_ZONE_LABELS = 16 + len(IP6)
 V6_NAME_LABELS = 32 + len(IP6)
+_ADDRESS_CHARS = "0123456789abcdef-"  # what an endpoint's label (`address_label`) is made of
 
 
 class CatalogReads(Protocol):
@@ -45,7 +47,7 @@ class Zone:
 
     __slots__ = (
         "consul_names", "depth", "negative_ttl", "ns", "ns_glue", "ns_rel", "origin", "rname",
-        "ttl",
+        "soa_timers", "srv_per_endpoint", "ttl",
     )  # fmt: skip
 
     def __init__(self, config: Config) -> None:
@@ -56,6 +58,8 @@ class Zone:
         self.consul_names = config.dns_consul_names  # <svc>.service.<zone> and the like
         self.ns: Name = split_name(config.ns_name)
         self.rname: Name = ("hostmaster", *self.origin)
+        self.soa_timers = (config.dns_soa_refresh, config.dns_soa_retry, config.dns_soa_expire)
+        self.srv_per_endpoint = config.dns_srv_targets == "endpoint"
         own = config.own_address
         self.ns_glue = (AAAA if ":" in own else A, own)
         # The NS host answers inside the zone only if its name is in the zone.
@@ -75,7 +79,7 @@ class ServiceIndex:
     service is costs a dictionary lookup, and an answer costs its own size.
     """
 
-    __slots__ = ("protocols", "service", "tags", "v4", "v6")
+    __slots__ = ("_addresses", "protocols", "service", "tags", "v4", "v6")
 
     def __init__(self, svc: Service) -> None:
         self.service = svc
@@ -96,6 +100,32 @@ class ServiceIndex:
         self.v6 = v6
         self.tags = tags
         self.protocols = frozenset("_" + p.protocol for p in svc.named_ports.values())
+        self._addresses: frozenset[str] | None = None  # built by the first endpoint name asked
+
+    def has_address(self, ip: str) -> bool:
+        """Whether a live endpoint of the service has address `ip` (the model's text)."""
+        addresses = self._addresses
+        if addresses is None:
+            addresses = self._addresses = frozenset(self.v4).union(self.v6)
+        return ip in addresses
+
+
+def label_address(label: str) -> str | None:
+    """The address an endpoint's label names (`records.address_label`, lowercase), in the
+    model's text, or None if the label is not address-shaped: dashed IPv4 in canonical decimal
+    (10-0-0-1, no leading zeros), or IPv6 with dashes for colons, compressed or not
+    (fd00--1, fd00-0-0-0-0-0-0-1). Such a label is always an endpoint name, never a tag."""
+    if "-" not in label or len(label) > 39 or label.strip(_ADDRESS_CHARS):
+        return None
+    parts = label.split("-")
+    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 for p in parts):
+        if all((p == "0" or p[0] != "0") and int(p) <= 255 for p in parts):
+            return ".".join(parts)
+    try:
+        ipaddress.IPv6Address(label.replace("-", ":"))
+    except ValueError:
+        return None
+    return ip_address(label.replace("-", ":"))
 
 
 class ZoneView:
