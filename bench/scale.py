@@ -60,6 +60,7 @@ CHURN_FRACTION = float(os.environ.get("CHURN_FRACTION", "0.1"))
 CHURN_SECONDS = float(os.environ.get("CHURN_SECONDS", "30"))
 QUERY_QPS = float(os.environ.get("QUERY_QPS", "1000"))
 READY_TIMEOUT = float(os.environ.get("READY_TIMEOUT", "600"))
+IDLE_SECONDS = float(os.environ.get("IDLE_SECONDS", "5"))
 SERVER_CORE, CLIENT_CORE = 0, 1
 SERVE = Path(__file__).resolve().parent / "dns" / "serve.py"
 BEGAN = time.monotonic()
@@ -319,18 +320,25 @@ def fleet(large_url: str, first: Daemon, pool: int, daemons: list[Daemon]) -> No
 
     phase(f"fan-out: {WRITES} writes through replica 0, each polled on all {len(replicas)}")
     pids = backend_pids(large_url)
+    idle_before = cpu_of(pids)
+    time.sleep(IDLE_SECONDS)  # what the backends use with no writes: subtracted below
     before = cpu_of(pids)
+    idle = sum(t - idle_before.get(pid, t) for pid, t in before.items()) / IDLE_SECONDS
+    began = time.monotonic()
     delays, missed = asyncio.run(fan_out(replicas, SERVICES, WRITES))
     after = cpu_of(pids | backend_pids(large_url))
+    took = time.monotonic() - began
     used = sum(t - before.get(pid, 0.0) for pid, t in after.items())
+    net = used - idle * took
     print(
         f"write -> visible in DNS on all {len(replicas)}: p50 {percentile(delays, 50):.1f} ms"
         f"  p99 {percentile(delays, 99):.1f} ms  max {max(delays, default=float('nan')):.1f}"
         f" ms  (target p99 < 50 ms); not everywhere within 10 s: {missed}"
     )
     print(
-        f"database CPU per write with {len(replicas)} listeners: {used / WRITES * 1e6:.0f} µs "
-        f"({used:.2f} s over {len(after)} backends of this database; the server's own "
+        f"database CPU per write with {len(replicas)} listeners: {net / WRITES * 1e6:.0f} µs "
+        f"({used:.2f} s over {len(after)} backends of this database in {took:.0f} s, less "
+        f"{idle * 1000:.1f} ms/s measured idle over {IDLE_SECONDS:.0f} s; the server's own "
         f"processes, e.g. the WAL writer, not counted)",
         flush=True,
     )
@@ -381,7 +389,7 @@ def fleet(large_url: str, first: Daemon, pool: int, daemons: list[Daemon]) -> No
     sent, bad = sum(t.sent for t in c.tallies), sum(t.failed for t in c.tallies)
     lat = [x for t in c.tallies for x in t.latencies]
     print(
-        f"churn: {c.calls} replace calls ({c.removed} endpoints removed, "
+        f"churn: {c.calls} replace calls of {c.planned} ({c.removed} endpoints removed, "
         f"{c.calls * PER_SERVICE} added) in "
         f"{c.seconds:.1f}s (at worst {c.behind:.1f}s behind schedule); call p50 "
         f"{percentile(c.call_ms, 50):.0f} ms p99 {percentile(c.call_ms, 99):.0f} ms"

@@ -84,6 +84,8 @@ async def fan_out(
                         [a.received for a, s in zip(answers, seen, strict=True) if s], default=last
                     )
                     waiting = [p for p, s in zip(waiting, seen, strict=True) if not s]
+                    if waiting:  # a short pause: back-to-back polls would take a core
+                        await asyncio.sleep(0.001)
                 if waiting:
                     missed += 1
                 else:
@@ -113,7 +115,7 @@ async def query_while(
     """Query the probers' servers round-robin at about `qps` in all until `stop` is set (or
     `limit` seconds pass); one tally per server. `sink` sees every answer."""
     tallies = [Tally() for _ in probers]
-    workers = 16
+    workers = 64  # enough that the rate holds while answers are slow
     interval = workers / qps
     deadline = time.monotonic() + limit
 
@@ -175,7 +177,8 @@ async def restart_one(
 # ---- churn: a rolling deployment ----------------------------------------------------------------
 @dataclass
 class Churn:
-    calls: int = 0
+    planned: int = 0
+    calls: int = 0  # done: the schedule stops at 3 x the planned time + 60 s
     seconds: float = 0.0  # first call sent to last acknowledged
     behind: float = 0.0  # the most a call started after its turn in the schedule
     removed: int = 0
@@ -201,7 +204,7 @@ async def churn(
     chosen = random.sample(range(1, services + 1), max(1, round(services * fraction)))
     acked: dict[str, float] = {}  # address -> when its removal was acknowledged
     recent: list[int] = []  # services in the order their replacement was acknowledged
-    result = Churn(calls=len(chosen))
+    result = Churn(planned=len(chosen))
     seen: list[tuple[float, frozenset[str]]] = []
     probers = [await Prober.open(d.dns_port) for d in replicas]
     sessions = [aiohttp.ClientSession(base_url=d.base) for d in replicas]
@@ -209,6 +212,7 @@ async def churn(
     stop = asyncio.Event()
     spacing = seconds / len(chosen)
     started = time.monotonic()
+    deadline = started + seconds * 3 + 60
 
     def name() -> str:
         # Half the queries ask for a service replaced within the last second or so: the ones
@@ -225,6 +229,8 @@ async def churn(
         for k, v in schedule:
             due = started + k * spacing
             now = time.monotonic()
+            if now > deadline:
+                return
             result.behind = max(result.behind, now - due)
             await asyncio.sleep(max(0.0, due - now))
             first = (v - 1) * per_service
@@ -240,6 +246,7 @@ async def churn(
                 removed = (await r.json())["removed"]
             now = time.monotonic()
             result.call_ms.append((now - sent) * 1000)
+            result.calls += 1
             result.removed += len(removed)
             for ip in removed:
                 acked[ip] = now
@@ -250,7 +257,8 @@ async def churn(
             query_while(probers, name, stop, qps, seconds * 3 + 60, sink)
         )
         try:
-            await asyncio.wait_for(asyncio.gather(*(writer() for _ in range(16))), seconds * 3 + 60)
+            # calls in flight at once: a replace call takes a few hundred ms on a busy machine
+            await asyncio.wait_for(asyncio.gather(*(writer() for _ in range(64))), seconds * 3 + 90)
         finally:
             result.seconds = time.monotonic() - started
             await asyncio.sleep(STALE_LIMIT + 0.5)  # answers after the last removal count too

@@ -30,6 +30,7 @@ def test_scale_bench_runs_small(server_url: str) -> None:
         "REGISTRATIONS": "200",
         "CHURN_SECONDS": "3",
         "QUERY_QPS": "300",
+        "IDLE_SECONDS": "1",
     }
     res = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "scale.py")],
@@ -49,7 +50,9 @@ def test_scale_bench_runs_small(server_url: str) -> None:
     assert re.search(r"registrations, .*: \d+/s", text), text
     restart = re.search(r"the other 2 answered (\d+) of (\d+) queries \((\d+) failed", text)
     assert restart and int(restart[2]) > 0 and restart[3] == "0", text
-    churn = re.search(r"churn: (\d+) replace calls \((\d+) endpoints removed, (\d+) added", text)
+    churn = re.search(
+        r"churn: (\d+) replace calls of 30 \((\d+) endpoints removed, (\d+) added", text
+    )
     # 30 services replaced, 3 endpoints each, plus what the fan-out and registrations added
     assert churn and churn[1] == "30" and int(churn[2]) >= 90 and churn[3] == "90", text
     queries = re.search(r"churn DNS: (\d+) queries sent, (\d+) failed", text)
