@@ -34,12 +34,13 @@ def address(base: int, n: int) -> str:
 
 # ---- the database's CPU ------------------------------------------------------------------------
 def backend_pids(url: str) -> set[int]:
-    """The PostgreSQL backends connected to the bench's database (this query's own aside): on a
-    shared server, other databases' backends are other people's work."""
+    """The PostgreSQL client backends connected to the bench's database (this query's own
+    aside): on a shared server, other databases' backends are other people's work, and an
+    autovacuum worker's is the server's housekeeping."""
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT pid FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
         )
         pids = {row[0] for row in cur.fetchall()}
     conn.close()
@@ -100,8 +101,32 @@ async def fan_out(
 @dataclass
 class Tally:
     sent: int = 0
-    failed: int = 0
+    failed: int = 0  # of which `timeouts` had no answer in 2 s, the others an error rcode
+    timeouts: int = 0
     latencies: list[float] = field(default_factory=list)
+
+
+class LoopLag:
+    """The longest this process's event loop was late waking a 50 ms sleep: when it is large,
+    the bench itself was starved of CPU and its latencies are partly its own."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(0.05)
+            self.worst = max(self.worst, time.monotonic() - t - 0.05)
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
 
 async def query_while(
@@ -132,6 +157,7 @@ async def query_while(
             tally = tallies[which]
             tally.sent += 1
             tally.failed += failed(answer)
+            tally.timeouts += answer.rcode == -1
             tally.latencies.append((answer.received - answer.sent) * 1000)
             if sink is not None:
                 sink(which, name, answer)
@@ -147,31 +173,34 @@ async def restart_one(
     services: int,
     qps: float,
     limit: float,
-) -> tuple[Daemon, float, list[Tally]]:
+) -> tuple[Daemon, float, list[Tally], float]:
     """Stop replicas[index], start a new one (respawn) and time spawn to /ready 200, while the
-    others are queried; the new daemon, its reload seconds, and the others' tallies."""
+    others are queried; the new daemon, its reload seconds, the others' tallies, and the
+    bench's worst event loop lag (seconds)."""
     others = [d for k, d in enumerate(replicas) if k != index]
     probers = [await Prober.open(d.dns_port) for d in others]
     stop = asyncio.Event()
+    lag = LoopLag()
     try:
-        querying = asyncio.create_task(
-            query_while(
-                probers, lambda: f"svc-{random.randint(1, services)}", stop, qps, limit + 30
+        with lag:
+            querying = asyncio.create_task(
+                query_while(
+                    probers, lambda: f"svc-{random.randint(1, services)}", stop, qps, limit + 30
+                )
             )
-        )
-        await asyncio.sleep(0.5)
-        await asyncio.to_thread(replicas[index].stop)
-        fresh = respawn()
-        try:
-            ready = await asyncio.to_thread(fresh.wait_ready, limit)
-        finally:
             await asyncio.sleep(0.5)
-            stop.set()
-            tallies = await querying
+            await asyncio.to_thread(replicas[index].stop)
+            fresh = respawn()
+            try:
+                ready = await asyncio.to_thread(fresh.wait_ready, limit)
+            finally:
+                await asyncio.sleep(0.5)
+                stop.set()
+                tallies = await querying
     finally:
         for p in probers:
             p.close()
-    return fresh, ready, tallies
+    return fresh, ready, tallies, lag.worst
 
 
 # ---- churn: a rolling deployment ----------------------------------------------------------------
@@ -186,6 +215,7 @@ class Churn:
     tallies: list[Tally] = field(default_factory=list)
     stale: int = 0  # answers that listed an endpoint deregistered > STALE_LIMIT s before
     worst: float | None = None  # the longest such lag seen, seconds (None: never listed after)
+    loop_lag: float = 0.0  # the bench's worst event loop lag, seconds (see LoopLag)
     listed_after_ack: int = 0  # answers listing an endpoint after its removal was acknowledged
 
 
@@ -256,11 +286,15 @@ async def churn(
         querying = asyncio.create_task(
             query_while(probers, name, stop, qps, seconds * 3 + 60, sink)
         )
+        lag = LoopLag()
         try:
-            # calls in flight at once: a replace call takes a few hundred ms on a busy machine
-            await asyncio.wait_for(asyncio.gather(*(writer() for _ in range(64))), seconds * 3 + 90)
+            with lag:
+                # calls in flight at once: a replace call takes a few hundred ms when busy
+                writers = asyncio.gather(*(writer() for _ in range(64)))
+                await asyncio.wait_for(writers, seconds * 3 + 90)
         finally:
             result.seconds = time.monotonic() - started
+            result.loop_lag = lag.worst
             await asyncio.sleep(STALE_LIMIT + 0.5)  # answers after the last removal count too
             stop.set()
             result.tallies = await querying

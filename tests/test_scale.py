@@ -42,6 +42,7 @@ def test_scale_bench_runs_small(server_url: str) -> None:
     assert res.returncode == 0, out[-5000:]
     text = res.stdout
     assert re.search(r"300 services: ready\s+[\d.]+s", text), text
+    assert re.search(r"/healthz while loading: \d+ answers, .* \d+ errors$", text, re.M), text
     assert re.search(r"memory per endpoint .*: \d+ bytes loaded, \d+ bytes", text), text
     assert len(re.findall(r"ratio large/small: [\d.]+", text)) == 2, text  # cached, misses
     assert "  replica 2: ready" in text, text
