@@ -447,7 +447,7 @@ def fleet(large_url: str, first: Daemon, pool: int, daemons: list[Daemon]) -> No
         f"{c.loop_lag * 1000:.0f} ms); "
         f"{c.listed_after_ack} answers listed an endpoint after its removal was "
         f"acknowledged, the worst {'-' if c.worst is None else f'{c.worst * 1000:.0f} ms'} "
-        f"after; beyond 1 s: {c.stale} (target 0)"
+        f"after; beyond 1 s: {c.stale} (target 0; per replica {c.stale_by_replica})"
     )
     print(
         "peak RSS of the replicas (MiB): "

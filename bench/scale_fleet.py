@@ -216,7 +216,10 @@ class Churn:
     stale: int = 0  # answers that listed an endpoint deregistered > STALE_LIMIT s before
     worst: float | None = None  # the longest such lag seen, seconds (None: never listed after)
     loop_lag: float = 0.0  # the bench's worst event loop lag, seconds (see LoopLag)
-    listed_after_ack: int = 0  # answers listing an endpoint after its removal was acknowledged
+    listed_after_ack: int = 0
+    stale_by_replica: list[int] = field(
+        default_factory=list
+    )  # answers listing an endpoint after its removal was acknowledged
 
 
 async def churn(
@@ -235,7 +238,7 @@ async def churn(
     acked: dict[str, float] = {}  # address -> when its removal was acknowledged
     recent: list[int] = []  # services in the order their replacement was acknowledged
     result = Churn(planned=len(chosen))
-    seen: list[tuple[float, frozenset[str]]] = []
+    seen: list[tuple[int, float, frozenset[str]]] = []  # (replica, sent, addresses)
     probers = [await Prober.open(d.dns_port) for d in replicas]
     sessions = [aiohttp.ClientSession(base_url=d.base) for d in replicas]
     schedule = iter(enumerate(chosen))
@@ -251,9 +254,9 @@ async def churn(
             return f"svc-{recent[-random.randint(1, min(len(recent), 50))]}"
         return f"svc-{random.choice(chosen)}"
 
-    def sink(_which: int, _name: str, answer: Answer) -> None:
+    def sink(which: int, _name: str, answer: Answer) -> None:
         if answer.addresses:
-            seen.append((answer.sent, answer.addresses))
+            seen.append((which, answer.sent, answer.addresses))
 
     async def writer() -> None:
         for k, v in schedule:
@@ -303,11 +306,13 @@ async def churn(
             await s.close()
         for p in probers:
             p.close()
-    for sent, addresses in seen:
+    result.stale_by_replica = [0] * len(replicas)
+    for which, sent, addresses in seen:
         lags = [sent - acked[ip] for ip in addresses if ip in acked and sent > acked[ip]]
         if lags:
             lag = max(lags)
             result.listed_after_ack += 1
             result.worst = lag if result.worst is None else max(result.worst, lag)
             result.stale += lag > STALE_LIMIT
+            result.stale_by_replica[which] += lag > STALE_LIMIT
     return result
