@@ -19,7 +19,10 @@ services, then REPLICAS replicas on the large registry (issue 18's targets, all 
 
 Run: .venv/bin/python bench/scale.py   (env, with defaults: SERVICES=10000 PER_SERVICE=10
 DURATION=8 ROUNDS=3 WARM=30000 REPLICAS=10 WRITES=1000 REGISTRATIONS=5000 CHURN_FRACTION=0.1
-CHURN_SECONDS=30 QUERY_QPS=1000 READY_TIMEOUT=600). Issue 18's size: SERVICES=100000.
+CHURN_SECONDS=30 QUERY_QPS=1000 READY_TIMEOUT=600 IDLE_SECONDS=5). Issue 18's size:
+SERVICES=100000 (12-16 minutes, ~9 GiB for ten replicas; a replica is added only while
+MemAvailable allows). The daemons take the rest of the environment: a daemon whose snapshot
+is read in one statement needs DB_TIMEOUT_SECONDS=60 to load a million endpoints at all.
 Loopback only; every process is stopped by its PID, every phase bounded in time.
 """
 
