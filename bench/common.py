@@ -138,7 +138,11 @@ def scratch_database() -> Iterator[str]:
 class Daemon:
     """`service-discovery serve` as a subprocess, optionally pinned to one core."""
 
-    def __init__(self, database_url: str, core: int | None = None, **env: str) -> None:
+    def __init__(
+        self, database_url: str, core: int | None = None, script: Path | None = None, **env: str
+    ) -> None:
+        """`script`: a Python file to run instead of `serve` (bench/dns/serve.py, whose
+        signals switch the answer cache off); its stdout is discarded."""
         self.http_port = free_port()
         self.dns_port = free_port()
         self.grpc_port = free_port()
@@ -154,10 +158,11 @@ class Daemon:
             **LIMITS_OFF,
             **env,
         }
-        cmd = [PY, "-m", "service_discovery", "serve"]
+        cmd = [PY, str(script)] if script else [PY, "-m", "service_discovery", "serve"]
         if core is not None and shutil.which("taskset"):
             cmd = ["taskset", "-c", str(core), *cmd]
-        self.proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT)
+        out = subprocess.DEVNULL if script else None
+        self.proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=out)
         self.base = f"http://127.0.0.1:{self.http_port}"
 
     def settings(self) -> str:

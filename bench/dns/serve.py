@@ -21,7 +21,8 @@ async def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    async with run_app(config) as app:
+    # A registry of a million endpoints (bench/scale.py) takes longer than run_app's default.
+    async with run_app(config, ready_timeout=600) as app:
         assert app.dns is not None
         dns = app.dns
 
