@@ -114,6 +114,11 @@ class Expiry:
     def queue_size(self) -> int:
         return len(self._queue)
 
+    def due(self, by: float) -> bool:
+        """Whether a lease may have lapsed by `by`: one lapsed here, an entry due by then (a
+        stale one counts), or a copy that does not hear every change."""
+        return not self._connected or self._hidden_total > 0 or self._queue.next_due() <= by
+
     # ---- what the registry tells it --------------------------------------------------------
     def clear(self) -> None:
         """Forget every lease (a reload puts them all again)."""

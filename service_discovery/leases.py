@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 _Key = tuple[str, str]  # (lowercased service name, canonical ip)
 MAX_BATCH = 5000  # renewals per UPDATE; a batch this large is written before its window ends
+FULL_SWEEP_ROUNDS = 30  # the reaper sweeps at least this often, whatever the copy knows
 
 
 class Leases:
@@ -146,8 +147,21 @@ class Leases:
 
     # ---- the reaper ----------------------------------------------------------------------
     async def _reap_forever(self) -> None:
+        interval = self._config.lease_reap_interval_seconds
+        swept = time.monotonic()
         while True:
-            await asyncio.sleep(self._config.lease_reap_interval_seconds)
+            await asyncio.sleep(interval)
+            # A sweep reads every leased row (no index covers expires_at, so that heartbeats
+            # stay HOT updates): 0.3 s at a million endpoints. The copy hears every lease and
+            # renewal, so while it knows of none lapsed or about to lapse there is nothing to
+            # reap; a sweep every FULL_SWEEP_ROUNDS rounds still covers a copy, or a clock,
+            # that is wrong.
+            due = self._registry.lease_due(within=max(1.0, interval))
+            if not due and time.monotonic() - swept < FULL_SWEEP_ROUNDS * interval:
+                self._metrics.lease_sweeps.labels("skipped").inc()
+                continue
+            swept = time.monotonic()
+            self._metrics.lease_sweeps.labels("swept").inc()
             try:
                 await self.reap_once()
             except RegistryError as exc:

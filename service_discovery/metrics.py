@@ -175,6 +175,14 @@ class Metrics:
         self.lease_expired = Counter(
             "sd_lease_expired_total", "leased endpoints reaped after expiry", registry=r
         )
+        self.lease_sweeps = Counter(
+            "sd_lease_sweeps_total",
+            "reaper rounds: swept the database, or skipped (this copy knew of no lapsed lease)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("swept", "skipped"):
+            self.lease_sweeps.labels(outcome)  # both series from the start, at 0
         self.lease_mass_expiry = Counter(
             "sd_lease_mass_expiry_total",
             "sweeps in which a mass-expiry guard renewed lapsed leases instead of deleting them",

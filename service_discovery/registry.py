@@ -147,6 +147,10 @@ class Registry:
             view = entry.view = entry.build_view(self._expiry.kept(entry))
         return view
 
+    def lease_due(self, within: float) -> bool:
+        """Whether, as far as this copy knows, a lease lapsed or lapses within `within` s."""
+        return not self.loaded or self._expiry.due(self._clock() + within)
+
     # ---- change notification --------------------------------------------------------------
     def subscribe(self, callback: ChangeCallback) -> Callable[[], None]:
         return self._changes.subscribe(callback)

@@ -368,6 +368,47 @@ async def test_background_reapers_delete_each_lease_once(
             assert await scrape(http, "sd_lease_mass_expiry_total") == 0
 
 
+async def test_reaper_sweeps_only_when_the_copy_knows_of_a_lapse(
+    make_config: Callable[..., Config], lease_db: str, unique_name: str
+) -> None:
+    """A sweep scans every leased row, so the reaper skips rounds while its copy knows of no
+    lease that has lapsed or is about to (reaping every 0.1 s, so a sweep at least every 3 s):
+    1. a service with a 30 s lease: rounds are skipped, and a sweep still comes within the
+    30 rounds; 2. a 1 s lease: it is reaped as before; 3. a lapsed row written behind the
+    daemon's back (no NOTIFY: the copy never hears of it) is still reaped, by the periodic
+    sweep."""
+    config = make_config(database_url=lease_db, lease_reap_interval_seconds=0.1)
+    async with run_app(config) as app, client(app) as http:
+        await create(http, unique_name)
+        await register(http, unique_name, "10.4.2.1", 30)
+
+        async def skipped_and_swept() -> bool:
+            skipped = await scrape(http, "sd_lease_sweeps_total", outcome="skipped")
+            return skipped >= 20 and await scrape(http, "sd_lease_sweeps_total", outcome="swept")
+
+        await eventually(skipped_and_swept, timeout=30, what="rounds skipped, then a sweep")
+        await register(http, unique_name, "10.4.2.2", 1)
+
+        async def reaped(ips: set[str]) -> bool:
+            return set(await rows(lease_db, unique_name)) == ips
+
+        took = await eventually(lambda: reaped({"10.4.2.1"}), timeout=10, what="1 s lease reaped")
+        print(f"the 1 s lease was reaped {took:.2f} s after it was registered")
+        conn = await asyncpg.connect(lease_db)
+        try:
+            await conn.execute(
+                """INSERT INTO endpoints (service_id, ip, expires_at, ttl_seconds)
+                   SELECT id, '10.4.2.3', now() - interval '1 second', 1 FROM services
+                   WHERE lower(name) = lower($1)""",
+                unique_name,
+            )
+        finally:
+            await conn.close()
+        assert "10.4.2.3" not in await http_ips(http, unique_name)  # the copy never heard
+        took = await eventually(lambda: reaped({"10.4.2.1"}), timeout=15, what="unknown row")
+        print(f"the row the copy never heard of was reaped after {took:.2f} s")
+
+
 # ---- the mass-expiry guard ---------------------------------------------------------------------
 # sweeps five times a second; more than half of at least ten leases lapsing at once is "mass"
 GUARD = {
