@@ -10,8 +10,9 @@ the transport and its per-connection limits are `server`'s.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from service_discovery.config import Config
 from service_discovery.dns.answers import AnswerCache
@@ -48,6 +49,25 @@ from service_discovery.dns.zone import Zone, ZoneView
 from service_discovery.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# The fast path's responses of an answer are kept whole (after the id), one per rotation and
+# RD bit, when they take at most twice this many bytes: a response is then the id and one of
+# them. Larger answers (many records) are rotated per response instead.
+_FAST_BYTES = 2048
+
+
+def _bodies(entry: EncodedAnswer, question: bytes) -> tuple[Iterator[bytes], Iterator[bytes]]:
+    """Every response of `entry` to `question` but the id, in rotation order: one endless
+    cycle for RD clear, one for RD set. Valid for the fast path only, where the question is
+    the cache key's very bytes (an answer cached under it echoes nothing else)."""
+    tail, n, rr, end = entry.tail, entry.n, entry.rr, entry.an_end
+    # the n rotations of the answer records, from the one after the current turn, as _serve
+    turns = [(entry.turn + 1 + k) % n for k in range(n)] if n else [0]
+    tails = [tail[t * rr : end] + tail[: t * rr] + tail[end:] for t in turns] if n else [tail]
+    return (
+        itertools.cycle([entry.hdr[0] + question + t for t in tails]),
+        itertools.cycle([entry.hdr[1] + question + t for t in tails]),
+    )
 
 
 class QueryHandler:
@@ -155,7 +175,8 @@ class QueryHandler:
                 limit = TCP_LIMIT if tcp else max(UDP_PLAIN_LIMIT, min(payload, self._max_udp))
             else:
                 return self._respond(data, tcp, client)
-            key = data[12:qend] + edns
+            question = data[12:qend]
+            key = question + edns
             entry = self._stable.get(key) or self._volatile.get(key)
             if entry is None or self.invalidate_every_query:
                 # A miss. Walk the labels here, for the usual lowercase name: it validates the
@@ -190,13 +211,19 @@ class QueryHandler:
             # (the lines below are _serve, inlined: this is the path that runs most)
             entry.cells[tcp][0] += 1
             if entry.size <= limit:
+                fast = entry.fast
+                if fast is not None:
+                    return data[:2] + next(fast[data[2] & 1])
+                if entry.size * (entry.n or 1) <= _FAST_BYTES:
+                    entry.fast = fast = _bodies(entry, question)
+                    return data[:2] + next(fast[data[2] & 1])
                 tail = entry.tail
                 if entry.n:
                     turn = entry.turn = (entry.turn + 1) % entry.n
                     cut = turn * entry.rr
                     end = entry.an_end
                     tail = tail[cut:end] + tail[:cut] + tail[end:]
-                return data[:2] + entry.hdr[data[2] & 1] + data[12:qend] + tail
+                return data[:2] + entry.hdr[data[2] & 1] + question + tail
             return self._fit(entry, data, qend, limit, tcp)
         except Exception:
             # A bug must not look like an empty zone: answer SERVFAIL, log and count it.
@@ -205,18 +232,23 @@ class QueryHandler:
             return self._error(data, SERVFAIL, None, False, tcp)
 
     @property
-    def respond_udp(self) -> Callable[[bytes, bool, str], bytes | None]:
+    def needs_client(self) -> bool:
+        """Whether anything here reads a query's `client` (the per-client limits, cookies)."""
+        return self._misses is not None or self._rrl is not None or self._cookies is not None
+
+    @property
+    def respond_udp(self) -> Callable[[bytes, bool, str | None], bytes | None]:
         """What answers a UDP datagram: `respond`, or with RRL on, `respond_limited`. Chosen
         once, so that with RRL off UDP answers pay nothing for it."""
         return self.respond if self._rrl is None else self.respond_limited
 
-    def respond_limited(self, data: bytes, tcp: bool, client: str) -> bytes | None:
+    def respond_limited(self, data: bytes, tcp: bool, client: str | None) -> bytes | None:
         """`respond` under response-rate limiting (UDP only: TCP answers cannot be sent to a
         spoofed address). Within its network's rate a query is answered as usual; beyond it,
         only a query with a valid server cookie is, and the others get every `slip`-th time
         an empty answer with TC set (a real client retries over TCP) and otherwise nothing.
         """
-        if self._rrl is None or self._rrl.take(client):
+        if self._rrl is None or client is None or self._rrl.take(client):
             return self.respond(data, tcp, client)
         return self._respond(data, tcp, client, over_rate=True)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from service_discovery.dns.cookies import COOKIE
@@ -265,6 +266,7 @@ class EncodedAnswer:
         "cells",
         "counts",
         "depends_on",
+        "fast",
         "flags",
         "hdr",
         "n",
@@ -337,6 +339,8 @@ class EncodedAnswer:
         # Forms to fall back on when `size` does not fit; built on need.
         self.alternatives: list[Form] | None = None
         self.cells: tuple[list[int], list[int]] = ([0], [0])
+        # The handler's whole responses for its fast path (built there on need); None: none.
+        self.fast: tuple[Iterator[bytes], Iterator[bytes]] | None = None
 
     def smaller(self) -> list[Form]:
         """Forms that fit smaller limits, largest first. RFC 2181 9: leaving additional records
