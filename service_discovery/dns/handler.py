@@ -208,23 +208,18 @@ class QueryHandler:
                         return self._beyond_limit("misses", data, qend, edns == b"\x01", tcp, b"")
                 self._counters.misses += 1
                 entry = self._miss(data, end, qend, key, edns == b"\x01", tuple(labels))
-            # (the lines below are _serve, inlined: this is the path that runs most)
-            entry.cells[tcp][0] += 1
+                return self._serve(entry, data, qend, limit, tcp)  # it may never be asked again
+            # A hit: the response is the query's id and one of the answer's whole responses,
+            # kept from its first hit on (see _bodies); _serve for the rest.
+            fast = entry.fast
+            if fast is None:
+                if entry.size * (entry.n or 1) > _FAST_BYTES:
+                    return self._serve(entry, data, qend, limit, tcp)
+                fast = entry.fast = _bodies(entry, question)
             if entry.size <= limit:
-                fast = entry.fast
-                if fast is not None:
-                    return data[:2] + next(fast[data[2] & 1])
-                if entry.size * (entry.n or 1) <= _FAST_BYTES:
-                    entry.fast = fast = _bodies(entry, question)
-                    return data[:2] + next(fast[data[2] & 1])
-                tail = entry.tail
-                if entry.n:
-                    turn = entry.turn = (entry.turn + 1) % entry.n
-                    cut = turn * entry.rr
-                    end = entry.an_end
-                    tail = tail[cut:end] + tail[:cut] + tail[end:]
-                return data[:2] + entry.hdr[data[2] & 1] + question + tail
-            return self._fit(entry, data, qend, limit, tcp)
+                entry.cells[tcp][0] += 1
+                return data[:2] + next(fast[data[2] & 1])
+            return self._serve(entry, data, qend, limit, tcp)  # it does not fit: a smaller form
         except Exception:
             # A bug must not look like an empty zone: answer SERVFAIL, log and count it.
             log.exception("DNS query failed")
