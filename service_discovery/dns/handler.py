@@ -50,24 +50,25 @@ from service_discovery.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# The fast path's responses of an answer are kept whole (after the id), one per rotation and
-# RD bit, when they take at most twice this many bytes: a response is then the id and one of
-# them. Larger answers (many records) are rotated per response instead.
-_FAST_BYTES = 2048
+# The fast path's responses of an answer are kept whole (after the id), one per rotation, for
+# the RD bit of the queries that hit it, when they take at most this many bytes: a response is
+# then the id and one of them. Larger answers (many records) are rotated per response instead.
+# So a cached answer holds at most about twice this more (both RD bits), and typically (three
+# addresses) a few hundred bytes more.
+_FAST_BYTES = 1024
 
 
-def _bodies(entry: EncodedAnswer, question: bytes) -> tuple[Iterator[bytes], Iterator[bytes]]:
-    """Every response of `entry` to `question` but the id, in rotation order: one endless
-    cycle for RD clear, one for RD set. Valid for the fast path only, where the question is
-    the cache key's very bytes (an answer cached under it echoes nothing else)."""
+def _bodies(entry: EncodedAnswer, question: bytes, rd: int) -> Iterator[bytes]:
+    """Every response of `entry` to `question` with RD bit `rd`, but the id, in rotation order,
+    as one endless cycle. Valid for the fast path only, where the question is the cache key's
+    very bytes (an answer cached under it echoes nothing else)."""
     tail, n, rr, end = entry.tail, entry.n, entry.rr, entry.an_end
+    hdr = entry.hdr[rd] + question
+    if not n:
+        return itertools.repeat(hdr + tail)
     # the n rotations of the answer records, from the one after the current turn, as _serve
-    turns = [(entry.turn + 1 + k) % n for k in range(n)] if n else [0]
-    tails = [tail[t * rr : end] + tail[: t * rr] + tail[end:] for t in turns] if n else [tail]
-    return (
-        itertools.cycle([entry.hdr[0] + question + t for t in tails]),
-        itertools.cycle([entry.hdr[1] + question + t for t in tails]),
-    )
+    turns = [(entry.turn + 1 + k) % n for k in range(n)]
+    return itertools.cycle([hdr + tail[t * rr : end] + tail[: t * rr] + tail[end:] for t in turns])
 
 
 class QueryHandler:
@@ -212,13 +213,17 @@ class QueryHandler:
             # A hit: the response is the query's id and one of the answer's whole responses,
             # kept from its first hit on (see _bodies); _serve for the rest.
             fast = entry.fast
-            if fast is None:
+            rd = data[2] & 1
+            bodies = fast[rd] if fast is not None else None
+            if bodies is None:
                 if entry.size * (entry.n or 1) > _FAST_BYTES:
                     return self._serve(entry, data, qend, limit, tcp)
-                fast = entry.fast = _bodies(entry, question)
+                if fast is None:
+                    fast = entry.fast = [None, None]
+                bodies = fast[rd] = _bodies(entry, question, rd)
             if entry.size <= limit:
                 entry.cells[tcp][0] += 1
-                return data[:2] + next(fast[data[2] & 1])
+                return data[:2] + next(bodies)
             return self._serve(entry, data, qend, limit, tcp)  # it does not fit: a smaller form
         except Exception:
             # A bug must not look like an empty zone: answer SERVFAIL, log and count it.

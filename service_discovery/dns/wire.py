@@ -339,8 +339,8 @@ class EncodedAnswer:
         # Forms to fall back on when `size` does not fit; built on need.
         self.alternatives: list[Form] | None = None
         self.cells: tuple[list[int], list[int]] = ([0], [0])
-        # The handler's whole responses for its fast path (built there on need); None: none.
-        self.fast: tuple[Iterator[bytes], Iterator[bytes]] | None = None
+        # The handler's whole responses for its fast path, by RD bit (built there on need).
+        self.fast: list[Iterator[bytes] | None] | None = None
 
     def smaller(self) -> list[Form]:
         """Forms that fit smaller limits, largest first. RFC 2181 9: leaving additional records
