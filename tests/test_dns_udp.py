@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -46,7 +47,7 @@ def path(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def dns_server(**settings: Any) -> AsyncIterator[tuple[DnsServer, Metrics]]:
+async def dns_server(**settings: Any) -> AsyncIterator[tuple[DnsServer, Metrics, Registry]]:
     settings = {"bind_address": "127.0.0.1", "dns_port": 0, **settings}
     config = Config(**settings)
     registry = Registry(config)
@@ -60,7 +61,7 @@ async def dns_server(**settings: Any) -> AsyncIterator[tuple[DnsServer, Metrics]
     metrics.before_render.append(server.flush_metrics)
     await server.start()
     try:
-        yield server, metrics
+        yield server, metrics, registry
     finally:
         await server.stop()
 
@@ -90,7 +91,7 @@ async def test_a_batch_is_answered_each_to_its_sender(path: str) -> None:
     that a datagram that gets no answer (a response), all before the server reads any; 2.
     each socket gets exactly its own answer (its id, its name, its two addresses, rotated as
     usual), the silent datagrams nothing; 3. again, now from the answer cache."""
-    async with dns_server() as (server, _):
+    async with dns_server() as (server, _, _):
         port = server.port
         clients = sockets(39)
         try:
@@ -123,7 +124,7 @@ async def test_answers_rotate_and_malformed_datagrams_keep_their_answers(path: s
     """1. The same query three times in one batch: the first two answers list the addresses
     in different orders; 2. a datagram of 12 bytes with QDCOUNT 2 gets FORMERR; 3. one of
     9,000 bytes (a query, then zeros) its answer; 4. a 3-byte datagram nothing."""
-    async with dns_server() as (server, _):
+    async with dns_server() as (server, _, _):
         (sock,) = sockets(1)
         try:
             q = dns.message.make_query(f"web3.{ZONE}", "A")
@@ -157,7 +158,7 @@ async def test_the_client_address_reaches_the_limits(path: str) -> None:
     """Miss budget of 1 a second (burst 2): 1. 12 misses from 127.0.1.7 in one batch: at most
     two answered in full, the rest truncated or dropped, as counted; 2. a miss from 127.0.2.9,
     another /24, in the same batch is answered: the budget is per sender."""
-    async with dns_server(dns_miss_budget_per_second=1, dns_slip=2) as (server, metrics):
+    async with dns_server(dns_miss_budget_per_second=1, dns_slip=2) as (server, metrics, _):
         flood = sockets(1, host="127.0.1.7")[0]
         other = sockets(1, host="127.0.2.9")[0]
         try:
@@ -196,7 +197,7 @@ def _ipv6_loopback() -> bool:
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
 async def test_ipv6_listener(path: str) -> None:
     """Bound to ::1: answers reach IPv6 senders, in a batch of several."""
-    async with dns_server(bind_address="::1") as (server, _):
+    async with dns_server(bind_address="::1") as (server, _, _):
         clients = sockets(3, socket.AF_INET6, "::1")
         try:
             for i, sock in enumerate(clients, start=1):
@@ -215,7 +216,39 @@ async def test_ipv6_listener(path: str) -> None:
 
 async def test_stop_closes_the_socket(path: str) -> None:
     """After stop, the port is free again and nothing answers there."""
-    async with dns_server() as (server, _):
+    async with dns_server() as (server, _, _):
         port = server.port
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", port))  # would fail while the listener held it
+
+
+async def test_a_datagram_seen_before_gets_the_answer_of_now(path: str) -> None:
+    """1. The same datagram (but its id) three times: the same addresses, rotated; 2. the
+    service changes (a third address, as sync applies a write); 3. the same datagram again
+    lists the new address, and counts go on in the metrics."""
+    async with dns_server() as (server, metrics, registry):
+        (sock,) = sockets(1)
+        try:
+            q = dns.message.make_query(f"web5.{ZONE}", "A")
+
+            async def addresses() -> list[str]:
+                q.id = (q.id + 1) % 65536
+                sock.sendto(q.to_wire(), ("127.0.0.1", server.port))
+                data = await reply(sock)
+                assert data is not None and data[:2] == q.id.to_bytes(2, "big")
+                return sorted(rd.address for rd in dns.message.from_wire(data).answer[0])
+
+            for _ in range(3):
+                assert await addresses() == ["10.71.5.1", "10.71.5.2"]
+            old = registry.get("web5")
+            assert old is not None
+            more = (*old.endpoints, Endpoint("10.71.5.3"))
+            new = dataclasses.replace(old, endpoints=more, version=old.version + 1)
+            registry.apply(new.version, "web5", new)
+            assert await addresses() == ["10.71.5.1", "10.71.5.2", "10.71.5.3"]
+            hits = sample(
+                metrics, "sd_dns_queries_total", transport="udp", qtype="A", rcode="NOERROR"
+            )
+            assert hits == 4
+        finally:
+            sock.close()

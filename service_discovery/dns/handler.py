@@ -10,7 +10,6 @@ the transport and its per-connection limits are `server`'s.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Iterator
 
@@ -50,25 +49,13 @@ from service_discovery.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# The fast path's responses of an answer are kept whole (after the id), one per rotation, for
-# the RD bit of the queries that hit it, when they take at most this many bytes: a response is
-# then the id and one of them. Larger answers (many records) are rotated per response instead.
-# So a cached answer holds at most about twice this more (both RD bits), and typically (three
-# addresses) a few hundred bytes more.
+# The fast path keeps an answer's whole responses (EncodedAnswer.responses) for the RD bit of
+# the queries that hit it when they take at most this many bytes: a response is then the id
+# and one of them. Larger answers (many records) are rotated per response instead. So a
+# cached answer holds at most about twice this more, and typically (three addresses) a few
+# hundred bytes more.
 _FAST_BYTES = 1024
-
-
-def _bodies(entry: EncodedAnswer, question: bytes, rd: int) -> Iterator[bytes]:
-    """Every response of `entry` to `question` with RD bit `rd`, but the id, in rotation order,
-    as one endless cycle. Valid for the fast path only, where the question is the cache key's
-    very bytes (an answer cached under it echoes nothing else)."""
-    tail, n, rr, end = entry.tail, entry.n, entry.rr, entry.an_end
-    hdr = entry.hdr[rd] + question
-    if not n:
-        return itertools.repeat(hdr + tail)
-    # the n rotations of the answer records, from the one after the current turn, as _serve
-    turns = [(entry.turn + 1 + k) % n for k in range(n)]
-    return itertools.cycle([hdr + tail[t * rr : end] + tail[: t * rr] + tail[end:] for t in turns])
+_EXACT_SIZE = 10_000  # datagrams kept in QueryHandler._exact; all forgotten when there are more
 
 
 class QueryHandler:
@@ -126,15 +113,20 @@ class QueryHandler:
             for limit in ("misses", "rrl")
             for action in ("truncated", "dropped", "refused")
         }
-        # Benchmark mode: drop every cached answer before each query, so each one is a miss.
-        # Answers only: a miss after a change of another service, or of a name that does not
-        # exist, finds the service indexes built (they go when their own service changes).
+        # Benchmark mode (DnsServer sets it): drop every cached answer before each query, so
+        # each one is a miss. Answers only: a miss after a change of another service, or of a
+        # name that does not exist, finds the service indexes built.
         self.invalidate_every_query = False
+        # UDP queries answered from cache, by their bytes after the id: a datagram seen before
+        # is answered unparsed (its bytes decide all the answer depends on: question, EDNS,
+        # payload size; one with a cookie, which depends on the sender too, is never kept).
+        self._exact: dict[bytes, tuple[list[int], Iterator[bytes]]] = {}
 
     def changed(self, key: str | None, reason: str = "") -> None:
         """Service `key` changed (None: anything may have): drop the answers it made stale."""
         self._view.changed(key)
         self._answers.changed(key)
+        self._exact.clear()  # which of them came from `key`'s answers is not worth knowing
 
     def clear_cache(self) -> None:
         self.changed(None, "clear")
@@ -150,6 +142,11 @@ class QueryHandler:
         before its end, so parsing these bytes would find the very same question.
         """
         try:
+            if not tcp:
+                hit = self._exact.get(data[2:])
+                if hit is not None:  # this very datagram (but its id) was answered from cache
+                    hit[0][0] += 1
+                    return data[:2] + next(hit[1])
             size = len(data)
             if size < 12 or data[2] & 0xF8 or data[4:10] != ONE_QUESTION:
                 return self._respond(data, tcp, client)  # not QUERY, or not one plain question
@@ -210,8 +207,7 @@ class QueryHandler:
                 self._counters.misses += 1
                 entry = self._miss(data, end, qend, key, edns == b"\x01", tuple(labels))
                 return self._serve(entry, data, qend, limit, tcp)  # it may never be asked again
-            # A hit: the response is the query's id and one of the answer's whole responses,
-            # kept from its first hit on (see _bodies); _serve for the rest.
+            # A hit: the id and one of the answer's whole responses (see _FAST_BYTES), or _serve
             fast = entry.fast
             rd = data[2] & 1
             bodies = fast[rd] if fast is not None else None
@@ -220,9 +216,15 @@ class QueryHandler:
                     return self._serve(entry, data, qend, limit, tcp)
                 if fast is None:
                     fast = entry.fast = [None, None]
-                bodies = fast[rd] = _bodies(entry, question, rd)
+                bodies = fast[rd] = entry.responses(question, rd)
             if entry.size <= limit:
-                entry.cells[tcp][0] += 1
+                cell = entry.cells[tcp]
+                cell[0] += 1
+                if not tcp:
+                    exact = self._exact
+                    if len(exact) >= _EXACT_SIZE:
+                        exact.clear()
+                    exact[data[2:]] = (cell, bodies)
                 return data[:2] + next(bodies)
             return self._serve(entry, data, qend, limit, tcp)  # it does not fit: a smaller form
         except Exception:

@@ -17,6 +17,7 @@ encoder.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
 from collections.abc import Iterator
@@ -360,3 +361,16 @@ class EncodedAnswer:
             alts.append(Form(12 + self.qlen + len(self.opt), hdr, self.opt, True))
             self.alternatives = alts
         return self.alternatives
+
+    def responses(self, question: bytes, rd: int) -> Iterator[bytes]:
+        """Every whole response but the id to `question` with RD bit `rd`, in rotation order
+        (from the turn after the current one), as one endless cycle; for a question that is
+        this answer's cache key's very bytes (the handler's fast path)."""
+        tail, n, rr, end = self.tail, self.n, self.rr, self.an_end
+        head = self.hdr[rd] + question
+        if not n:
+            return itertools.repeat(head + tail)
+        turns = [(self.turn + 1 + k) % n for k in range(n)]
+        return itertools.cycle(
+            [head + tail[t * rr : end] + tail[: t * rr] + tail[end:] for t in turns]
+        )
