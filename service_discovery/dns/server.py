@@ -4,8 +4,8 @@ This module owns the sockets: binding UDP and TCP on the same port (retrying whe
 picked a number TCP cannot have), the UDP receive buffer, TCP framing (2-byte length prefix),
 the TCP limits (open connections in all and per client address; the idle timeout, which
 covers writes as well as reads), stopping with in-flight connections finished within the
-shutdown timeout, and the periodic flush of the counters. What a query answers, and the
-per-query limits, are `handler`'s.
+shutdown timeout, and the periodic flush of the counters. Reading and answering the UDP
+socket in batches is `udp`'s; what a query answers, and the per-query limits, `handler`'s.
 """
 
 from __future__ import annotations
