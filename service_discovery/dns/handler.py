@@ -11,12 +11,13 @@ the transport and its per-connection limits are `server`'s.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from service_discovery.config import Config
 from service_discovery.dns.answers import AnswerCache
 from service_discovery.dns.cookies import Cookies
 from service_discovery.dns.counters import Counters
+from service_discovery.dns.exact import ExactAnswers
 from service_discovery.dns.ratelimit import BURST_SECONDS, Buckets
 from service_discovery.dns.records import (
     BADVERS,
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 # cached answer holds at most about twice this more, and typically (three addresses) a few
 # hundred bytes more.
 _FAST_BYTES = 1024
-_EXACT_SIZE = 10_000  # datagrams kept in QueryHandler._exact; all forgotten when there are more
 
 
 class QueryHandler:
@@ -117,16 +117,13 @@ class QueryHandler:
         # each one is a miss. Answers only: a miss after a change of another service, or of a
         # name that does not exist, finds the service indexes built.
         self.invalidate_every_query = False
-        # UDP queries answered from cache, by their bytes after the id: a datagram seen before
-        # is answered unparsed (its bytes decide all the answer depends on: question, EDNS,
-        # payload size; one with a cookie, which depends on the sender too, is never kept).
-        self._exact: dict[bytes, tuple[list[int], Iterator[bytes]]] = {}
+        self.exact = ExactAnswers()  # UDP datagrams seen before (see `exact`)
 
     def changed(self, key: str | None, reason: str = "") -> None:
         """Service `key` changed (None: anything may have): drop the answers it made stale."""
         self._view.changed(key)
         self._answers.changed(key)
-        self._exact.clear()  # which of them came from `key`'s answers is not worth knowing
+        self.exact.clear()  # which of them came from `key`'s answers is not worth knowing
 
     def clear_cache(self) -> None:
         self.changed(None, "clear")
@@ -143,7 +140,7 @@ class QueryHandler:
         """
         try:
             if not tcp:
-                hit = self._exact.get(data[2:])
+                hit = self.exact.get(data[2:])
                 if hit is not None:  # this very datagram (but its id) was answered from cache
                     hit[0][0] += 1
                     return data[:2] + next(hit[1])
@@ -221,10 +218,7 @@ class QueryHandler:
                 cell = entry.cells[tcp]
                 cell[0] += 1
                 if not tcp:
-                    exact = self._exact
-                    if len(exact) >= _EXACT_SIZE:
-                        exact.clear()
-                    exact[data[2:]] = (cell, bodies)
+                    self.exact.keep(data[2:], cell, bodies)
                 return data[:2] + next(bodies)
             return self._serve(entry, data, qend, limit, tcp)  # it does not fit: a smaller form
         except Exception:
@@ -237,6 +231,12 @@ class QueryHandler:
     def needs_client(self) -> bool:
         """Whether anything here reads a query's `client` (the per-client limits, cookies)."""
         return self._misses is not None or self._rrl is not None or self._cookies is not None
+
+    @property
+    def exact_udp(self) -> ExactAnswers | None:
+        """`exact`, for a UDP listener to answer from before calling `respond_udp`; None while
+        RRL is on, which must see every datagram."""
+        return self.exact if self._rrl is None else None
 
     @property
     def respond_udp(self) -> Callable[[bytes, bool, str | None], bytes | None]:

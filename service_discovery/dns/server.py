@@ -120,7 +120,9 @@ class DnsServer:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF)
             handler = self._handler
-            listener = udp.UdpListener(sock, handler.respond_udp, handler.needs_client)
+            listener = udp.UdpListener(
+                sock, handler.respond_udp, handler.needs_client, handler.exact_udp
+            )
             listener.start(loop)
             self._udp, self._tcp, self._port = listener, tcp, port
             self._flush_timer = loop.call_later(_METRICS_FLUSH_SECONDS, self._periodic_flush)

@@ -24,6 +24,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from service_discovery.dns.exact import ExactAnswers
+
 log = logging.getLogger(__name__)
 
 Respond = Callable[[bytes, bool, str | None], bytes | None]
@@ -92,10 +94,19 @@ def bind(host: str, port: int) -> socket.socket:
 
 class UdpListener:
     """Answers the datagrams of `sock` with `respond` (whose `client` is the sender's address,
-    or None when `with_client` is false: nothing the handler does then needs it)."""
+    or None when `with_client` is false: nothing the handler does then needs it). `exact`:
+    the handler's answers to datagrams seen before (`QueryHandler.exact`), looked up here
+    first on the batched path, which saves a call and the client's address per answer."""
 
-    def __init__(self, sock: socket.socket, respond: Respond, with_client: bool = True) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        respond: Respond,
+        with_client: bool = True,
+        exact: ExactAnswers | None = None,
+    ) -> None:
         self._sock = sock
+        self._exact = exact
         self._fd = sock.fileno()
         self._respond = respond
         self._with_client = with_client
@@ -219,6 +230,7 @@ class UdpListener:
         slots, sends, names = self._slots, self._sends, self._names
         clients = self._clients if self._with_client else None
         words, v4 = self._words, self._v4
+        exact = self._exact
         for _ in range(_ROUNDS):
             got = self._recvmmsg(self._fd, self._rmsgs_at, BATCH, 0, None)
             if got <= 0:
@@ -230,13 +242,20 @@ class UdpListener:
             moved = False
             for i in range(got):
                 at, len_at, addr_at, name_ptr = slots[i]
-                client = None
-                if clients is not None:
-                    key = words[addr_at] if v4 else names[addr_at : addr_at + 16]
-                    client = clients.get(key) or self._client(key, addr_at)
-                response = respond(rmem[at : at + lens[len_at]], False, client)
-                if response is None:
-                    continue
+                data = rmem[at : at + lens[len_at]]
+                hit = exact.get(data[2:]) if exact is not None else None
+                if hit is not None:  # as QueryHandler.respond would answer it
+                    hit[0][0] += 1
+                    response = data[:2] + next(hit[1])
+                else:
+                    client = None
+                    if clients is not None:
+                        key = words[addr_at] if v4 else names[addr_at : addr_at + 16]
+                        client = clients.get(key) or self._client(key, addr_at)
+                    answer = respond(data, False, client)
+                    if answer is None:
+                        continue
+                    response = answer
                 start, iov_len_at, name_word = sends[out]
                 size = len(response)
                 smem[start : start + size] = response
