@@ -117,7 +117,7 @@ class QueryHandler:
         # each one is a miss. Answers only: a miss after a change of another service, or of a
         # name that does not exist, finds the service indexes built.
         self.invalidate_every_query = False
-        self.exact = ExactAnswers()  # UDP datagrams seen before (see `exact`)
+        self.exact = ExactAnswers()  # UDP datagrams seen before (see dns/exact)
 
     def changed(self, key: str | None, reason: str = "") -> None:
         """Service `key` changed (None: anything may have): drop the answers it made stale."""

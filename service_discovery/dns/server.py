@@ -84,7 +84,7 @@ class DnsServer:
     @invalidate_every_query.setter
     def invalidate_every_query(self, value: bool) -> None:
         self._handler.invalidate_every_query = value
-        self._handler.changed(None)  # no answer from before may be served from now on
+        self._handler.exact.clear()  # no answer kept from before may be served from now on
 
     def describe(self, service: Service) -> ServiceRecords:
         """The records this server answers for `service`'s names (the dashboard shows them)."""
