@@ -17,6 +17,7 @@ from service_discovery.config import Config
 from service_discovery.dns.answers import AnswerCache
 from service_discovery.dns.cookies import Cookies
 from service_discovery.dns.counters import Counters
+from service_discovery.dns.exact import ExactAnswers
 from service_discovery.dns.ratelimit import BURST_SECONDS, Buckets
 from service_discovery.dns.records import (
     BADVERS,
@@ -48,6 +49,13 @@ from service_discovery.dns.zone import Zone, ZoneView
 from service_discovery.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# The fast path keeps an answer's whole responses (EncodedAnswer.responses) for the RD bit of
+# the queries that hit it when they take at most this many bytes: a response is then the id
+# and one of them. Larger answers (many records) are rotated per response instead. So a
+# cached answer holds at most about twice this more, and typically (three addresses) a few
+# hundred bytes more.
+_FAST_BYTES = 1024
 
 
 class QueryHandler:
@@ -105,15 +113,17 @@ class QueryHandler:
             for limit in ("misses", "rrl")
             for action in ("truncated", "dropped", "refused")
         }
-        # Benchmark mode: drop every cached answer before each query, so each one is a miss.
-        # Answers only: a miss after a change of another service, or of a name that does not
-        # exist, finds the service indexes built (they go when their own service changes).
+        # Benchmark mode (DnsServer sets it): drop every cached answer before each query, so
+        # each one is a miss. Answers only: a miss after a change of another service, or of a
+        # name that does not exist, finds the service indexes built.
         self.invalidate_every_query = False
+        self.exact = ExactAnswers()  # UDP datagrams seen before (see dns/exact)
 
     def changed(self, key: str | None, reason: str = "") -> None:
         """Service `key` changed (None: anything may have): drop the answers it made stale."""
         self._view.changed(key)
         self._answers.changed(key)
+        self.exact.clear()  # which of them came from `key`'s answers is not worth knowing
 
     def clear_cache(self) -> None:
         self.changed(None, "clear")
@@ -129,6 +139,11 @@ class QueryHandler:
         before its end, so parsing these bytes would find the very same question.
         """
         try:
+            if not tcp:
+                hit = self.exact.get(data[2:])
+                if hit is not None:  # this very datagram (but its id) was answered from cache
+                    hit[0][0] += 1
+                    return data[:2] + next(hit[1])
             size = len(data)
             if size < 12 or data[2] & 0xF8 or data[4:10] != ONE_QUESTION:
                 return self._respond(data, tcp, client)  # not QUERY, or not one plain question
@@ -155,7 +170,8 @@ class QueryHandler:
                 limit = TCP_LIMIT if tcp else max(UDP_PLAIN_LIMIT, min(payload, self._max_udp))
             else:
                 return self._respond(data, tcp, client)
-            key = data[12:qend] + edns
+            question = data[12:qend]
+            key = question + edns
             entry = self._stable.get(key) or self._volatile.get(key)
             if entry is None or self.invalidate_every_query:
                 # A miss. Walk the labels here, for the usual lowercase name: it validates the
@@ -187,17 +203,24 @@ class QueryHandler:
                         return self._beyond_limit("misses", data, qend, edns == b"\x01", tcp, b"")
                 self._counters.misses += 1
                 entry = self._miss(data, end, qend, key, edns == b"\x01", tuple(labels))
-            # (the lines below are _serve, inlined: this is the path that runs most)
-            entry.cells[tcp][0] += 1
+                return self._serve(entry, data, qend, limit, tcp)  # it may never be asked again
+            # A hit: the id and one of the answer's whole responses (see _FAST_BYTES), or _serve
+            fast = entry.fast
+            rd = data[2] & 1
+            bodies = fast[rd] if fast is not None else None
+            if bodies is None:
+                if entry.size * (entry.n or 1) > _FAST_BYTES:
+                    return self._serve(entry, data, qend, limit, tcp)
+                if fast is None:
+                    fast = entry.fast = [None, None]
+                bodies = fast[rd] = entry.responses(question, rd)
             if entry.size <= limit:
-                tail = entry.tail
-                if entry.n:
-                    turn = entry.turn = (entry.turn + 1) % entry.n
-                    cut = turn * entry.rr
-                    end = entry.an_end
-                    tail = tail[cut:end] + tail[:cut] + tail[end:]
-                return data[:2] + entry.hdr[data[2] & 1] + data[12:qend] + tail
-            return self._fit(entry, data, qend, limit, tcp)
+                cell = entry.cells[tcp]
+                cell[0] += 1
+                if not tcp:
+                    self.exact.keep(data[2:], cell, bodies)
+                return data[:2] + next(bodies)
+            return self._serve(entry, data, qend, limit, tcp)  # it does not fit: a smaller form
         except Exception:
             # A bug must not look like an empty zone: answer SERVFAIL, log and count it.
             log.exception("DNS query failed")
@@ -205,18 +228,29 @@ class QueryHandler:
             return self._error(data, SERVFAIL, None, False, tcp)
 
     @property
-    def respond_udp(self) -> Callable[[bytes, bool, str], bytes | None]:
+    def needs_client(self) -> bool:
+        """Whether anything here reads a query's `client` (the per-client limits, cookies)."""
+        return self._misses is not None or self._rrl is not None or self._cookies is not None
+
+    @property
+    def exact_udp(self) -> ExactAnswers | None:
+        """`exact`, for a UDP listener to answer from before calling `respond_udp`; None while
+        RRL is on, which must see every datagram."""
+        return self.exact if self._rrl is None else None
+
+    @property
+    def respond_udp(self) -> Callable[[bytes, bool, str | None], bytes | None]:
         """What answers a UDP datagram: `respond`, or with RRL on, `respond_limited`. Chosen
         once, so that with RRL off UDP answers pay nothing for it."""
         return self.respond if self._rrl is None else self.respond_limited
 
-    def respond_limited(self, data: bytes, tcp: bool, client: str) -> bytes | None:
+    def respond_limited(self, data: bytes, tcp: bool, client: str | None) -> bytes | None:
         """`respond` under response-rate limiting (UDP only: TCP answers cannot be sent to a
         spoofed address). Within its network's rate a query is answered as usual; beyond it,
         only a query with a valid server cookie is, and the others get every `slip`-th time
         an empty answer with TC set (a real client retries over TCP) and otherwise nothing.
         """
-        if self._rrl is None or self._rrl.take(client):
+        if self._rrl is None or client is None or self._rrl.take(client):
             return self.respond(data, tcp, client)
         return self._respond(data, tcp, client, over_rate=True)
 

@@ -4,8 +4,8 @@ This module owns the sockets: binding UDP and TCP on the same port (retrying whe
 picked a number TCP cannot have), the UDP receive buffer, TCP framing (2-byte length prefix),
 the TCP limits (open connections in all and per client address; the idle timeout, which
 covers writes as well as reads), stopping with in-flight connections finished within the
-shutdown timeout, and the periodic flush of the counters. What a query answers, and the
-per-query limits, are `handler`'s.
+shutdown timeout, and the periodic flush of the counters. Reading and answering the UDP
+socket in batches is `udp`'s; what a query answers, and the per-query limits, `handler`'s.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
-from typing import cast
 
 from service_discovery.config import Config
+from service_discovery.dns import udp
 from service_discovery.dns.answers import AnswerCache
 from service_discovery.dns.counters import Counters
 from service_discovery.dns.describe import ServiceRecords, describe
@@ -64,7 +64,7 @@ class DnsServer:
         self._handler.invalidate_every_query = invalidate_every_query
         self._flush_timer: asyncio.TimerHandle | None = None
         self._unsubscribe: Callable[[], None] | None = catalog.subscribe(self._handler.changed)
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: udp.UdpListener | None = None
         self._tcp: asyncio.Server | None = None
         self._tcp_writers: set[asyncio.StreamWriter] = set()
         self._tcp_per_client: dict[str, int] = {}
@@ -84,6 +84,7 @@ class DnsServer:
     @invalidate_every_query.setter
     def invalidate_every_query(self, value: bool) -> None:
         self._handler.invalidate_every_query = value
+        self._handler.exact.clear()  # no answer kept from before may be served from now on
 
     def describe(self, service: Service) -> ServiceRecords:
         """The records this server answers for `service`'s names (the dashboard shows them)."""
@@ -107,21 +108,23 @@ class DnsServer:
         for _ in range(_BIND_ATTEMPTS if wanted == 0 else 1):
             # UDP first on the wanted (or an ephemeral) port, then TCP on the same number; with
             # port 0 another socket may hold that TCP port, so pick a new one and retry.
-            udp, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self._handler.respond_udp), local_addr=(host, wanted)
-            )
-            port = udp.get_extra_info("sockname")[1]
+            sock = udp.bind(host, wanted)
+            port = sock.getsockname()[1]
             try:
                 tcp = await asyncio.start_server(self._serve_tcp, host, port, backlog=1024)
             except OSError as exc:
-                udp.close()
+                sock.close()
                 if wanted != 0 or exc.errno != errno.EADDRINUSE:
                     raise
                 continue
-            sock = udp.get_extra_info("socket")
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF)
-            self._udp, self._tcp, self._port = udp, tcp, port
+            handler = self._handler
+            listener = udp.UdpListener(
+                sock, handler.respond_udp, handler.needs_client, handler.exact_udp
+            )
+            listener.start(loop)
+            self._udp, self._tcp, self._port = listener, tcp, port
             self._flush_timer = loop.call_later(_METRICS_FLUSH_SECONDS, self._periodic_flush)
             return
         raise OSError(errno.EADDRINUSE, "no port was free for both DNS UDP and TCP")
@@ -267,21 +270,3 @@ def _host(writer: asyncio.StreamWriter) -> str | None:
     """The client's address of a TCP connection (None if the socket has none)."""
     peer = writer.get_extra_info("peername")
     return peer[0] if isinstance(peer, tuple) else None
-
-
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, respond: Callable[[bytes, bool, str], bytes | None]) -> None:
-        self._respond = respond
-        self._transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)  # a datagram endpoint's
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        response = self._respond(data, False, addr[0])
-        if response is not None and self._transport is not None:
-            self._transport.sendto(response, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable from a client that went away: nothing to do.
-        log.debug("DNS UDP error: %s", exc)

@@ -17,8 +17,10 @@ encoder.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from service_discovery.dns.cookies import COOKIE
@@ -270,6 +272,7 @@ class EncodedAnswer:
         "cells",
         "counts",
         "depends_on",
+        "fast",
         "flags",
         "hdr",
         "n",
@@ -342,6 +345,8 @@ class EncodedAnswer:
         # Forms to fall back on when `size` does not fit; built on need.
         self.alternatives: list[Form] | None = None
         self.cells: tuple[list[int], list[int]] = ([0], [0])
+        # The handler's whole responses for its fast path, by RD bit (built there on need).
+        self.fast: list[Iterator[bytes] | None] | None = None
 
     def smaller(self) -> list[Form]:
         """Forms that fit smaller limits, largest first. RFC 2181 9: leaving additional records
@@ -361,3 +366,16 @@ class EncodedAnswer:
             alts.append(Form(12 + self.qlen + len(self.opt), hdr, self.opt, True))
             self.alternatives = alts
         return self.alternatives
+
+    def responses(self, question: bytes, rd: int) -> Iterator[bytes]:
+        """Every whole response but the id to `question` with RD bit `rd`, in rotation order
+        (from the turn after the current one), as one endless cycle; for a question that is
+        this answer's cache key's very bytes (the handler's fast path)."""
+        tail, n, rr, end = self.tail, self.n, self.rr, self.an_end
+        head = self.hdr[rd] + question
+        if not n:
+            return itertools.repeat(head + tail)
+        turns = [(self.turn + 1 + k) % n for k in range(n)]
+        return itertools.cycle(
+            [head + tail[t * rr : end] + tail[: t * rr] + tail[end:] for t in turns]
+        )
