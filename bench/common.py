@@ -1,4 +1,5 @@
-"""Shared bench plumbing: a scratch database, the daemon as a pinned subprocess, free ports.
+"""Shared bench plumbing: a scratch database and its bulk load, the daemon as a pinned
+subprocess, free ports.
 
 Loopback only; every process started here is stopped by its PID.
 """
@@ -19,6 +20,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -207,3 +210,38 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def bulk_load(url: str, services: int, per_service: int) -> float:
+    """Bulk-load `services` services with 2 named ports and `per_service` endpoints each; the
+    seconds it took. Service v has version v, as if created by the v-th sd_bump; its endpoints
+    are 10.0.0.0 + (v - 1) * per_service + j (bench/scale_fleet.py's address plan)."""
+    started = time.perf_counter()
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SET LOCAL synchronous_commit = off")
+        cur.execute(
+            """INSERT INTO services (name, version)
+               SELECT 'svc-' || i, i FROM generate_series(1, %s) AS i""",
+            (services,),
+        )
+        cur.execute(
+            """INSERT INTO named_ports (service_id, name, protocol, port)
+               SELECT s.id, p.name, 'tcp', p.port FROM services s,
+                      (VALUES ('http', 8080), ('grpc', 9090)) AS p(name, port)"""
+        )
+        cur.execute(
+            """INSERT INTO endpoints (service_id, ip)
+               SELECT s.id, '10.0.0.0'::inet + ((s.version - 1) * %(p)s + j - 1)
+               FROM services s, generate_series(1, %(p)s) AS j ORDER BY s.id""",
+            {"p": per_service},
+        )
+        cur.execute("UPDATE registry_state SET version = %s", (services,))
+    conn.close()
+    conn = psycopg2.connect(url)
+    try:
+        conn.autocommit = True  # VACUUM runs outside a transaction block
+        # now, rather than an autovacuum worker in the middle of a measurement
+        conn.cursor().execute("VACUUM ANALYZE")
+    finally:
+        conn.close()
+    return time.perf_counter() - started

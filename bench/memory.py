@@ -233,29 +233,7 @@ def rss() -> None:
 
 
 def daemon() -> None:
-    import psycopg2
-    from common import Daemon, scratch_database
-
-    def load(url: str, services: int) -> None:
-        with psycopg2.connect(url) as conn, conn.cursor() as cur:
-            cur.execute(
-                "INSERT INTO services (name, version) "
-                "SELECT 'svc-' || i, i FROM generate_series(1, %s) AS i",
-                (services,),
-            )
-            cur.execute(
-                "INSERT INTO named_ports (service_id, name, protocol, port) "
-                "SELECT s.id, p.name, 'tcp', p.port FROM services s, "
-                "(VALUES ('http', 8080), ('grpc', 9090)) AS p(name, port)"
-            )
-            cur.execute(
-                "INSERT INTO endpoints (service_id, ip) "
-                "SELECT s.id, ('10.' || (j + 20 * (s.version / 65536)) || '.' "
-                "|| (s.version / 256 %% 256) || '.' || (s.version %% 256))::inet "
-                "FROM services s, generate_series(1, %s) AS j",
-                (PER_SERVICE,),
-            )
-            cur.execute("UPDATE registry_state SET version = %s", (services,))  # fmt: skip
+    from common import Daemon, bulk_load, scratch_database
 
     async def warm(port: int, count: int, services: int) -> None:
         import dns.asyncquery
@@ -268,7 +246,7 @@ def daemon() -> None:
     rss: dict[int, tuple[float, float, float]] = {}
     for services in (10, SERVICES):
         with scratch_database() as url:
-            load(url, services)
+            bulk_load(url, services, PER_SERVICE)
             d = Daemon(url)
             try:
                 ready = d.wait_ready(timeout=600)

@@ -46,7 +46,15 @@ from pathlib import Path
 import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Daemon, ensure_apt, metric, percentile, register_many, scratch_database
+from common import (
+    Daemon,
+    bulk_load,
+    ensure_apt,
+    metric,
+    percentile,
+    register_many,
+    scratch_database,
+)
 from scale_dns import ZONE
 from scale_fleet import backend_pids, churn, cpu_of, fan_out, restart_one
 
@@ -72,41 +80,6 @@ BEGAN = time.monotonic()
 
 def phase(text: str) -> None:
     print(f"\n== {text}  (t+{time.monotonic() - BEGAN:.0f}s)", flush=True)
-
-
-def load(url: str, services: int, per_service: int) -> float:
-    """Bulk-load `services` services with 2 named ports and `per_service` endpoints each; the
-    seconds it took. Service v has version v, as if created by the v-th sd_bump; its endpoints
-    are 10.0.0.0 + (v - 1) * per_service + j (scale_fleet.py's address plan)."""
-    started = time.perf_counter()
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute("SET LOCAL synchronous_commit = off")
-        cur.execute(
-            """INSERT INTO services (name, version)
-               SELECT 'svc-' || i, i FROM generate_series(1, %s) AS i""",
-            (services,),
-        )
-        cur.execute(
-            """INSERT INTO named_ports (service_id, name, protocol, port)
-               SELECT s.id, p.name, 'tcp', p.port FROM services s,
-                      (VALUES ('http', 8080), ('grpc', 9090)) AS p(name, port)"""
-        )
-        cur.execute(
-            """INSERT INTO endpoints (service_id, ip)
-               SELECT s.id, '10.0.0.0'::inet + ((s.version - 1) * %(p)s + j - 1)
-               FROM services s, generate_series(1, %(p)s) AS j ORDER BY s.id""",
-            {"p": per_service},
-        )
-        cur.execute("UPDATE registry_state SET version = %s", (services,))
-    conn.close()
-    conn = psycopg2.connect(url)
-    try:
-        conn.autocommit = True  # VACUUM runs outside a transaction block
-        # now, rather than an autovacuum worker in the middle of a measurement
-        conn.cursor().execute("VACUUM ANALYZE")
-    finally:
-        conn.close()
-    return time.perf_counter() - started
 
 
 def pool_size(url: str) -> tuple[int, str]:
@@ -469,8 +442,8 @@ def main() -> None:
     )
     with scratch_database() as small_url, scratch_database() as large_url:
         phase("bulk load")
-        t_small = load(small_url, SMALL, PER_SERVICE)
-        t_large = load(large_url, SERVICES, PER_SERVICE)
+        t_small = bulk_load(small_url, SMALL, PER_SERVICE)
+        t_large = bulk_load(large_url, SERVICES, PER_SERVICE)
         print(
             f"bulk load: {SMALL} services in {t_small:.2f}s; {SERVICES} services, "
             f"{large_eps} endpoints, {2 * SERVICES} named ports in {t_large:.1f}s"

@@ -29,43 +29,13 @@ from pathlib import Path
 import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Daemon, metric, percentile, pin, scratch_database
+from common import Daemon, bulk_load, metric, percentile, pin, scratch_database
 
 SERVICES = int(os.environ.get("SERVICES", "100000"))
 PER_SERVICE = int(os.environ.get("PER_SERVICE", "10"))
 ZONE = "svc.cluster.local"
 SERVER_CORE, CLIENT_CORE = 0, 1
 LIMIT_SECONDS = float(os.environ.get("LIMIT_SECONDS", "180"))  # each probing loop stops after this
-
-
-def bulk_load(url: str, services: int, per_service: int) -> float:
-    """The registry, written with SQL in one transaction; the seconds it took."""
-    started = time.perf_counter()
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "INSERT INTO services (name, version) SELECT 'svc-' || i, i "
-            "FROM generate_series(1, %s) AS i",
-            (services,),
-        )
-        cur.execute(
-            "INSERT INTO named_ports (service_id, name, protocol, port) "
-            "SELECT s.id, p.name, 'tcp', p.port FROM services s, "
-            "(VALUES ('http', 8080), ('grpc', 9090)) AS p(name, port)"
-        )
-        cur.execute(
-            "INSERT INTO endpoints (service_id, ip) "
-            "SELECT s.id, '10.0.0.0'::inet + ((s.version - 1) * %s + j) "
-            "FROM services s, generate_series(0, %s - 1) AS j",
-            (per_service, per_service),
-        )
-        cur.execute("UPDATE registry_state SET version = %s", (services,))
-    conn = psycopg2.connect(url)
-    try:
-        conn.autocommit = True
-        conn.cursor().execute("VACUUM ANALYZE")
-    finally:
-        conn.close()
-    return time.perf_counter() - started
 
 
 def dns_query(name: str) -> bytes:
