@@ -13,7 +13,7 @@ PostgreSQL says, and keeps the registry version.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from service_discovery.announce import Announcer, ChangeCallback
 from service_discovery.config import Config
@@ -191,6 +191,18 @@ class Registry:
         self._catch_up(max(self.version, v))  # our later writes wait in `_ahead`, as before
         self._expiry.refresh_guard()
         self.loaded = True
+        self._expiry.schedule()
+        self._changes.announce(None, "reload")
+
+    def finish_load(self, version: int, keys: Collection[str]) -> None:
+        """The end of a load put in service by service (`apply`, as sync streams a snapshot at
+        registry `version` in): drop what the snapshot (`keys`) lacks, the global guard over
+        every lease at once, /ready, the version, and a "reload" for everyone."""
+        for key in [k for k in self._entries if k not in keys]:
+            self.apply(version, key, None)  # kept if re-created by our own write since
+        self._expiry.refresh_guard()
+        self.loaded = True
+        self.advance(version)
         self._expiry.schedule()
         self._changes.announce(None, "reload")
 

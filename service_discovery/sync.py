@@ -17,7 +17,6 @@ import asyncpg
 
 from service_discovery.config import Config
 from service_discovery.errors import StoreUnavailable
-from service_discovery.loading import finish_load
 from service_discovery.metrics import Metrics
 from service_discovery.model import EndpointChange, LeaseRenewal
 from service_discovery.notify import (
@@ -175,7 +174,7 @@ class Sync:
                     seen.add(key)
                     if registry.index(key) <= svc.version:
                         registry.apply(version, key, svc)
-        finish_load(registry, version, seen)
+        registry.finish_load(version, seen)
         return version, len(seen)
 
     def _on_notify(self, _conn: object, pid: int, channel: str, payload: str) -> None:
