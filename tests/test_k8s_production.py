@@ -11,7 +11,7 @@ import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -217,7 +217,8 @@ def test_initdb_script_creates_both_roles(database_url: str, tmp_path: Path) -> 
     env = {
         **os.environ,
         "PATH": f"{Path(psql).parent}:{os.environ['PATH']}",
-        "PGHOST": admin.hostname or "127.0.0.1",
+        # the embedded server's URL names a unix socket directory (?host=/dir), not a host
+        "PGHOST": admin.hostname or parse_qs(admin.query).get("host", ["127.0.0.1"])[0],
         "PGPORT": str(admin.port or 5432),
         "PGPASSWORD": admin.password or "",
         "POSTGRES_USER": admin.username or "postgres",
@@ -227,9 +228,12 @@ def test_initdb_script_creates_both_roles(database_url: str, tmp_path: Path) -> 
         "SD_RUNTIME_USER": run,
         "SD_RUNTIME_PASSWORD": run_pw,
     }
-    host = f"{env['PGHOST']}:{env['PGPORT']}"
 
     def url(user: str, password: str) -> str:
+        if env["PGHOST"].startswith("/"):
+            query = f"host={env['PGHOST']}&port={env['PGPORT']}"
+            return urlunsplit(("postgresql", f"{user}:{password}@", f"/{db}", query, ""))
+        host = f"{env['PGHOST']}:{env['PGPORT']}"
         return urlunsplit(("postgresql", f"{user}:{password}@{host}", f"/{db}", "", ""))
 
     try:

@@ -97,6 +97,9 @@ def test_migrate_takes_the_multi_host_url_serve_takes(empty_database: str, tmp_p
     """1. a URL naming a dead host first, then the server, with target_session_attrs: --check
     sees the pending migrations (3); 2. migrate applies them; 3. --check passes; 4. serve's
     pending-migrations check reads the same URL (it starts and gets ready)."""
+    if not urllib.parse.urlsplit(empty_database).hostname:
+        pytest.skip("the embedded server listens on a unix socket only, and this multi-host URL "
+                    "lists TCP hosts: CI runs it against DATABASE_URL's server")  # fmt: skip
     url = _multi_host(empty_database, free_port())
     env = {"DATABASE_URL": url}
     before = cli("migrate", "--check", env=env)

@@ -20,7 +20,8 @@ from service_discovery.config import Config
 
 def _as(url: str, user: str, database: str) -> str:
     parts = urlsplit(url)
-    netloc = f"{user}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    # the embedded server's URL has no host: its unix socket directory is in the query
+    netloc = f"{user}@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc, path="/" + database))
 
 
