@@ -128,6 +128,12 @@ class Metrics:
             "NOTIFY payloads dropped because they are not what the daemon sends, by channel",
             ["channel"], registry=r,
         )  # fmt: skip
+        self.sync_reads = Counter(
+            "sd_sync_reads",
+            "changes the sync read from the database because their notification did not carry "
+            "them (too large, or a change the copy missed), by what it read",
+            ["what"], registry=r,
+        )  # fmt: skip
         self.sync_connected = Gauge(
             "sd_sync_listen_connected", "1 while the LISTEN connection is up", registry=r
         )

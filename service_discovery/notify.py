@@ -1,35 +1,43 @@
 """The NOTIFY payloads replicas hear their changes by: channel names and the one codec for each.
 
-`sd_registry` is sent by the SQL function `sd_bump` (migrations/0001.registry.sql) at the commit
-of every change of a service, as a JSON object:
+`sd_changes` (migrations/0012.notify-data.sql) is sent at the commit of every change of a
+service, by `sd_bump` for a single write and by a batch of writes (`sd_notify_changes`) for all
+of its changes in order, as many to a payload as fit:
 
-    {"s": "<lowercased service name>", "v": <its new version>,
-     "pv": <its previous version (0 for a new service), or null once it is deleted>,
-     "ip": "<the endpoint's address, or null>"}
+    <tag>{"b": [["<service>", <version>, <previous version or null>, "<ip>" or null, <data>], ...]}
 
-`ip` is set when exactly one endpoint changed: a copy at version `pv` patches that endpoint, any
-other copy reads the whole service. A batch of writes (`sd_write_batch`,
-migrations/0005.group-commit.sql) sends that same object when it made one change, and else its
-changes in order, as many to a payload as fit in 8000 bytes:
+The service is its lowercased name; the previous version is 0 for a new service and null once
+it is deleted; `ip` names the one endpoint that changed, or is null for a change of the service
+as a whole (ports, several endpoints, creation, deletion). The data is what the change left: for
+an endpoint, `[tags, ttl, expires_at, instance ID]` or null once it is gone; for the whole
+service, `sd_service_json` or null once it is gone. A change too large to carry comes without
+it (four elements), and a replica reads it. The tag, 32 hex digits, is
+sha256(k2 || sha256(k1 || body)) under the keys in `sd_notify_key` (`NotifyKey`).
 
-    {"b": [["<service>", <version>, <previous version or null>, "<ip>" or null], ...]}
+`sd_registry` carries the same changes without data or tag, for replicas of earlier releases:
 
-Python only decodes them (`decode_bumps`).
+    {"s": "<service>", "v": <version>, "pv": <previous version>, "ip": "<ip>" or null}
+
+or `{"b": [[service, version, previous version, ip], ...]}` for a batch. This release does not
+listen to it; `decode_bumps` reads it (and the body of an `sd_changes` payload).
 
 `sd_leases` carries lease renewals, which move no version, sent by the store (`encode_leases`) as
 a JSON array of `[service, ip, expires_at]` triples: lowercased name, canonical address, unix
 time. The renewals travel in the payload itself, so no replica reads them back.
 
 Any role that can connect to the database can NOTIFY on these channels, so a payload is checked
-field by field before anything acts on it: exactly the shape above, names and addresses as the
-database writes them (a lowercased service name, an address in PostgreSQL's `host()` form),
-versions that fit a bigint with `pv < v`, and expiries that are finite and no later than the
-longest lease from now. Anything else raises ValueError: the sync drops the payload and counts
-it, and no replica reloads over it.
+before anything acts on it: a change's data only under a tag made with the keys (which only the
+daemon's roles can read), and every payload field by field: exactly the shape above, names and
+addresses as the database writes them (a lowercased service name, an address in PostgreSQL's
+`host()` form), versions that fit a bigint with `pv < v`, and expiries that are finite and no
+later than the longest lease from now. Anything else raises ValueError: the sync drops the
+payload and counts it, and no replica reloads over it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 from collections.abc import Sequence
@@ -37,11 +45,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from service_discovery.errors import InvalidInput
-from service_discovery.model import MAX_TTL_SECONDS, LeaseRenewal, ip_address, service_name
+from service_discovery.model import (
+    MAX_TTL_SECONDS,
+    Endpoint,
+    LeaseRenewal,
+    Service,
+    ip_address,
+    service_name,
+)
+from service_discovery.writes import endpoint_of, service_of
 
-REGISTRY_CHANNEL = "sd_registry"
+CHANGES_CHANNEL = "sd_changes"
+REGISTRY_CHANNEL = "sd_registry"  # for replicas of earlier releases
 LEASES_CHANNEL = "sd_leases"
-CHANNELS = (REGISTRY_CHANNEL, LEASES_CHANNEL)
+CHANNELS = (CHANGES_CHANNEL, LEASES_CHANNEL)
+_TAG_CHARS = 32
 
 # NOTIFY payloads are limited to 8000 bytes; one renewal takes at most ~130 (a 63-character
 # name, a 39-character IPv6 address, a float), so 50 per message always fit.
@@ -56,17 +74,72 @@ _BUMP_KEYS = frozenset(("s", "v", "pv", "ip"))
 
 @dataclass(frozen=True, slots=True)
 class Bump:
-    """One `sd_registry` notification: `service` moved from `prev_version` to `version`."""
+    """One change: `service` moved from `prev_version` to `version`, with what it left when
+    `carried` (an endpoint's row or the whole service; None: gone)."""
 
     service: str  # lowercased name
     version: int
     prev_version: int | None  # 0: the service is new; None: it was deleted
     ip: str | None  # the one endpoint that changed, or None (ports, deletion, several)
+    carried: bool = False
+    data: Endpoint | Service | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyKey:
+    """The keys `sd_changes` payloads are tagged with (the table sd_notify_key)."""
+
+    k1: bytes
+    k2: bytes
+
+    def tag(self, body: str) -> str:
+        inner = hashlib.sha256(self.k1 + body.encode()).digest()
+        return hashlib.sha256(self.k2 + inner).hexdigest()[:_TAG_CHARS]
+
+    def sign(self, body: str) -> str:
+        """A payload as the database sends it (for tests and tools)."""
+        return self.tag(body) + body
+
+
+def decode_changes(payload: str, key: NotifyKey) -> list[Bump]:
+    """The changes one `sd_changes` payload carries, in order (ValueError if its tag does not
+    match or it is not what sd_notify_data sends: the payload is dropped whole)."""
+    tag, body = payload[:_TAG_CHARS], payload[_TAG_CHARS:]
+    if not hmac.compare_digest(tag.encode(), key.tag(body).encode()):
+        raise ValueError("sd_changes payload: the tag does not match (not the database's)")
+    data = _json(body)
+    if not isinstance(data, dict) or data.keys() != {"b"} or not isinstance(data["b"], list):
+        raise ValueError('sd_changes payload is not {"b": [...]}')
+    changes = data["b"]
+    if not changes or not all(isinstance(c, list) and len(c) in (4, 5) for c in changes):
+        raise ValueError("sd_changes payload is not a list of [service, v, pv, ip, data?]")
+    return [_carried(_bump(*c[:4]), c[4]) if len(c) == 5 else _bump(*c) for c in changes]
+
+
+def _carried(bump: Bump, data: Any) -> Bump:
+    """`bump` with the data it carries, checked."""
+    if data is None:
+        value: Endpoint | Service | None = None
+    elif bump.prev_version is None:
+        raise ValueError("sd_changes payload: a deletion carries data")
+    else:
+        try:
+            if bump.ip is not None:
+                value = endpoint_of([bump.ip, *data])
+                if not all(isinstance(t, str) for t in value.tags):
+                    raise TypeError("tags")
+            else:
+                value = service_of(data, bump.version)
+                if value.name.lower() != bump.service:
+                    raise ValueError("another service's data")
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ValueError(f"sd_changes payload: malformed data: {exc}") from None
+    return Bump(bump.service, bump.version, bump.prev_version, bump.ip, True, value)
 
 
 def decode_bumps(payload: str) -> list[Bump]:
     """The changes one `sd_registry` payload names, in order (ValueError if it is not what
-    sd_bump or sd_notify_changes sends: the payload is dropped whole)."""
+    sd_bump or sd_notify_changes sends)."""
     data = _json(payload)
     if isinstance(data, dict) and data.keys() == _BUMP_KEYS:
         return [_bump(data["s"], data["v"], data["pv"], data["ip"])]

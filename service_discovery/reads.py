@@ -15,7 +15,9 @@ from typing import Any
 import asyncpg
 from asyncpg import Record
 
+from service_discovery.errors import StoreUnavailable
 from service_discovery.model import Endpoint, NamedPort, Service, Snapshot
+from service_discovery.notify import NotifyKey
 from service_discovery.pgerrors import UNAVAILABLE_ERRORS, database_address, unavailable
 
 
@@ -207,3 +209,11 @@ async def read_endpoints(
         if r["ip"] is not None
     }
     return endpoints, {r["service"]: r["version"] for r in rows}
+
+
+async def read_notify_key(conn: asyncpg.Connection, timeout: float) -> NotifyKey:
+    """The keys `sd_changes` payloads are tagged with (only the daemon's roles can read them)."""
+    row = await conn.fetchrow("SELECT k1, k2 FROM sd_notify_key", timeout=timeout)
+    if row is None:
+        raise StoreUnavailable("sd_notify_key is empty: run the migrations")
+    return NotifyKey(bytes(row["k1"]), bytes(row["k2"]))

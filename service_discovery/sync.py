@@ -1,6 +1,6 @@
 """Keeps the registry copy fresh: LISTEN on a dedicated connection (a pool would UNLISTEN it),
-fetch what a notification names, and after every reconnect reload everything, because
-notifications sent while we were away are lost.
+apply what a notification carries (fetch what it only names), and after every reconnect reload
+everything, because notifications sent while we were away are lost.
 """
 
 from __future__ import annotations
@@ -18,16 +18,23 @@ import asyncpg
 from service_discovery.config import Config
 from service_discovery.errors import StoreUnavailable
 from service_discovery.metrics import Metrics
-from service_discovery.model import EndpointChange, LeaseRenewal
+from service_discovery.model import Endpoint, EndpointChange, LeaseRenewal, Service
 from service_discovery.notify import (
+    CHANGES_CHANNEL,
     CHANNELS,
     LEASES_CHANNEL,
-    REGISTRY_CHANNEL,
     Bump,
-    decode_bumps,
+    NotifyKey,
+    decode_changes,
     decode_leases,
 )
-from service_discovery.reads import connect, read_endpoints, read_snapshot, stream_snapshot
+from service_discovery.reads import (
+    connect,
+    read_endpoints,
+    read_notify_key,
+    read_snapshot,
+    stream_snapshot,
+)
 from service_discovery.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,7 @@ class Sync:
         self._wakeup = asyncio.Event()
         self._lost = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
+        self._key: NotifyKey | None = None
         self._task: asyncio.Task[None] | None = None
         self._rejected_logged = -_REJECT_LOG_SECONDS
         self.synced = asyncio.Event()
@@ -128,6 +136,7 @@ class Sync:
         self._conn = conn
         self._lost.clear()
         conn.add_termination_listener(lambda _c: self._lost.set())
+        self._key = await read_notify_key(conn, self._config.db_timeout_seconds)
         for channel in CHANNELS:
             await conn.add_listener(channel, self._on_notify)
         # LISTEN first, then load: a change committed in between is both in the snapshot and
@@ -182,7 +191,8 @@ class Sync:
             if channel == LEASES_CHANNEL:
                 self._pending_leases.extend(decode_leases(payload, time.time()))
             else:
-                for bump in decode_bumps(payload):
+                assert self._key is not None  # read before LISTEN
+                for bump in decode_changes(payload, self._key):
                     self._pending.setdefault(bump.service, []).append(bump)
         except ValueError as exc:
             # Not what the daemon sends (any role may NOTIFY): acting on it could corrupt the
@@ -204,45 +214,59 @@ class Sync:
     async def _apply_pending(
         self, conn: asyncpg.Connection, pending: dict[str, list[Bump]]
     ) -> None:
-        """Patch services whose notifications continue our copy endpoint by endpoint; read the
-        others whole (a new service, ports, a deletion, or a change we missed)."""
-        deltas: dict[str, list[tuple[int, int, str]]] = {}  # key -> (version, prev, ip), in order
+        """Apply what the notifications carry, service by service in version order; fetch the
+        endpoints they only name; read whole the services whose notifications do not continue
+        our copy (a change we missed) or name a whole-service change without its data."""
+        registry = self._registry
+        plans: dict[str, list[Bump]] = {}  # per service, its changes to apply in order
         whole: list[str] = []
         for key, bumps in pending.items():
-            have = self._registry.index(key)
+            have = registry.index(key)
             chain = have
-            patch: list[tuple[int, int, str]] = []
+            plan: list[Bump] = []
             for b in sorted((b for b in bumps if b.version > have), key=lambda b: b.version):
-                if b.prev_version != chain or b.ip is None:
-                    whole.append(key)
-                    break
-                patch.append((b.version, chain, b.ip))
-                chain = b.version
-            else:
-                if patch:
-                    deltas[key] = patch
-        if deltas:
-            wanted = sorted({(k, ip) for k, cs in deltas.items() for _, _, ip in cs})
-            rows, versions = await read_endpoints(conn, wanted)
-            for key, changes in deltas.items():
-                if versions.get(key, changes[-1][0]) < changes[-1][0]:
-                    # The service never reached the version these name: not sd_bump's (any role
-                    # may NOTIFY). Patching would put it ahead of the database; read it instead.
-                    self._metrics.sync_rejected.labels(REGISTRY_CHANNEL).inc()
-                    whole.append(key)
-                    continue
-                for v, pv, ip in changes:
-                    change = EndpointChange(key, v, pv, ip, rows.get((key, ip)))
-                    if not self._registry.apply_endpoint(change):
+                # a whole service as it was left is exact whatever the copy held before
+                if not (b.carried and b.ip is None):
+                    if b.prev_version != chain or b.ip is None:
                         whole.append(key)
                         break
+                plan.append(b)
+                chain = b.version
+            else:
+                if plan:
+                    plans[key] = plan
+        wanted = sorted({(k, b.ip) for k, p in plans.items() for b in p if not b.carried and b.ip})
+        rows: dict[tuple[str, str], Endpoint] = {}
+        if wanted:
+            rows, versions = await read_endpoints(conn, wanted)
+            self._metrics.sync_reads.labels("endpoint").inc(len(wanted))
+            for key in {k for k, _ in wanted}:
+                named = max(b.version for b in plans[key] if not b.carried)
+                if versions.get(key, named) < named:
+                    # The service never reached the version these name: not the database's
+                    # (any role may NOTIFY). Patching would put it ahead of the database.
+                    self._metrics.sync_rejected.labels(CHANGES_CHANNEL).inc()
+                    whole.append(key)
+                    del plans[key]
+        for key, plan in plans.items():
+            for b in plan:
+                if b.ip is None:
+                    data = b.data
+                    registry.apply(b.version, key, data if isinstance(data, Service) else None)
+                    continue
+                got = b.data if b.carried else rows.get((key, b.ip))
+                endpoint = got if isinstance(got, Endpoint) else None
+                change = EndpointChange(key, b.version, b.prev_version or 0, b.ip, endpoint)
+                if not registry.apply_endpoint(change):
+                    whole.append(key)
+                    break
         if whole:
             snapshot = await read_snapshot(conn, whole)
+            self._metrics.sync_reads.labels("service").inc(len(whole))
             for key in whole:
                 self._registry.apply(snapshot.version, key, snapshot.services.get(key))
         # Every change up to the last one applied here has now been applied: notifications come
         # in commit order. Only versions the copy now holds count (a forged version does not).
-        registry = self._registry
         registry.advance(
             max(
                 (b.version for bs in pending.values() for b in bs

@@ -132,7 +132,8 @@ def endpoint_of(row: list[Any]) -> Endpoint:
     return Endpoint(ip, tuple(tags), ttl, expires_at, instance_id)
 
 
-def _service_of(data: dict[str, Any], version: int) -> Service:
+def service_of(data: dict[str, Any], version: int) -> Service:
+    """A service as sd_service_json gives it, at `version`."""
     return Service(
         id=data["id"],
         name=data["name"],
@@ -165,14 +166,14 @@ def outcome(write: Write, row: Mapping[str, Any]) -> Committed | RegistryError:
     if isinstance(write, Deregister):
         return Committed(key, version, prev, False, endpoints=((write.ip, None),))
     if isinstance(write, RegisterMany):  # the copy takes the service whole: one change
-        state = _service_of(data["s"], version)
+        state = service_of(data["s"], version)
         held = {e.ip: e for e in state.endpoints}
         given = [(spec.ip, held.get(spec.ip)) for spec in write.specs]
         changes = given + [(str(ip), None) for ip in data["x"]]
         return Committed(key, version, prev, True, state=state, endpoints=tuple(changes))
     if isinstance(write, DeleteService):
         return Committed(key, version, prev, True)
-    return Committed(key, version, prev, True, state=_service_of(data, version))
+    return Committed(key, version, prev, True, state=service_of(data, version))
 
 
 # ---- the common batch's form: registrations and deregistrations as typed arrays ----------

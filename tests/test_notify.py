@@ -11,12 +11,15 @@ import uuid
 import asyncpg
 import pytest
 
-from service_discovery.model import LeaseRenewal
+from service_discovery.model import Endpoint, LeaseRenewal, Service
 from service_discovery.notify import (
+    CHANGES_CHANNEL,
     LEASES_PER_NOTIFICATION,
     REGISTRY_CHANNEL,
     Bump,
+    NotifyKey,
     decode_bumps,
+    decode_changes,
     decode_leases,
     encode_leases,
 )
@@ -183,3 +186,94 @@ async def test_what_a_batch_of_writes_sends_decodes_and_fits(database_url: str) 
     first = rows[0]["version"]
     assert bumps[0] == Bump(name, first, 0, None)
     assert bumps[1:] == [Bump(name, first + 1 + i, first + i, ip) for i, ip in enumerate(ips)]
+
+
+async def _notify_key(conn: asyncpg.Connection) -> NotifyKey:
+    row = await conn.fetchrow("SELECT k1, k2 FROM sd_notify_key")
+    return NotifyKey(bytes(row["k1"]), bytes(row["k2"]))
+
+
+async def test_sd_changes_carries_each_change_with_what_it_left(database_url: str) -> None:
+    """1. LISTEN on sd_changes; 2. one batch creates a service with a port, registers two
+    endpoints (one leased, with tags), deregisters one, and bulk-registers two more; then
+    sd_bump alone deletes the service; 3. every payload's tag matches the database's key;
+    4. the endpoint changes carry their rows (null once deregistered), the whole-service
+    changes carry the service as the batch left it, the deletion carries null."""
+    name = "c" + uuid.uuid4().hex
+    ops = [
+        {"k": "create", "s": name, "a": {"team": "x"}, "p": [["http", "tcp", 80, 1, 1]]},
+        {"k": "register", "s": name, "ip": "10.1.0.1", "t": ["blue", "x=1"], "ttl": 60},
+        {"k": "register", "s": name, "ip": "2001:db8::2", "t": [], "ttl": None},
+        {"k": "deregister", "s": name, "ip": "2001:db8::2"},
+        {"k": "bulk", "s": name, "r": False, "e": [["10.1.0.3", [], None], ["10.1.0.4", [], None]]},
+    ]
+    conn = await asyncpg.connect(database_url)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        key = await _notify_key(conn)
+        await conn.add_listener(CHANGES_CHANNEL, lambda *args: heard.put_nowait(args[3]))
+        rows = await conn.fetch("SELECT * FROM sd_write_batch($1::jsonb, 100)", json.dumps(ops))
+        assert [r["code"] for r in rows] == ["ok"] * len(ops)
+        bumps = decode_changes(await asyncio.wait_for(heard.get(), 10), key)
+        async with conn.transaction():
+            sid = await conn.fetchval("SELECT id FROM services WHERE name = $1", name)
+            await conn.execute("DELETE FROM services WHERE id = $1", sid)
+            deleted = await conn.fetchval("SELECT sd_bump($1, $2)", sid, name)
+        gone = decode_changes(await asyncio.wait_for(heard.get(), 10), key)
+    finally:
+        await conn.close()
+    v = rows[0]["version"]
+    assert [(b.version, b.prev_version, b.ip, b.carried) for b in bumps] == [
+        (v, 0, None, True),
+        (v + 1, v, "10.1.0.1", True),
+        (v + 2, v + 1, "2001:db8::2", True),
+        (v + 3, v + 2, "2001:db8::2", True),
+        (v + 4, v + 3, None, True),
+    ]
+    leased = bumps[1].data
+    assert isinstance(leased, Endpoint) and leased.tags == ("blue", "x=1")
+    assert leased.ttl_seconds == 60 and leased.expires_at is not None
+    assert bumps[2].data is None and bumps[3].data is None  # gone by the batch's end
+    for whole in (bumps[0], bumps[4]):  # the service as the batch left it
+        svc = whole.data
+        assert isinstance(svc, Service) and svc.version == whole.version
+        assert svc.attributes == {"team": "x"} and list(svc.named_ports) == ["http"]
+        assert sorted(e.ip for e in svc.endpoints) == ["10.1.0.1", "10.1.0.3", "10.1.0.4"]
+    assert gone == [Bump(name, deleted, None, None, True, None)]
+
+
+async def test_sd_changes_payloads_fit_and_large_services_go_without_data(
+    database_url: str,
+) -> None:
+    """1. a batch makes 40 whole-service changes to services of 30 endpoints with long tags
+    (each near the size carried) and one to a service of 31 endpoints; 2. every payload is
+    under PostgreSQL's limit; 3. the 30-endpoint services came with their data, the
+    31-endpoint one without, its creation too (the data is what the batch left; a replica
+    reads it)."""
+    tags = ["t" * 24]
+    names = ["f" + uuid.uuid4().hex[:12] + f"-{i}" for i in range(41)]
+    ops: list[dict[str, object]] = []
+    for i, name in enumerate(names):
+        count = 31 if i == 40 else 30
+        ops.append({"k": "create", "s": name})
+        ops.append({"k": "bulk", "s": name, "r": False,
+                    "e": [[f"2001:db8::{i:x}:{j:x}", tags, None] for j in range(count)]})  # fmt: skip
+    conn = await asyncpg.connect(database_url)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        key = await _notify_key(conn)
+        await conn.add_listener(CHANGES_CHANNEL, lambda *args: heard.put_nowait(args[3]))
+        rows = await conn.fetch("SELECT * FROM sd_write_batch($1::jsonb, 100)", json.dumps(ops))
+        assert [r["code"] for r in rows] == ["ok"] * len(ops)
+        payloads: list[str] = []
+        bumps: list[Bump] = []
+        while len(bumps) < len(ops):
+            payloads.append(await asyncio.wait_for(heard.get(), 10))
+            bumps.extend(decode_changes(payloads[-1], key))
+    finally:
+        await conn.close()
+    print("largest payload", max(len(p.encode()) for p in payloads), "bytes")
+    assert max(len(p.encode()) for p in payloads) < _NOTIFY_LIMIT
+    carried = [b.service for b in bumps if b.carried]
+    assert carried == [n for n in names[:40] for _ in range(2)]
+    assert [b.service for b in bumps[-2:] if not b.carried] == [names[40]] * 2

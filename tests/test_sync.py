@@ -15,8 +15,8 @@ from pgproxy import NotificationHold
 
 from service_discovery.app import App, run_app
 from service_discovery.config import Config
-from service_discovery.model import EndpointSpec, ServiceSpec
-from service_discovery.notify import LEASES_CHANNEL, REGISTRY_CHANNEL
+from service_discovery.model import EndpointSpec, NamedPort, ServiceSpec
+from service_discovery.notify import CHANGES_CHANNEL, LEASES_CHANNEL, NotifyKey
 
 pytestmark = pytest.mark.asyncio
 
@@ -63,7 +63,9 @@ async def test_hostile_notifications_are_dropped_and_counted(
     1. a service with a leased endpoint; note its expiry, index, and the sync's reload count;
     2. another connection sends malformed payloads on both channels: a non-finite or absurd
        expiry, an address the database would refuse, versions that are no bigint, bad names,
-       and a well-formed change to a version the service never had;
+       and a well-formed change to a version the service never had (these tagged with the
+       real key, as a role that can read it would); changes with made-up data untagged, or
+       tagged with another key;
     3. then one well-formed renewal, which proves the sync read past them in order;
     4. every bad payload was counted by channel, none changed the copy, none caused a reload."""
     await app.catalog.create_service(ServiceSpec(unique_name))
@@ -80,23 +82,34 @@ async def test_hostile_notifications_are_dropped_and_counted(
         f'[["{name}", "10.9.0.001", {ep.expires_at + 30}]]',
         '{"not": "a list"}',
     ]
-    hostile_bumps = [
-        json.dumps({"s": name, "v": index + 1, "pv": index, "ip": "not-an-address"}),
-        json.dumps({"s": name, "v": 2**64, "pv": index, "ip": ip}),
-        json.dumps({"s": name, "v": index + 1, "pv": index + 1, "ip": ip}),
-        json.dumps({"s": "not a name", "v": index + 1, "pv": index, "ip": None}),
-        "{",
+    def change(*entry: object) -> str:
+        return json.dumps({"b": [list(entry)]})
+
+    admin = await asyncpg.connect(database_url)
+    row = await admin.fetchrow("SELECT k1, k2 FROM sd_notify_key")
+    key = NotifyKey(bytes(row["k1"]), bytes(row["k2"]))
+    forged = change(name, index + 1, index, "10.66.6.6", [["evil"], None, None, None])
+    hostile_changes = [
+        key.sign(change(name, index + 1, index, "not-an-address")),
+        key.sign(change(name, 2**64, index, ip)),
+        key.sign(change(name, index + 1, index + 1, ip)),
+        key.sign(change("not a name", index + 1, index, None)),
+        key.sign("{"),
+        key.sign(change(name, index + 1, index, ip, [["t"], "sixty", None, None, "extra"])),
+        key.sign(change(name, index + 1, None, None, {"not": "null"})),
         # well formed, but the service never reached that version: patching it in would put
         # the copy ahead of the database and make it skip every real change
-        json.dumps({"s": name, "v": 10**15, "pv": index, "ip": ip}),
+        key.sign(change(name, 10**15, index, ip)),
+        forged,  # no tag
+        NotifyKey(b"k" * 32, b"l" * 32).sign(forged),
+        key.tag(forged) + forged.replace("evil", "eviL"),
     ]
     renewed = ep.expires_at + 30
-    admin = await asyncpg.connect(database_url)
     try:
         for payload in hostile_leases:
             await admin.execute("SELECT pg_notify($1, $2)", LEASES_CHANNEL, payload)
-        for payload in hostile_bumps:
-            await admin.execute("SELECT pg_notify($1, $2)", REGISTRY_CHANNEL, payload)
+        for payload in hostile_changes:
+            await admin.execute("SELECT pg_notify($1, $2)", CHANGES_CHANNEL, payload)
         assert app.registry.endpoint(name, ip) == ep  # nothing applied yet, nor after:
         good = json.dumps([[name, ip, renewed]])
         await admin.execute("SELECT pg_notify($1, $2)", LEASES_CHANNEL, good)
@@ -105,9 +118,10 @@ async def test_hostile_notifications_are_dropped_and_counted(
     await eventually(lambda: (app.registry.endpoint(name, ip) or ep).expires_at == renewed)
     rejected = "sd_sync_notifications_rejected_total"
     assert sample(app.metrics, rejected, channel=LEASES_CHANNEL) == len(hostile_leases)
-    assert sample(app.metrics, rejected, channel=REGISTRY_CHANNEL) == len(hostile_bumps)
+    assert sample(app.metrics, rejected, channel=CHANGES_CHANNEL) == len(hostile_changes)
     assert sample(app.metrics, "sd_sync_full_reloads_total") == reloads
     assert app.registry.index(name) == index and app.registry.is_live(name, ip)
+    assert not app.registry.is_live(name, "10.66.6.6")
 
 
 async def test_listing_watcher_hears_a_change_that_arrives_after_a_newer_local_write(
@@ -144,3 +158,46 @@ async def test_listing_watcher_hears_a_change_that_arrives_after_a_newer_local_w
                     names = {s["name"] for s in await resp.json()}
                     assert old in names, "the watcher was not told of the change it missed"
                     assert int(resp.headers["X-Index"]) >= written
+
+
+async def test_changes_are_applied_from_their_notifications_without_a_read(
+    app: App, make_config: Callable[..., Config], unique_name: str
+) -> None:
+    """Replica A and `app` (B) on one database.
+    1. B creates a service with a port, registers a leased endpoint with tags, bulk-registers
+       three more, deregisters one and deletes another service;
+    2. A's copy follows each step exactly (same endpoints, tags, lease, version);
+    3. A read nothing for them (sd_sync_reads_total unchanged): the notifications carried it;
+    4. a service of 31 endpoints, too large to carry, is read: the counter moves."""
+    name, doomed, big = unique_name, unique_name + "-doomed", unique_name + "-big"
+    async with run_app(make_config()) as a:
+        reads = sample(a.metrics, "sd_sync_reads_total", what="service") + sample(
+            a.metrics, "sd_sync_reads_total", what="endpoint"
+        )
+        ports = {"http": NamedPort("http", "tcp", 80)}
+        await app.catalog.create_service(ServiceSpec(name, named_ports=ports))
+        await app.catalog.create_service(ServiceSpec(doomed))
+        await app.catalog.register(name, EndpointSpec("10.5.0.1", ("blue",), 60))
+        specs = tuple(EndpointSpec(f"10.5.0.{i}") for i in (2, 3, 4))
+        await app.catalog.register_many(name, specs)
+        await app.catalog.deregister(name, "10.5.0.3")
+        await app.catalog.delete_service(doomed)
+        await eventually(lambda: a.registry.index() >= app.registry.index(doomed))
+        mine, theirs = app.registry.get(name), a.registry.get(name)
+        assert theirs is not None and mine is not None
+        assert sorted(theirs.endpoints, key=lambda e: e.ip) == sorted(
+            mine.endpoints, key=lambda e: e.ip
+        )
+        assert [e.ip for e in theirs.endpoints if e.expires_at] == ["10.5.0.1"]
+        assert theirs.named_ports == mine.named_ports and theirs.version == mine.version
+        assert a.registry.get(doomed) is None
+        after = sample(a.metrics, "sd_sync_reads_total", what="service") + sample(
+            a.metrics, "sd_sync_reads_total", what="endpoint"
+        )
+        assert after == reads, "a change that fits a notification was read from the database"
+
+        await app.catalog.create_service(ServiceSpec(big))
+        many = tuple(EndpointSpec(f"10.6.0.{i}") for i in range(1, 32))
+        await app.catalog.register_many(big, many)
+        await eventually(lambda: len(getattr(a.registry.get(big), "endpoints", ())) == 31)
+        assert sample(a.metrics, "sd_sync_reads_total", what="service") > 0
