@@ -255,9 +255,9 @@ async def test_sd_changes_payloads_fit_and_large_services_go_without_data(
     ops: list[dict[str, object]] = []
     for i, name in enumerate(names):
         count = 31 if i == 40 else 30
+        endpoints = [[f"2001:db8::{i:x}:{j:x}", tags, None] for j in range(count)]
         ops.append({"k": "create", "s": name})
-        ops.append({"k": "bulk", "s": name, "r": False,
-                    "e": [[f"2001:db8::{i:x}:{j:x}", tags, None] for j in range(count)]})  # fmt: skip
+        ops.append({"k": "bulk", "s": name, "r": False, "e": endpoints})
     conn = await asyncpg.connect(database_url)
     heard: asyncio.Queue[str] = asyncio.Queue()
     try:

@@ -82,6 +82,7 @@ async def test_hostile_notifications_are_dropped_and_counted(
         f'[["{name}", "10.9.0.001", {ep.expires_at + 30}]]',
         '{"not": "a list"}',
     ]
+
     def change(*entry: object) -> str:
         return json.dumps({"b": [list(entry)]})
 
