@@ -26,21 +26,30 @@ VALUES (sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text, 'U
 
 -- What a replica needs to apply one change without reading: for a change of one endpoint, its
 -- [tags, ttl, expires_at, instance ID] or null once it is gone; for a change of the service as
--- a whole, sd_service_json or null once it is gone. SQL NULL: too large to carry.
+-- a whole, sd_service_json or null once it is gone. SQL NULL: too large to carry. (PL/pgSQL
+-- plans each branch when it first runs it, so an endpoint change reads only its row and locks
+-- nothing more.)
 CREATE FUNCTION sd_change_data(p_key text, p_ip inet) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT CASE
-        WHEN p_ip IS NOT NULL THEN coalesce(
-            (SELECT json_build_array(e.tags, e.ttl_seconds,
-                                     extract(epoch FROM e.expires_at)::float8,
-                                     e.instance_id)::text
-             FROM services s JOIN endpoints e ON e.service_id = s.id AND e.ip = p_ip
-             WHERE lower(s.name) = p_key),
-            'null')
-        WHEN NOT EXISTS (SELECT 1 FROM services s WHERE lower(s.name) = p_key) THEN 'null'
-        ELSE (SELECT sd_service_json(s.id)::text FROM services s
-              WHERE lower(s.name) = p_key AND s.endpoint_count <= 30)
-    END
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_data text;
+BEGIN
+    IF p_ip IS NOT NULL THEN
+        SELECT json_build_array(e.tags, e.ttl_seconds, extract(epoch FROM e.expires_at)::float8,
+                                e.instance_id)::text
+        INTO v_data
+        FROM services s JOIN endpoints e ON e.service_id = s.id AND e.ip = p_ip
+        WHERE lower(s.name) = p_key;
+        RETURN coalesce(v_data, 'null');
+    END IF;
+    SELECT CASE WHEN s.endpoint_count <= 30 THEN sd_service_json(s.id)::text END
+    INTO v_data
+    FROM services s WHERE lower(s.name) = p_key;
+    IF NOT FOUND THEN
+        RETURN 'null';
+    END IF;
+    RETURN v_data;
+END
 $$;
 
 -- Changes in order on sd_changes: {"b": [[service, version, previous version, ip, data], ...]}

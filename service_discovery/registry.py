@@ -213,8 +213,8 @@ class Registry:
 
         A full read at a version is exact, so it replaces a copy at the same version (which may
         have been patched out of order) and only a newer copy is kept. The registry version
-        moves only for `own`, the version of this replica's own write that the read includes
-        (see `own`): a read of some services says nothing of the others.
+        moves only for `own`, a change the read includes (this replica's write, or one the
+        sync heard: see `own`): a read of some services says nothing of the others.
         """
         key = key.lower()
         current = self._entries.get(key)
@@ -275,8 +275,8 @@ class Registry:
         return True
 
     def own(self, version: int) -> None:
-        """This replica's own committed change `version` is in the copy (read-your-writes), maybe
-        before the LISTEN stream brought earlier changes of other replicas. The registry version
+        """Committed change `version` is in the copy: this replica's own (read-your-writes), or
+        one the sync applied, maybe before earlier changes of other services. The registry version
         moves to it only if it is the next one; otherwise once `advance` fills the gap."""
         if version > self.version:
             self._ahead.add(version)

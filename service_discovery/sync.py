@@ -248,18 +248,23 @@ class Sync:
                     self._metrics.sync_rejected.labels(CHANGES_CHANNEL).inc()
                     whole.append(key)
                     del plans[key]
-        for key, plan in plans.items():
-            for b in plan:
-                if b.ip is None:
-                    data = b.data
-                    registry.apply(b.version, key, data if isinstance(data, Service) else None)
-                    continue
-                got = b.data if b.carried else rows.get((key, b.ip))
-                endpoint = got if isinstance(got, Endpoint) else None
-                change = EndpointChange(key, b.version, b.prev_version or 0, b.ip, endpoint)
-                if not registry.apply_endpoint(change):
-                    whole.append(key)
-                    break
+        # In version order across services, each marked as held before it is announced, so a
+        # watcher told of a change sees the registry version move with it.
+        broken: set[str] = set()
+        steps = sorted((b.version, key, b) for key, plan in plans.items() for b in plan)
+        for version, key, b in steps:
+            if key in broken:
+                continue
+            if b.ip is None:
+                data = b.data if isinstance(b.data, Service) else None
+                registry.apply(version, key, data, own=version)
+                continue
+            got = b.data if b.carried else rows.get((key, b.ip))
+            endpoint = got if isinstance(got, Endpoint) else None
+            change = EndpointChange(key, version, b.prev_version or 0, b.ip, endpoint)
+            if not registry.apply_endpoint(change, own=True):
+                whole.append(key)
+                broken.add(key)
         if whole:
             snapshot = await read_snapshot(conn, whole)
             self._metrics.sync_reads.labels("service").inc(len(whole))

@@ -202,3 +202,24 @@ async def test_changes_are_applied_from_their_notifications_without_a_read(
         await app.catalog.register_many(big, many)
         await eventually(lambda: len(getattr(a.registry.get(big), "endpoints", ())) == 31)
         assert sample(a.metrics, "sd_sync_reads_total", what="service") > 0
+
+
+async def test_a_change_heard_is_announced_with_the_version_it_made(
+    app: App, make_config: Callable[..., Config], unique_name: str
+) -> None:
+    """Replica A hears what `app` (B) writes. 1. A's subscribers note A's registry version
+    each time they are told of a change to the service; 2. B creates it, registers an endpoint,
+    bulk-registers two and deregisters one; 3. when told of each, A's version already was that
+    change's: a watcher answered at that moment gets an index that includes it."""
+    async with run_app(make_config()) as a:
+        told: list[int] = []
+        a.catalog.subscribe(lambda key, _r: told.append(a.registry.version) if key else None)
+        created = await app.catalog.create_service(ServiceSpec(unique_name))
+        versions = [created.version]
+        versions.append((await app.catalog.register(unique_name, EndpointSpec("10.4.0.1"))).index)
+        many = (EndpointSpec("10.4.0.2"), EndpointSpec("10.4.0.3"))
+        versions.append((await app.catalog.register_many(unique_name, many)).index)
+        await app.catalog.deregister(unique_name, "10.4.0.2")
+        versions.append(app.registry.index(unique_name))
+        await eventually(lambda: a.registry.index(unique_name) == versions[-1])
+        assert told == versions
