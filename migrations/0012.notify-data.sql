@@ -66,6 +66,25 @@ DECLARE
 BEGIN
     SELECT k.k1, k.k2 INTO v_k1, v_k2 FROM sd_notify_key k;
     FOR v_body IN
+        -- Each endpoint is an index lookup by its key (LIMIT keeps the planner from turning
+        -- it into a join, which a plan cached while the table was small would make a scan of
+        -- the whole table ever after).
+        WITH svc AS MATERIALIZED (
+            SELECT DISTINCT ON (lower(s.name)) lower(s.name) AS key, s.id
+            FROM services s WHERE lower(s.name) = ANY (p_keys)),
+        d AS (
+            SELECT u.i, u.k, u.v, u.pv, u.ip,
+                   CASE WHEN u.ip IS NULL THEN sd_change_data(u.k, NULL)
+                        ELSE coalesce(r.data, 'null') END AS data
+            FROM unnest(p_keys, p_versions, p_prevs, p_ips) WITH ORDINALITY AS u(k, v, pv, ip, i)
+            LEFT JOIN svc ON svc.key = u.k
+            LEFT JOIN LATERAL (
+                SELECT json_build_array(e.tags, e.ttl_seconds,
+                                        extract(epoch FROM e.expires_at)::float8,
+                                        e.instance_id)::text AS data
+                FROM endpoints e WHERE e.service_id = svc.id AND e.ip = u.ip
+                LIMIT 1) r
+            ON u.ip IS NOT NULL)
         SELECT '{"b": [' || string_agg(c.entry, ', ' ORDER BY c.i) || ']}'
         FROM (SELECT x.i, x.entry,
                      sum(octet_length(x.entry) + 2) OVER (ORDER BY x.i) / 5200 AS chunk
@@ -74,9 +93,7 @@ BEGIN
                                 THEN json_build_array(d.k, d.v, d.pv, host(d.ip), d.data::json)
                                 ELSE json_build_array(d.k, d.v, d.pv, host(d.ip)) END::text
                                AS entry
-                    FROM (SELECT u.i, u.k, u.v, u.pv, u.ip, sd_change_data(u.k, u.ip) AS data
-                          FROM unnest(p_keys, p_versions, p_prevs, p_ips)
-                               WITH ORDINALITY AS u(k, v, pv, ip, i)) d) x) c
+                    FROM d) x) c
         GROUP BY c.chunk ORDER BY c.chunk
     LOOP
         PERFORM pg_notify('sd_changes',
