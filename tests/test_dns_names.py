@@ -19,7 +19,7 @@ from test_dns import ZONE, ask, dig, ips, make_service, needs_dig, records
 
 from service_discovery.app import run_app
 from service_discovery.config import Config
-from service_discovery.model import EndpointSpec, NamedPort
+from service_discovery.model import EndpointSpec, NamedPort, ServiceSpec
 
 pytestmark = pytest.mark.asyncio
 
@@ -139,6 +139,31 @@ async def test_srv_targets_each_endpoint_with_glue(
         assert len(r.answer[0]) == 3 and f"10-32-0-2.{fqdn} 5 IN A 10.32.0.2" in records(
             r.additional
         )
+
+
+async def test_srv_answer_larger_than_tcp_allows_keeps_what_fits(
+    make_config: Callable[..., Config], unique_name: str
+) -> None:
+    """DNS_SRV_TARGETS=endpoint and 1,100 endpoints: the SRV answer (about 68 bytes a record)
+    exceeds the 65,535 bytes a TCP message can hold. 1. over TCP, as many whole SRV records as
+    fit, without glue, TC set; each targets one of the service's endpoint names, none twice;
+    2. over UDP, TC and no records (the client retries over TCP)."""
+    async with run_app(make_config(dns_srv_targets="endpoint")) as app:
+        assert app.catalog is not None
+        ports = {"http": NamedPort("http", "tcp", 8080)}
+        await app.catalog.create_service(ServiceSpec(unique_name, named_ports=ports))
+        addresses = [f"10.{34 + i // 250}.{i // 250}.{i % 250 + 1}" for i in range(1100)]
+        await app.catalog.register_many(unique_name, tuple(EndpointSpec(ip) for ip in addresses))
+        qname = f"_http._tcp.{unique_name}.{ZONE}."
+        r = await ask(app.dns_port, qname, "SRV", tcp=True)
+        assert r.flags & dns.flags.TC and r.additional == []
+        targets = [rr.target.to_text() for rr in r.answer[0]]
+        names = {f"{ip.replace('.', '-')}.{unique_name}.{ZONE}." for ip in addresses}
+        assert 900 < len(targets) < 1100 and len(set(targets)) == len(targets)
+        assert set(targets) <= names
+        assert 65535 - 70 < len(r.to_wire()) <= 65535
+        r = await ask(app.dns_port, qname, "SRV")
+        assert r.flags & dns.flags.TC and r.answer == []
 
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()

@@ -333,13 +333,10 @@ class QueryHandler:
         hdr, tail = form.hdr, form.tail
         if form.truncated:
             self._counters.truncated += 1
-            if tcp and entry.n:
-                # Over TCP nothing better will come: as many whole records as fit, rotated.
-                keep = (limit - 12 - entry.qlen - len(entry.opt)) // entry.rr
-                turn = entry.turn = (entry.turn + 1) % entry.n
-                cut = turn * entry.rr
-                rotated = entry.tail[cut : entry.an_end] + entry.tail[:cut]
-                tail = rotated[: keep * entry.rr] + entry.opt
+            if tcp:
+                # Over TCP nothing better will come: as many whole records as fit.
+                keep, records = entry.within(limit - 12 - entry.qlen - len(entry.opt))
+                tail = records + entry.opt
                 counts = COUNTS.pack(1, keep, 0, 1 if entry.opt else 0)
                 hdr = (hdr[0][:2] + counts, hdr[1][:2] + counts)
         return data[:2] + hdr[data[2] & 1] + data[12:qend] + tail
