@@ -134,6 +134,8 @@ class Metrics:
             "them (too large, or a change the copy missed), by what it read",
             ["what"], registry=r,
         )  # fmt: skip
+        for what in ("endpoint", "service"):
+            self.sync_reads.labels(what)  # both series from the start, at 0
         self.sync_connected = Gauge(
             "sd_sync_listen_connected", "1 while the LISTEN connection is up", registry=r
         )

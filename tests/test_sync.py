@@ -172,6 +172,10 @@ async def test_changes_are_applied_from_their_notifications_without_a_read(
     4. a service of 31 endpoints, too large to carry, is read: the counter moves."""
     name, doomed, big = unique_name, unique_name + "-doomed", unique_name + "-big"
     async with run_app(make_config()) as a:
+        text = a.metrics.render().decode()
+        # both series exist from the start (an alert on them needs no first read)
+        assert 'sd_sync_reads_total{what="endpoint"}' in text
+        assert 'sd_sync_reads_total{what="service"}' in text
         reads = sample(a.metrics, "sd_sync_reads_total", what="service") + sample(
             a.metrics, "sd_sync_reads_total", what="endpoint"
         )
