@@ -103,6 +103,20 @@ BEGIN
 END
 $$;
 
+-- Every change goes out on both channels: 0005's sd_notify_changes, kept whole under another
+-- name, still sends sd_registry; the function of that name now sends sd_changes too.
+ALTER FUNCTION sd_notify_changes(text[], bigint[], bigint[], inet[]) RENAME TO sd_notify_registry;
+
+CREATE FUNCTION sd_notify_changes(p_keys text[], p_versions bigint[], p_prevs bigint[],
+                                  p_ips inet[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM sd_notify_data(p_keys, p_versions, p_prevs, p_ips);
+    PERFORM sd_notify_registry(p_keys, p_versions, p_prevs, p_ips);
+END
+$$;
+
+-- A single change notifies as a batch of one (whose sd_registry payload is the one sd_bump sent).
 CREATE OR REPLACE FUNCTION sd_bump(p_service_id uuid, p_name text, p_ip inet DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
@@ -113,35 +127,7 @@ BEGIN
     SELECT version INTO pv FROM services WHERE id = p_service_id;
     UPDATE registry_state SET version = version + 1 RETURNING version INTO v;
     UPDATE services SET version = v, updated_at = now() WHERE id = p_service_id;
-    PERFORM pg_notify('sd_registry', json_build_object(
-        's', lower(p_name), 'v', v, 'pv', pv, 'ip', host(p_ip))::text);
-    PERFORM sd_notify_data(ARRAY[lower(p_name)], ARRAY[v], ARRAY[pv], ARRAY[p_ip]);
+    PERFORM sd_notify_changes(ARRAY[lower(p_name)], ARRAY[v], ARRAY[pv], ARRAY[p_ip]);
     RETURN v;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION sd_notify_changes(p_keys text[], p_versions bigint[],
-                                             p_prevs bigint[], p_ips inet[]) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_payload text;
-BEGIN
-    PERFORM sd_notify_data(p_keys, p_versions, p_prevs, p_ips);
-    IF cardinality(p_keys) = 1 THEN
-        PERFORM pg_notify('sd_registry', json_build_object(
-            's', p_keys[1], 'v', p_versions[1], 'pv', p_prevs[1], 'ip', host(p_ips[1]))::text);
-        RETURN;
-    END IF;
-    FOR v_payload IN
-        SELECT '{"b": [' || string_agg(c.entry, ', ' ORDER BY c.i) || ']}'
-        FROM (SELECT x.i, x.entry,
-                     sum(octet_length(x.entry) + 2) OVER (ORDER BY x.i) / 7600 AS chunk
-              FROM (SELECT u.i, json_build_array(u.k, u.v, u.pv, host(u.ip))::text AS entry
-                    FROM unnest(p_keys, p_versions, p_prevs, p_ips)
-                         WITH ORDINALITY AS u(k, v, pv, ip, i)) x) c
-        GROUP BY c.chunk ORDER BY c.chunk
-    LOOP
-        PERFORM pg_notify('sd_registry', v_payload);
-    END LOOP;
 END
 $$;

@@ -107,12 +107,7 @@ def decode_changes(payload: str, key: NotifyKey) -> list[Bump]:
     tag, body = payload[:_TAG_CHARS], payload[_TAG_CHARS:]
     if not hmac.compare_digest(tag.encode(), key.tag(body).encode()):
         raise ValueError("sd_changes payload: the tag does not match (not the database's)")
-    data = _json(body)
-    if not isinstance(data, dict) or data.keys() != {"b"} or not isinstance(data["b"], list):
-        raise ValueError('sd_changes payload is not {"b": [...]}')
-    changes = data["b"]
-    if not changes or not all(isinstance(c, list) and len(c) in (4, 5) for c in changes):
-        raise ValueError("sd_changes payload is not a list of [service, v, pv, ip, data?]")
+    changes = _batch(_json(body), (4, 5))
     return [_carried(_bump(*c[:4]), c[4]) if len(c) == 5 else _bump(*c) for c in changes]
 
 
@@ -143,12 +138,17 @@ def decode_bumps(payload: str) -> list[Bump]:
     data = _json(payload)
     if isinstance(data, dict) and data.keys() == _BUMP_KEYS:
         return [_bump(data["s"], data["v"], data["pv"], data["ip"])]
+    return [_bump(*c) for c in _batch(data, (4,))]
+
+
+def _batch(data: Any, sizes: tuple[int, ...]) -> list[list[Any]]:
+    """The changes of a `{"b": [...]}` payload, each a list of one of `sizes` fields."""
     if not isinstance(data, dict) or data.keys() != {"b"} or not isinstance(data["b"], list):
-        raise ValueError('sd_registry payload is neither {"s", "v", "pv", "ip"} nor {"b": [...]}')
+        raise ValueError('payload is not {"b": [...]} (nor, on sd_registry, one change)')
     changes = data["b"]
-    if not changes or not all(isinstance(c, list) and len(c) == 4 for c in changes):
-        raise ValueError("sd_registry batch is not a list of [service, v, pv, ip] changes")
-    return [_bump(*c) for c in changes]
+    if not changes or not all(isinstance(c, list) and len(c) in sizes for c in changes):
+        raise ValueError(f"payload is not a list of changes of {sizes} fields")
+    return changes
 
 
 def _bump(service: Any, version: Any, prev_version: Any, ip: Any) -> Bump:

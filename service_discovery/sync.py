@@ -225,11 +225,11 @@ class Sync:
             chain = have
             plan: list[Bump] = []
             for b in sorted((b for b in bumps if b.version > have), key=lambda b: b.version):
-                # a whole service as it was left is exact whatever the copy held before
-                if not (b.carried and b.ip is None):
-                    if b.prev_version != chain or b.ip is None:
-                        whole.append(key)
-                        break
+                # a whole service carried as it was left is exact whatever the copy held before
+                exact = b.carried and b.ip is None
+                if not exact and (b.ip is None or b.prev_version != chain):
+                    whole.append(key)
+                    break
                 plan.append(b)
                 chain = b.version
             else:
@@ -269,7 +269,7 @@ class Sync:
             snapshot = await read_snapshot(conn, whole)
             self._metrics.sync_reads.labels("service").inc(len(whole))
             for key in whole:
-                self._registry.apply(snapshot.version, key, snapshot.services.get(key))
+                registry.apply(snapshot.version, key, snapshot.services.get(key))
         # Every change up to the last one applied here has now been applied: notifications come
         # in commit order. Only versions the copy now holds count (a forged version does not).
         registry.advance(

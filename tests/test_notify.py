@@ -4,9 +4,12 @@ a NOTIFY."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -188,9 +191,26 @@ async def test_what_a_batch_of_writes_sends_decodes_and_fits(database_url: str) 
     assert bumps[1:] == [Bump(name, first + 1 + i, first + i, ip) for i, ip in enumerate(ips)]
 
 
-async def _notify_key(conn: asyncpg.Connection) -> NotifyKey:
-    row = await conn.fetchrow("SELECT k1, k2 FROM sd_notify_key")
-    return NotifyKey(bytes(row["k1"]), bytes(row["k2"]))
+@contextlib.asynccontextmanager
+async def _hearing_changes(
+    database_url: str,
+) -> AsyncIterator[tuple[asyncpg.Connection, NotifyKey, asyncio.Queue[str]]]:
+    """A connection LISTENing on sd_changes, the database's tag keys, and the payloads heard."""
+    conn = await asyncpg.connect(database_url)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        row = await conn.fetchrow("SELECT k1, k2 FROM sd_notify_key")
+        await conn.add_listener(CHANGES_CHANNEL, lambda *args: heard.put_nowait(args[3]))
+        yield conn, NotifyKey(bytes(row["k1"]), bytes(row["k2"])), heard
+    finally:
+        await conn.close()
+
+
+async def _write_batch(conn: asyncpg.Connection, ops: list[dict[str, object]]) -> list[Any]:
+    """sd_write_batch's rows for `ops`, every write succeeded."""
+    rows = await conn.fetch("SELECT * FROM sd_write_batch($1::jsonb, 100)", json.dumps(ops))
+    assert [r["code"] for r in rows] == ["ok"] * len(ops)
+    return rows
 
 
 async def test_sd_changes_carries_each_change_with_what_it_left(database_url: str) -> None:
@@ -207,21 +227,14 @@ async def test_sd_changes_carries_each_change_with_what_it_left(database_url: st
         {"k": "deregister", "s": name, "ip": "2001:db8::2"},
         {"k": "bulk", "s": name, "r": False, "e": [["10.1.0.3", [], None], ["10.1.0.4", [], None]]},
     ]
-    conn = await asyncpg.connect(database_url)
-    heard: asyncio.Queue[str] = asyncio.Queue()
-    try:
-        key = await _notify_key(conn)
-        await conn.add_listener(CHANGES_CHANNEL, lambda *args: heard.put_nowait(args[3]))
-        rows = await conn.fetch("SELECT * FROM sd_write_batch($1::jsonb, 100)", json.dumps(ops))
-        assert [r["code"] for r in rows] == ["ok"] * len(ops)
+    async with _hearing_changes(database_url) as (conn, key, heard):
+        rows = await _write_batch(conn, ops)
         bumps = decode_changes(await asyncio.wait_for(heard.get(), 10), key)
         async with conn.transaction():
             sid = await conn.fetchval("SELECT id FROM services WHERE name = $1", name)
             await conn.execute("DELETE FROM services WHERE id = $1", sid)
             deleted = await conn.fetchval("SELECT sd_bump($1, $2)", sid, name)
         gone = decode_changes(await asyncio.wait_for(heard.get(), 10), key)
-    finally:
-        await conn.close()
     v = rows[0]["version"]
     assert [(b.version, b.prev_version, b.ip, b.carried) for b in bumps] == [
         (v, 0, None, True),
@@ -258,20 +271,13 @@ async def test_sd_changes_payloads_fit_and_large_services_go_without_data(
         endpoints = [[f"2001:db8::{i:x}:{j:x}", tags, None] for j in range(count)]
         ops.append({"k": "create", "s": name})
         ops.append({"k": "bulk", "s": name, "r": False, "e": endpoints})
-    conn = await asyncpg.connect(database_url)
-    heard: asyncio.Queue[str] = asyncio.Queue()
-    try:
-        key = await _notify_key(conn)
-        await conn.add_listener(CHANGES_CHANNEL, lambda *args: heard.put_nowait(args[3]))
-        rows = await conn.fetch("SELECT * FROM sd_write_batch($1::jsonb, 100)", json.dumps(ops))
-        assert [r["code"] for r in rows] == ["ok"] * len(ops)
+    async with _hearing_changes(database_url) as (conn, key, heard):
+        await _write_batch(conn, ops)
         payloads: list[str] = []
         bumps: list[Bump] = []
         while len(bumps) < len(ops):
             payloads.append(await asyncio.wait_for(heard.get(), 10))
             bumps.extend(decode_changes(payloads[-1], key))
-    finally:
-        await conn.close()
     print("largest payload", max(len(p.encode()) for p in payloads), "bytes")
     assert max(len(p.encode()) for p in payloads) < _NOTIFY_LIMIT
     carried = [b.service for b in bumps if b.carried]
